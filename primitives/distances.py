@@ -1,0 +1,185 @@
+"""Teacher-student distances: one number per architecture, lower = student closer to teacher.
+
+A distance is *pairwise*: its single formula argument (a transform chain) is evaluated on
+the teacher and on the student, and ``fn(student, teacher)`` compares them. The teacher has
+architecture axis 1 and broadcasts over the student's architectures. Per-sample quantities
+are averaged over the probe batch. Fixes relative to the published listing:
+
+- ``kl_t*`` is KL(p_T ‖ p_S) between *probabilities*: both sides go through a softmax over
+  each sample's flattened values at temperature T (times T², as in Hinton KD); the listing
+  fed raw features to ``F.kl_div``, which expects log-probabilities.
+- ``cosine`` and ``pearson`` are distances (1 − similarity); the listing's ``cosine`` returned
+  the similarity, so its sign silently differed from every other distance.
+- teacher and student shapes must match exactly (besides the architecture axis); a mismatch
+  raises :class:`ShapeError` instead of broadcasting or being swallowed by a try/except.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import ShapeError
+from .registry import Op, Signature, register
+from .values import Kind
+
+__all__ = ["TEMPERATURES"]
+
+TEMPERATURES = (1, 4, 8, 16)
+_EPS = 1e-8
+_CONTRACTS = {
+    Kind.FMAP: "n c h w, n c h w ->",
+    Kind.SEQ: "n c m, n c m ->",
+    Kind.VEC: "n d, n d ->",
+}
+_ALL = (Kind.FMAP, Kind.SEQ, Kind.VEC)
+
+
+def _check(s: Tensor, t: Tensor) -> None:
+    if s.shape[1:] != t.shape[1:]:
+        raise ShapeError(
+            f"student {tuple(s.shape[1:])} and teacher {tuple(t.shape[1:])} differ "
+            "(per architecture: samples, channels, positions)"
+        )
+
+
+def _flat(x: Tensor) -> Tensor:
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _mean_per_arch(x: Tensor) -> Tensor:
+    return x.reshape(x.shape[0], -1).mean(dim=1)
+
+
+def l1(s: Tensor, t: Tensor) -> Tensor:
+    """mean |S − T|"""
+    _check(s, t)
+    return _mean_per_arch((s - t).abs())
+
+
+def mse(s: Tensor, t: Tensor) -> Tensor:
+    """mean (S − T)²"""
+    _check(s, t)
+    return _mean_per_arch((s - t) ** 2)
+
+
+def l2(s: Tensor, t: Tensor) -> Tensor:
+    """mean over samples of ‖S_i − T_i‖₂ (flattened per sample)"""
+    _check(s, t)
+    return torch.linalg.vector_norm(_flat(s) - _flat(t), dim=2).mean(dim=1)
+
+
+def smooth_l1(s: Tensor, t: Tensor) -> Tensor:
+    """mean Huber(S − T) with beta = 1"""
+    _check(s, t)
+    d = (s - t).abs()
+    return _mean_per_arch(torch.where(d < 1.0, 0.5 * d * d, d - 0.5))
+
+
+def _kl(temperature: float) -> Callable[[Tensor, Tensor], Tensor]:
+    def fn(s: Tensor, t: Tensor) -> Tensor:
+        _check(s, t)
+        log_ps = torch.log_softmax(_flat(s) / temperature, dim=2)
+        log_pt = torch.log_softmax(_flat(t) / temperature, dim=2)
+        kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=2)
+        return temperature**2 * kl.mean(dim=1)
+    fn.__doc__ = f"T² · mean_i KL(softmax(T_i/T) ‖ softmax(S_i/T)), T={temperature}"
+    return fn
+
+
+def cosine(s: Tensor, t: Tensor) -> Tensor:
+    """1 − mean_i cos(S_i, T_i) (flattened per sample; a zero vector has cosine 0)"""
+    _check(s, t)
+    fs, ft = torch.broadcast_tensors(_flat(s), _flat(t))
+    return 1.0 - F.cosine_similarity(fs, ft, dim=2, eps=_EPS).mean(dim=1)
+
+
+def pearson(s: Tensor, t: Tensor) -> Tensor:
+    """1 − mean_i corr(S_i, T_i) (flattened per sample; a constant vector has correlation 0)"""
+    _check(s, t)
+    fs = _flat(s) - _flat(s).mean(dim=2, keepdim=True)
+    ft = _flat(t) - _flat(t).mean(dim=2, keepdim=True)
+    num = (fs * ft).sum(dim=2)
+    den = torch.linalg.vector_norm(fs, dim=2) * torch.linalg.vector_norm(ft, dim=2)
+    return 1.0 - (num / den.clamp_min(_EPS)).mean(dim=1)
+
+
+def hard(s: Tensor, t: Tensor) -> Tensor:
+    """1 − fraction of samples whose student argmax equals the teacher argmax"""
+    _check(s, t)
+    agree = (_flat(s).argmax(dim=2) == _flat(t).argmax(dim=2)).to(s.dtype)
+    return 1.0 - agree.mean(dim=1)
+
+
+def _gram_normalised(x: Tensor) -> Tensor:
+    f = _flat(x)
+    g = torch.einsum("and,akd->ank", f, f)
+    return g / torch.linalg.vector_norm(g, dim=(1, 2), keepdim=True).clamp_min(_EPS)
+
+
+def sp_dist(s: Tensor, t: Tensor) -> Tensor:
+    """Auto-KD Eq. 1: ‖G_T/‖G_T‖ − G_S/‖G_S‖‖_F with G = X Xᵀ over flattened samples"""
+    _check(s, t)
+    return torch.linalg.vector_norm(_gram_normalised(s) - _gram_normalised(t), dim=(1, 2))
+
+
+def _channel_gram_normalised(x: Tensor) -> Tensor:
+    f = x.reshape(x.shape[0], x.shape[1], x.shape[2], -1)
+    g = torch.einsum("ancm,andm->ancd", f, f)
+    return g / torch.linalg.vector_norm(g, dim=(2, 3), keepdim=True).clamp_min(_EPS)
+
+
+def ickd_dist(s: Tensor, t: Tensor) -> Tensor:
+    """Auto-KD Eq. 3: mean_i ‖Ĝ_T,i − Ĝ_S,i‖_F with per-sample channel grams Ĝ normalised"""
+    _check(s, t)
+    d = _channel_gram_normalised(s) - _channel_gram_normalised(t)
+    return torch.linalg.vector_norm(d, dim=(2, 3)).mean(dim=1)
+
+
+def _cwd(temperature: float) -> Callable[[Tensor, Tensor], Tensor]:
+    def fn(s: Tensor, t: Tensor) -> Tensor:
+        _check(s, t)
+        fs = s.reshape(s.shape[0], s.shape[1], s.shape[2], -1)
+        ft = t.reshape(t.shape[0], t.shape[1], t.shape[2], -1)
+        log_ps = torch.log_softmax(fs / temperature, dim=3)
+        log_pt = torch.log_softmax(ft / temperature, dim=3)
+        kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=3)
+        return temperature**2 * kl.mean(dim=(1, 2))
+    fn.__doc__ = (f"Auto-KD Eq. 4 / CWD: T² · mean over samples and channels of "
+                  f"KL over positions, T={temperature}")
+    return fn
+
+
+def _reg(name: str, fn: Callable[[Tensor, Tensor], Tensor], kinds: tuple[Kind, ...], latex: str,
+         source: str = "Auto-DAS supplement C.2 / Listing 1.2", complexity: int = 1,
+         differentiable: bool = True) -> None:
+    register(Op(
+        name=name, family="distance",
+        signatures=tuple(Signature((k,), Kind.SCORE, fn, _CONTRACTS[k]) for k in kinds),
+        doc=(fn.__doc__ or "").strip(), source=source, pairwise=True, complexity=complexity,
+        differentiable=differentiable, latex=latex,
+    ))
+
+
+_reg("l1", l1, _ALL, r"\ell_1\left({0}, {1}\right)")
+_reg("mse", mse, _ALL, r"\operatorname{{MSE}}\left({0}, {1}\right)")
+_reg("l2", l2, _ALL, r"\ell_2\left({0}, {1}\right)")
+_reg("smooth_l1", smooth_l1, _ALL, r"\ell_{{1,\mathrm{{smooth}}}}\left({0}, {1}\right)")
+for _t in TEMPERATURES:
+    _reg(f"kl_t{_t}", _kl(float(_t)), _ALL,
+         r"\operatorname{{KL}}_{{T=%d}}\left({1} \,\|\, {0}\right)" % _t,
+         source="Auto-DAS C.2; with kind fmap it is Auto-KD Eq. 2 (sample-wise KL)")
+_reg("cosine", cosine, _ALL, r"\operatorname{{cos-dist}}\left({0}, {1}\right)")
+_reg("pearson", pearson, _ALL, r"\operatorname{{pearson-dist}}\left({0}, {1}\right)")
+_reg("hard", hard, _ALL, r"\operatorname{{hard}}\left({0}, {1}\right)", differentiable=False)
+_reg("sp_dist", sp_dist, _ALL, r"D_{{\mathrm{{SP}}}}\left({0}, {1}\right)",
+     source="Auto-KD supplement Eq. 1", complexity=2)
+_reg("ickd_dist", ickd_dist, (Kind.FMAP, Kind.SEQ), r"D_{{\mathrm{{ICKD}}}}\left({0}, {1}\right)",
+     source="Auto-KD supplement Eq. 3", complexity=2)
+for _t in TEMPERATURES:
+    _reg(f"cwd_t{_t}", _cwd(float(_t)), (Kind.FMAP, Kind.SEQ),
+         r"D_{{\mathrm{{CWD}},T=%d}}\left({0}, {1}\right)" % _t,
+         source="Auto-KD supplement Eq. 4 / CWD (Shu et al. 2021)", complexity=2)

@@ -1,0 +1,40 @@
+"""Terminals: the named values a formula reads.
+
+``k1``/``k2``/``k3`` are read on both the teacher and the student side of a distance;
+``act``/``grad``/``weight`` are student-only statistics for the instinct part. The kind
+listed here is the default; a search space whose features have another layout (a ViT's
+token maps are ``seq``) passes its own kinds to the parser.
+"""
+
+from __future__ import annotations
+
+from .registry import Op, Signature, register
+from .values import Kind
+
+__all__ = ["DEFAULT_INPUT_KINDS"]
+
+DEFAULT_INPUT_KINDS: dict[str, Kind] = {
+    "k1": Kind.FMAP,
+    "k2": Kind.FMAP,
+    "k3": Kind.VEC,
+    "act": Kind.ASET,
+    "grad": Kind.WSET,
+    "weight": Kind.WSET,
+}
+
+_DOCS = {
+    "k1": ("penultimate stage feature map", "k_1"),
+    "k2": ("last stage feature map (or pooled embedding)", "k_2"),
+    "k3": ("logits", "k_3"),
+    "act": ("per-layer activations of the student on the probe batch", r"\mathbf{A}"),
+    "grad": ("per-layer weight gradients of one cross-entropy backward", r"\nabla\mathbf{W}"),
+    "weight": ("per-layer weights", r"\mathbf{W}"),
+}
+
+for _name, _kind in DEFAULT_INPUT_KINDS.items():
+    _doc, _tex = _DOCS[_name]
+    register(Op(
+        name=_name, family="input",
+        signatures=(Signature((), _kind, None, "-> (input)"),),
+        doc=_doc, complexity=0, needs_grad=_name == "grad", latex=_tex,
+    ))

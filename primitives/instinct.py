@@ -1,0 +1,223 @@
+"""Student-only statistics (the instinct part), per-layer reductions and score combiners.
+
+Inputs are ragged per-layer values (see :class:`primitives.values.Ragged`): ``act``
+(activations), ``grad`` (weight gradients of one cross-entropy backward) and ``weight``.
+Element-wise unary ops shared with the transforms live in :mod:`primitives.elementwise`.
+Everything here runs on all layers of all architectures at once through segment reductions.
+
+``sum_layers`` and ``mean_layers`` both exist on purpose: a sum over layers grows with
+depth, so a formula that uses it carries a built-in depth bias a reader should see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .errors import ShapeError
+from .registry import Op, Signature, register
+from .values import Kind, Ragged
+
+__all__ = ["average_ranks", "segment_mean", "segment_sum"]
+
+_EPS = 1e-9
+_SOURCE = "EZNAS (Akhauri et al. 2022) / Auto-Prox instinct ops"
+
+
+def segment_sum(r: Ragged, x: Tensor) -> Tensor:
+    """Sum of ``x`` (laid out like ``r.values``) within each segment of ``r``."""
+    return torch.zeros(r.n_segments, dtype=x.dtype, device=x.device).index_add(0, r.segment, x)
+
+
+def _segment_count(r: Ragged) -> Tensor:
+    ones = torch.ones_like(r.values)
+    return segment_sum(r, ones).clamp_min(1.0)
+
+
+def segment_mean(r: Ragged, x: Tensor) -> Tensor:
+    return segment_sum(r, x) / _segment_count(r)
+
+
+def _segment_max(r: Ragged, x: Tensor) -> Tensor:
+    init = torch.full((r.n_segments,), -torch.inf, dtype=x.dtype, device=x.device)
+    return init.scatter_reduce(0, r.segment, x, reduce="amax", include_self=True)
+
+
+def _znorm(r: Ragged) -> Ragged:
+    x = r.values
+    mean = segment_mean(r, x)[r.segment]
+    centred = x - mean
+    std = torch.sqrt(segment_mean(r, centred * centred))[r.segment]
+    return r.with_values(centred / (std + _EPS))
+
+
+def _log_softmax_values(r: Ragged, x: Tensor) -> Tensor:
+    shifted = x - _segment_max(r, x)[r.segment]
+    return shifted - torch.log(segment_sum(r, shifted.exp()))[r.segment]
+
+
+def _softmax(r: Ragged) -> Ragged:
+    return r.with_values(_log_softmax_values(r, r.values).exp())
+
+
+def _logsoftmax(r: Ragged) -> Ragged:
+    return r.with_values(_log_softmax_values(r, r.values))
+
+
+_PER_SEGMENT = "[layer] -> [layer] (normalised within each layer; for lval across the layers)"
+for _name, _fn, _doc, _tex in (
+    ("znorm", _znorm, "z-normalise: (x − mean) / (std + 1e-9) within each layer",
+     r"\operatorname{{z}}\left({0}\right)"),
+    ("softmax", _softmax, "softmax over all elements of each layer",
+     r"\operatorname{{softmax}}\left({0}\right)"),
+    ("logsoftmax", _logsoftmax, "log-softmax over all elements of each layer",
+     r"\log\operatorname{{softmax}}\left({0}\right)"),
+):
+    register(Op(name=_name, family="instinct",
+                signatures=tuple(Signature((k,), k, _fn, _PER_SEGMENT)
+                                 for k in (Kind.WSET, Kind.ASET, Kind.LVAL)),
+                doc=_doc, source=_SOURCE, idempotent=_name == "znorm", latex=_tex))
+
+
+def _to_lval(r: Ragged, per_segment: Tensor) -> Ragged:
+    return Ragged(Kind.LVAL, per_segment, r.segment_arch, r.n_arch,
+                  torch.arange(r.n_arch, device=per_segment.device), r.n_arch)
+
+
+for _name, _stat, _doc, _tex in (
+    ("l1_norm", lambda r: segment_sum(r, r.values.abs()), "Σ|x| of each layer",
+     r"\left\|{0}\right\|_{{1}}"),
+    ("fro_norm", lambda r: torch.sqrt(segment_sum(r, r.values * r.values)),
+     "Frobenius norm of each layer", r"\left\|{0}\right\|_{{F}}"),
+    ("mean", lambda r: segment_mean(r, r.values), "mean of each layer",
+     r"\overline{{{0}}}"),
+):
+    register(Op(name=_name, family="instinct",
+                signatures=tuple(
+                    Signature((k,), Kind.LVAL, (lambda s: lambda r: _to_lval(r, s(r)))(_stat),
+                              "[layer] -> [layer: scalar]")
+                    for k in (Kind.WSET, Kind.ASET)),
+                doc=_doc, source=_SOURCE, latex=_tex))
+
+
+def _binary(kernel: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Ragged, Ragged], Ragged]:
+    def fn(a: Ragged, b: Ragged) -> Ragged:
+        if not a.same_layout(b):
+            raise ShapeError(
+                f"per-layer values of different layouts ({a.values.numel()} elements in "
+                f"{a.n_segments} segments vs {b.values.numel()} in {b.n_segments})"
+            )
+        return a.with_values(kernel(a.values, b.values))
+    return fn
+
+
+def _protected_div(a: Tensor, b: Tensor) -> Tensor:
+    return a * b / (b * b + _EPS)
+
+
+_BIN_KINDS = (Kind.WSET, Kind.ASET, Kind.LVAL)
+for _name, _kernel, _comm, _doc, _tex, _sym in (
+    ("add", torch.add, True, "x + y", r"\left({0} + {1}\right)", lambda x, y: x + y),
+    ("sub", torch.sub, False, "x − y", r"\left({0} - {1}\right)", lambda x, y: x - y),
+    ("mul", torch.mul, True, "x · y", r"{0} \cdot {1}", lambda x, y: x * y),
+    ("div", _protected_div, False, "protected division x · y / (y² + 1e-9)",
+     r"\frac{{{0}}}{{{1}}}", lambda x, y: x / y),
+):
+    register(Op(name=_name, family="instinct",
+                signatures=tuple(
+                    Signature((k, k), k, _binary(_kernel), "[layer], [layer] -> [layer]")
+                    for k in _BIN_KINDS),
+                doc=_doc, source=_SOURCE, commutative=_comm, latex=_tex, sympy=_sym))
+
+
+def _layer_distance(kernel: Callable[[Ragged, Tensor, Tensor], Tensor]
+                    ) -> Callable[[Ragged, Ragged], Ragged]:
+    def fn(a: Ragged, b: Ragged) -> Ragged:
+        if not a.same_layout(b):
+            raise ShapeError("per-layer distance between values of different layouts")
+        return _to_lval(a, kernel(a, a.values, b.values))
+    return fn
+
+
+def _huber(d: Tensor) -> Tensor:
+    d = d.abs()
+    return torch.where(d < 1.0, 0.5 * d * d, d - 0.5)
+
+
+def _layer_kl(r: Ragged, x: Tensor, y: Tensor) -> Tensor:
+    lx, ly = _log_softmax_values(r, x), _log_softmax_values(r, y)
+    return segment_sum(r, lx.exp() * (lx - ly))
+
+
+for _name, _k, _comm, _doc in (
+    ("dist_l1", lambda r, x, y: segment_mean(r, (x - y).abs()), True, "mean |x − y| per layer"),
+    ("dist_l2", lambda r, x, y: segment_mean(r, (x - y) ** 2), True, "mean (x − y)² per layer"),
+    ("dist_smooth_l1", lambda r, x, y: segment_mean(r, _huber(x - y)), True,
+     "mean Huber(x − y), beta 1, per layer"),
+    ("dist_kl", _layer_kl, False,
+     "KL(softmax(x) ‖ softmax(y)) over the elements of each layer"),
+):
+    register(Op(name=_name, family="instinct",
+                signatures=tuple(Signature((k, k), Kind.LVAL, _layer_distance(_k),
+                                           "[layer], [layer] -> [layer: scalar]")
+                                 for k in (Kind.WSET, Kind.ASET)),
+                doc=_doc, source=_SOURCE, commutative=_comm,
+                latex=r"D_{{%s}}\left({0}, {1}\right)" % _name[5:].replace("_", r"\_")))
+
+
+def _reduce_layers(mean: bool) -> Callable[[Ragged], Tensor]:
+    def fn(r: Ragged) -> Tensor:
+        total = segment_sum(r, r.values)
+        return total / _segment_count(r) if mean else total
+    return fn
+
+
+register(Op(name="sum_layers", family="reduce",
+            signatures=(Signature((Kind.LVAL,), Kind.SCORE, _reduce_layers(False),
+                                  "[layer: scalar] ->"),),
+            doc="sum over layers (grows with depth: a built-in depth bias)", source=_SOURCE,
+            latex=r"\sum_{{l}} {0}"))
+register(Op(name="mean_layers", family="reduce",
+            signatures=(Signature((Kind.LVAL,), Kind.SCORE, _reduce_layers(True),
+                                  "[layer: scalar] ->"),),
+            doc="mean over layers (depth-neutral)", source=_SOURCE,
+            latex=r"\frac{{1}}{{L}}\sum_{{l}} {0}"))
+
+
+def average_ranks(x: Tensor) -> Tensor:
+    """0-based ranks of a 1-D tensor, ties sharing their average rank."""
+    s = torch.sort(x).values
+    lo = torch.searchsorted(s, x, right=False)
+    hi = torch.searchsorted(s, x, right=True)
+    return (lo + hi - 1).to(x.dtype) / 2.0
+
+
+def _rank01(x: Tensor) -> Tensor:
+    n = x.numel()
+    return average_ranks(x) / max(n - 1, 1)
+
+
+def _z(x: Tensor) -> Tensor:
+    std = x.std(unbiased=False)
+    return torch.where(std > 0, (x - x.mean()) / std.clamp_min(_EPS), torch.zeros_like(x))
+
+
+for _name, _norm, _sign, _doc, _tex in (
+    ("rank_add", _rank01, 1.0, "rank(x) + rank(y), ranks over architectures scaled to [0, 1]",
+     r"\operatorname{{rank}}\left({0}\right) + \operatorname{{rank}}\left({1}\right)"),
+    ("rank_sub", _rank01, -1.0, "rank(x) − rank(y), ranks over architectures scaled to [0, 1]",
+     r"\operatorname{{rank}}\left({0}\right) - \operatorname{{rank}}\left({1}\right)"),
+    ("z_add", _z, 1.0, "z(x) + z(y), z-scores over architectures",
+     r"z\left({0}\right) + z\left({1}\right)"),
+    ("z_sub", _z, -1.0, "z(x) − z(y), z-scores over architectures",
+     r"z\left({0}\right) - z\left({1}\right)"),
+):
+    register(Op(name=_name, family="combine",
+                signatures=(Signature(
+                    (Kind.SCORE, Kind.SCORE), Kind.SCORE,
+                    (lambda f, sg: lambda x, y: f(x) + sg * f(y))(_norm, _sign), ", ->"),),
+                doc=_doc + " (normalising first stops one part swamping the other)",
+                source="gp-proxy (fixes the raw sum of the published code)",
+                commutative=_sign > 0, cross_arch=True, latex=_tex))

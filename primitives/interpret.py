@@ -1,0 +1,61 @@
+"""Reference interpreter: evaluate a formula tree on one environment of inputs.
+
+This is the plain, obviously-correct evaluator (no memoisation, no chunking) that the fast
+batched evaluator is tested against. Randomness: every stochastic node draws from its own
+``torch.Generator`` seeded from ``(seed, node path)``, so the teacher and the student side of
+a distance see the same draws, and so does every architecture in a batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+import torch
+
+from .errors import KindError
+from .formula import Node
+from .registry import apply, get
+from .values import Value
+
+__all__ = ["evaluate", "node_generator"]
+
+
+def node_generator(seed: int, path: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of the stochastic node at ``path`` for evaluation seed ``seed``."""
+    digest = hashlib.blake2b(f"{seed}:{path}".encode(), digest_size=8).digest()
+    g = torch.Generator(device=device)
+    g.manual_seed(int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF)
+    return g
+
+
+def evaluate(node: Node, student: Mapping[str, Value], teacher: Mapping[str, Value] | None = None,
+             seed: int = 0, _path: str = "", _side: Mapping[str, Value] | None = None) -> Value:
+    """Evaluate ``node``.
+
+    ``student``/``teacher`` map input names (``k1``, ``act``...) to values with a leading
+    architecture axis (the teacher's is 1). Inside a distance, inputs are read from the side
+    being evaluated; elsewhere from the student.
+    """
+    env = student if _side is None else _side
+    op = get(node.name)
+    if op.family == "input":
+        try:
+            return env[node.name]
+        except KeyError:
+            raise KindError(f"input {node.name!r} is not available") from None
+    if op.pairwise:
+        if teacher is None:
+            raise KindError(f"{node.name} compares teacher and student: pass teacher inputs")
+        child_path = f"{_path}.0" if _path else "0"
+        s = evaluate(node.args[0], student, teacher, seed, child_path, student)
+        t = evaluate(node.args[0], student, teacher, seed, child_path, teacher)
+        return apply(node.name, s, t)
+    args = [
+        evaluate(a, student, teacher, seed, f"{_path}.{i}" if _path else str(i), _side)
+        for i, a in enumerate(node.args)
+    ]
+    if op.stochastic:
+        device = args[0].device if isinstance(args[0], torch.Tensor) else args[0].values.device
+        return apply(node.name, *args, generator=node_generator(seed, _path, device))
+    return apply(node.name, *args)

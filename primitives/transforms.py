@@ -1,0 +1,263 @@
+"""Structural transforms of teacher and student features (Auto-DAS C.1, Auto-KD relations).
+
+A transform is applied identically to the teacher and the student side of a distance.
+Every function takes and returns tensors with a leading architecture axis ``a``; shapes in
+the docstrings omit it. Fixes relative to the published listing (one line of why each):
+
+- ``logsoftmax_n`` normalises over the sample axis; the listing used ``dim=1`` (channels).
+- no op passes a wrong-rank input through unchanged: an op only has signatures for the
+  kinds it is defined on, so ``mask(k3)`` is a type error, not a silent no-op.
+- ``batchnorm`` is parameter-free with batch statistics; the listing built a fresh
+  ``nn.BatchNorm`` module (with its own running buffers) on every call.
+- ``mask`` and ``drop`` draw from an explicit generator, so teacher and student see the
+  same mask and fitness is not noise; the listing used the global RNG.
+- ``mm``/``sp`` on ``vec`` compute the n × n gram; the listing returned 2-D input unchanged.
+- ``min_max_normalize`` works per architecture and returns 0 for a constant tensor instead
+  of dividing by ~0.
+- ``local_s*`` and ``multi_scale_r*`` crop maps whose side is not a multiple of the patch
+  and raise :class:`ShapeError` on maps smaller than one patch, instead of an einops crash.
+- ``satt`` returns ``n (h w)``; the listing appended a dangling unit axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, reduce
+from torch import Tensor
+
+from .errors import ShapeError
+from .registry import Op, Signature, register
+from .values import Kind
+
+__all__: list[str] = []
+
+ATT_T = 0.5  # FGD temperature for the attention transforms
+MASK_RATIO = 0.65  # MGD: fraction of positions masked
+DROP_P = 0.1
+BN_EPS = 1e-5
+NORM_EPS = 1e-12
+
+_AUTODAS = "Auto-DAS supplement Listing 1.1"
+
+
+def _sig(inp: Kind, out: Kind, fn: Callable[..., Tensor], contract: str) -> Signature:
+    return Signature((inp,), out, fn, contract)
+
+
+def _reg(name: str, doc: str, sigs: list[Signature], source: str = _AUTODAS,
+         complexity: int = 1, latex: str = "", **props: Any) -> None:
+    register(Op(name=name, family="transform", signatures=tuple(sigs), doc=doc,
+                source=source, complexity=complexity, latex=latex, **props))
+
+
+def _crop(x: Tensor, p: int) -> Tensor:
+    h, w = x.shape[-2], x.shape[-1]
+    if h < p or w < p:
+        raise ShapeError(f"a {h}x{w} map is smaller than a {p}x{p} patch")
+    return x[..., : h // p * p, : w // p * p]
+
+
+# ---------------------------------------------------------------- attention (FGD) ----------
+def _satt(x: Tensor) -> Tensor:
+    g = reduce(x.abs(), "a n c h w -> a n (h w)", "mean")
+    return g.shape[-1] * torch.softmax(g / ATT_T, dim=-1)
+
+
+def _catt_map(x: Tensor) -> Tensor:
+    g = reduce(x.abs(), "a n c h w -> a n c", "mean")
+    return g.shape[-1] * torch.softmax(g / ATT_T, dim=-1)
+
+
+def _catt_axis(x: Tensor) -> Tensor:
+    return x.shape[2] * torch.softmax(x / ATT_T, dim=2)
+
+
+def _natt(x: Tensor) -> Tensor:
+    return x.shape[1] * torch.softmax(x / ATT_T, dim=1)
+
+
+_reg("satt", "spatial attention (FGD): HW · softmax(mean_c|F| / T) over positions, T=0.5",
+     [_sig(Kind.FMAP, Kind.VEC, _satt, "n c h w -> n (h w)")],
+     latex=r"A^{{S}}\left({0}\right)")
+_reg("catt", "channel attention (FGD): C · softmax(mean_hw|F| / T) over channels, T=0.5; "
+     "on seq/vec: C · softmax(F / T) over the channel axis",
+     [_sig(Kind.FMAP, Kind.VEC, _catt_map, "n c h w -> n c"),
+      _sig(Kind.SEQ, Kind.SEQ, _catt_axis, "n c m -> n c m"),
+      _sig(Kind.VEC, Kind.VEC, _catt_axis, "n d -> n d")],
+     latex=r"A^{{C}}\left({0}\right)")
+_reg("natt", "sample attention: N · softmax(F / T) over the sample axis, T=0.5",
+     [_sig(k, k, _natt, c) for k, c in ((Kind.FMAP, "n c h w -> n c h w"),
+                                        (Kind.SEQ, "n c m -> n c m"), (Kind.VEC, "n d -> n d"))],
+     latex=r"A^{{N}}\left({0}\right)")
+
+
+# ---------------------------------------------------------------- stochastic ---------------
+def _mask(x: Tensor, generator: torch.Generator) -> Tensor:
+    n, h, w = x.shape[1], x.shape[3], x.shape[4]
+    r = torch.rand((n, h, w), generator=generator, device=x.device)
+    keep = (r >= MASK_RATIO).to(x.dtype)
+    return x * rearrange(keep, "n h w -> 1 n 1 h w")
+
+
+def _drop(x: Tensor, generator: torch.Generator) -> Tensor:
+    n, c = x.shape[1], x.shape[2]
+    r = torch.rand((n, c), generator=generator, device=x.device)
+    keep = (r >= DROP_P).to(x.dtype) / (1.0 - DROP_P)
+    return x * keep.reshape((1, n, c) + (1,) * (x.dim() - 3))
+
+
+_reg("mask", "random spatial mask (MGD): zero 65% of positions, same mask for every channel, "
+     "architecture, teacher and student", [_sig(Kind.FMAP, Kind.FMAP, _mask, "n c h w -> n c h w")],
+     source="Auto-DAS C.1 / MGD (Yang et al. 2022)", stochastic=True,
+     latex=r"\operatorname{{mask}}\left({0}\right)")
+_reg("drop", "channel dropout p=0.1 (whole channel maps for fmap/seq, elements for vec), "
+     "rescaled by 1/(1-p)",
+     [_sig(k, k, _drop, c) for k, c in ((Kind.FMAP, "n c h w -> n c h w"),
+                                        (Kind.SEQ, "n c m -> n c m"), (Kind.VEC, "n d -> n d"))],
+     stochastic=True)
+
+
+# ---------------------------------------------------------------- grams and reshapes ------
+def _bmm(x: Tensor) -> Tensor:
+    f = rearrange(x, "a n c h w -> a n c (h w)") if x.dim() == 5 else x
+    return torch.einsum("ancm,andm->ancd", f, f)
+
+
+def _flat(x: Tensor) -> Tensor:
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _mm(x: Tensor) -> Tensor:
+    f = _flat(x)
+    return torch.einsum("and,akd->ank", f, f)
+
+
+def _sp(x: Tensor) -> Tensor:
+    return F.normalize(_mm(x), p=2, dim=-1, eps=NORM_EPS)
+
+
+def _ickd(x: Tensor) -> Tensor:
+    g = _bmm(x)
+    norm = torch.linalg.vector_norm(g, dim=(-2, -1), keepdim=True)
+    return g / norm.clamp_min(NORM_EPS)
+
+
+_reg("bmm", "per-sample channel gram F Fᵀ (C × C)",
+     [_sig(Kind.FMAP, Kind.SEQ, _bmm, "n c h w -> n c c"),
+      _sig(Kind.SEQ, Kind.SEQ, _bmm, "n c m -> n c c")],
+     complexity=2, latex=r"G_{{C}}\left({0}\right)")
+_reg("mm", "batch gram F Fᵀ over flattened samples (N × N)",
+     [_sig(Kind.FMAP, Kind.VEC, _mm, "n c h w -> n n"),
+      _sig(Kind.SEQ, Kind.VEC, _mm, "n c m -> n n"),
+      _sig(Kind.VEC, Kind.VEC, _mm, "n d -> n n")],
+     complexity=2, latex=r"G_{{N}}\left({0}\right)")
+_reg("sp", "sample-wise relation (SP, Tung & Mori 2019; Auto-KD Eq. 1): batch gram with each "
+     "row L2-normalised",
+     [_sig(Kind.FMAP, Kind.VEC, _sp, "n c h w -> n n"),
+      _sig(Kind.SEQ, Kind.VEC, _sp, "n c m -> n n"),
+      _sig(Kind.VEC, Kind.VEC, _sp, "n d -> n n")],
+     source="Auto-KD supplement Eq. 1 / SP", complexity=2,
+     latex=r"\operatorname{{SP}}\left({0}\right)")
+_reg("ickd", "channel-wise relation (ICKD, Liu et al. 2021; Auto-KD Eq. 3): per-sample channel "
+     "gram divided by its Frobenius norm",
+     [_sig(Kind.FMAP, Kind.SEQ, _ickd, "n c h w -> n c c"),
+      _sig(Kind.SEQ, Kind.SEQ, _ickd, "n c m -> n c c")],
+     source="Auto-KD supplement Eq. 3 / ICKD", complexity=2,
+     latex=r"\operatorname{{ICKD}}\left({0}\right)")
+_reg("batch", "flatten each sample: n c h w -> n (c h w)",
+     [_sig(Kind.FMAP, Kind.VEC, _flat, "n c h w -> n (c h w)"),
+      _sig(Kind.SEQ, Kind.VEC, _flat, "n c m -> n (c m)")])
+_reg("channel", "flatten positions: n c h w -> n c (h w)",
+     [_sig(Kind.FMAP, Kind.SEQ, lambda x: rearrange(x, "a n c h w -> a n c (h w)"),
+           "n c h w -> n c (h w)")])
+
+
+# ---------------------------------------------------------------- multi-scale and local ---
+def _multi_scale(r: int) -> Callable[[Tensor], Tensor]:
+    def fn(x: Tensor) -> Tensor:
+        return reduce(_crop(x, r), "a n c (h p) (w q) -> a n c h w", "max", p=r, q=r)
+    return fn
+
+
+def _local(p: int) -> Callable[[Tensor], Tensor]:
+    def fn(x: Tensor) -> Tensor:
+        return rearrange(_crop(x, p), "a n c (h p) (w q) -> a n (c h w) p q", p=p, q=p)
+    return fn
+
+
+for _r in (1, 2, 4):
+    _reg(f"multi_scale_r{_r}",
+         f"spatial pyramid level (Review, Chen et al. 2021): {_r}x{_r} max pooling",
+         [_sig(Kind.FMAP, Kind.FMAP, _multi_scale(_r),
+               f"n c h w -> n c h//{_r} w//{_r}" if _r > 1 else "n c h w -> n c h w")],
+         identity=_r == 1, latex=r"\operatorname{{MS}}_{{%d}}\left({0}\right)" % _r)
+_reg("local_s1", "local patches of 1x1 (LKD): every position becomes its own instance",
+     [_sig(Kind.FMAP, Kind.VEC, lambda x: rearrange(x, "a n c h w -> a n (c h w)"),
+           "n c h w -> n (c h w)")], latex=r"\operatorname{{local}}_{{1}}\left({0}\right)")
+for _p in (2, 4):
+    _reg(f"local_s{_p}", f"local patches of {_p}x{_p} (LKD, Li et al. 2020), stacked on the "
+         "channel axis",
+         [_sig(Kind.FMAP, Kind.FMAP, _local(_p),
+               f"n c h w -> n (c h//{_p} w//{_p}) {_p} {_p}")],
+         latex=r"\operatorname{{local}}_{{%d}}\left({0}\right)" % _p)
+
+
+# ---------------------------------------------------------------- normalisations ----------
+def _normalize(dims: tuple[int, ...]) -> Callable[[Tensor], Tensor]:
+    def fn(x: Tensor) -> Tensor:
+        norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True)
+        return x / norm.clamp_min(NORM_EPS)
+    return fn
+
+
+def _softmax_hw(log: bool) -> Callable[[Tensor], Tensor]:
+    def fn(x: Tensor) -> Tensor:
+        f = rearrange(x, "a n c h w -> a n c (h w)") if x.dim() == 5 else x
+        return torch.log_softmax(f, dim=-1) if log else torch.softmax(f, dim=-1)
+    return fn
+
+
+_ALL = ((Kind.FMAP, "n c h w -> n c h w"), (Kind.SEQ, "n c m -> n c m"), (Kind.VEC, "n d -> n d"))
+_reg("norm_hw", "L2-normalise over positions",
+     [_sig(Kind.FMAP, Kind.FMAP, _normalize((3, 4)), "n c h w -> n c h w"),
+      _sig(Kind.SEQ, Kind.SEQ, _normalize((3,)), "n c m -> n c m")], idempotent=True)
+_reg("norm_c", "L2-normalise over channels",
+     [_sig(k, k, _normalize((2,)), c) for k, c in _ALL], idempotent=True)
+_reg("norm_n", "L2-normalise over samples",
+     [_sig(k, k, _normalize((1,)), c) for k, c in _ALL], idempotent=True)
+for _log in (False, True):
+    _pre = "log" if _log else ""
+    _f = torch.log_softmax if _log else torch.softmax
+    _reg(f"{_pre}softmax_n", f"{_pre} softmax over the sample axis",
+         [_sig(k, k, (lambda f: lambda x: f(x, dim=1))(_f), c) for k, c in _ALL])
+    _reg(f"{_pre}softmax_c", f"{_pre} softmax over the channel axis",
+         [_sig(k, k, (lambda f: lambda x: f(x, dim=2))(_f), c) for k, c in _ALL])
+    _reg(f"{_pre}softmax_hw", f"{_pre} softmax over positions",
+         [_sig(Kind.FMAP, Kind.SEQ, _softmax_hw(_log), "n c h w -> n c (h w)"),
+          _sig(Kind.SEQ, Kind.SEQ, _softmax_hw(_log), "n c m -> n c m")])
+
+
+def _min_max(x: Tensor) -> Tensor:
+    dims = tuple(range(1, x.dim()))
+    lo = x.amin(dim=dims, keepdim=True)
+    hi = x.amax(dim=dims, keepdim=True)
+    span = hi - lo
+    return torch.where(span > 0, (x - lo) / span.clamp_min(NORM_EPS), torch.zeros_like(x))
+
+
+def _batchnorm(x: Tensor) -> Tensor:
+    dims = (1, *range(3, x.dim()))
+    mean = x.mean(dim=dims, keepdim=True)
+    var = x.var(dim=dims, keepdim=True, unbiased=False)
+    return (x - mean) / torch.sqrt(var + BN_EPS)
+
+
+_reg("min_max_normalize", "(x - min) / (max - min) over each architecture's tensor; 0 if constant",
+     [_sig(k, k, _min_max, c) for k, c in _ALL], idempotent=True)
+_reg("batchnorm", "parameter-free batch norm: per channel, batch statistics over samples and "
+     "positions, eps=1e-5", [_sig(k, k, _batchnorm, c) for k, c in _ALL],
+     latex=r"\operatorname{{BN}}\left({0}\right)")

@@ -1,0 +1,161 @@
+"""Per-op tests generated from the registry: a newly registered op is tested at once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import primitives
+from primitives import Kind, KindError, Ragged, ShapeError, apply
+from primitives.contract import expected_shape, is_tensor_contract
+from primitives.values import RAGGED_KINDS
+
+from .conftest import FAMILIES, LAYERS, SHAPES, A, make_layers, make_value
+
+OPS = [op for op in primitives.ops() if op.family != "input"]
+CASES = [(op, sig) for op in OPS for sig in op.signatures]
+IDS = [f"{op.name}:{sig}" for op, sig in CASES]
+
+
+def _args(op: primitives.Op, sig: primitives.Signature, family: str = "random", seed: int = 0
+          ) -> list[torch.Tensor | Ragged]:
+    if op.pairwise:  # (student with A archs, teacher with 1)
+        return [make_value(sig.inputs[0], family, seed),
+                make_value(sig.inputs[0], family, seed + 1, archs=1)]
+    return [make_value(k, family, seed + i) for i, k in enumerate(sig.inputs)]
+
+
+def _call(op: primitives.Op, args: list, seed: int = 7) -> torch.Tensor | Ragged:
+    g = torch.Generator().manual_seed(seed) if op.stochastic else None
+    return apply(op.name, *args, generator=g)
+
+
+def _flat(v: torch.Tensor | Ragged) -> torch.Tensor:
+    return v.values if isinstance(v, Ragged) else v
+
+
+@pytest.mark.parametrize(("op", "sig"), CASES, ids=IDS)
+def test_shape_contract(op: primitives.Op, sig: primitives.Signature) -> None:
+    out = _call(op, _args(op, sig))
+    assert primitives.kind_of(out) == sig.output
+    if sig.output is Kind.SCORE:
+        assert out.shape == (A,)
+    elif is_tensor_contract(sig.contract) and sig.output not in RAGGED_KINDS:
+        ins = [SHAPES[k] for k in sig.inputs]
+        if op.pairwise:
+            ins = ins * 2
+        assert tuple(out.shape) == (A, *expected_shape(sig.contract, ins)), sig.contract
+
+
+_RANKS = {Kind.VEC: "2d", Kind.SEQ: "3d", Kind.FMAP: "4d"}
+UNDEFINED = [(op, kind) for op in OPS for kind in _RANKS
+             if op.arity == 1 and not any(s.inputs == (kind,) for s in op.signatures)]
+
+
+@pytest.mark.parametrize(("op", "kind"), UNDEFINED,
+                         ids=[f"{o.name}:{_RANKS[k]}" for o, k in UNDEFINED])
+def test_rank_without_signature_is_rejected(op: primitives.Op, kind: Kind) -> None:
+    """No silent pass-through: a rank an op is not defined on raises KindError."""
+    args = [make_value(kind), make_value(kind, archs=1)] if op.pairwise else [make_value(kind)]
+    with pytest.raises(KindError, match=op.name):
+        _call(op, args)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("op", "sig"), CASES, ids=IDS)
+def test_finite_outputs(op: primitives.Op, sig: primitives.Signature, family: str) -> None:
+    out = _flat(_call(op, _args(op, sig, family)))
+    assert torch.isfinite(out).all(), f"{op.name} gave non-finite values on {family} input"
+
+
+@pytest.mark.parametrize(("op", "sig"), CASES, ids=IDS)
+def test_pure_and_deterministic(op: primitives.Op, sig: primitives.Signature) -> None:
+    args = _args(op, sig)
+    before = [_flat(a).clone() for a in args]
+    first = _flat(_call(op, args, seed=3))
+    second = _flat(_call(op, args, seed=3))
+    for a, b in zip(args, before, strict=True):
+        assert torch.equal(_flat(a), b), f"{op.name} modified its input in place"
+    assert torch.equal(first, second)
+
+
+STOCHASTIC = [(op, sig) for op, sig in CASES if op.stochastic]
+
+
+@pytest.mark.parametrize(("op", "sig"), STOCHASTIC, ids=[f"{o.name}:{s}" for o, s in STOCHASTIC])
+def test_stochastic_ops_depend_on_the_generator_only(op: primitives.Op,
+                                                     sig: primitives.Signature) -> None:
+    args = _args(op, sig)
+    a = _flat(_call(op, args, seed=1))
+    b = _flat(_call(op, args, seed=2))
+    assert not torch.equal(a, b), "different seeds should give different draws"
+    with pytest.raises(KindError, match="Generator"):
+        apply(op.name, *args)
+
+
+def _split_tensor_case(op: primitives.Op, sig: primitives.Signature) -> None:
+    args = _args(op, sig)
+    batched = _call(op, args)
+    students = [args[0]] if op.pairwise else args
+    for i in range(A):
+        single = [x[i:i + 1] for x in students] + ([args[1]] if op.pairwise else [])
+        one = _call(op, single)
+        torch.testing.assert_close(one, batched[i:i + 1], rtol=1e-5, atol=1e-6)
+
+
+def _split_ragged_case(op: primitives.Op, sig: primitives.Signature) -> None:
+    layer_lists = [make_layers(k, "random", seed=i) for i, k in enumerate(sig.inputs)]
+    packed = [Ragged.from_layers(k, ll) for k, ll in zip(sig.inputs, layer_lists, strict=True)]
+    batched = _call(op, packed)
+    for i in range(len(LAYERS[sig.inputs[0]])):
+        single = [Ragged.from_layers(k, [ll[i]])
+                  for k, ll in zip(sig.inputs, layer_lists, strict=True)]
+        one = _call(op, single)
+        if isinstance(batched, Ragged):
+            arch = (batched.segment if batched.kind is Kind.LVAL
+                    else batched.segment_arch[batched.segment])
+            torch.testing.assert_close(one.values, batched.values[arch == i],
+                                       rtol=1e-5, atol=1e-6)
+        else:
+            torch.testing.assert_close(one, batched[i:i + 1], rtol=1e-5, atol=1e-6)
+
+
+BATCHABLE = [(op, sig) for op, sig in CASES if not op.cross_arch]
+
+
+@pytest.mark.parametrize(("op", "sig"), BATCHABLE, ids=[f"{o.name}:{s}" for o, s in BATCHABLE])
+def test_batched_equals_per_architecture_loop(op: primitives.Op, sig: primitives.Signature
+                                              ) -> None:
+    if sig.inputs[0] in RAGGED_KINDS:
+        _split_ragged_case(op, sig)
+    else:
+        _split_tensor_case(op, sig)
+
+
+@pytest.mark.parametrize("op", OPS, ids=[o.name for o in OPS])
+def test_record_is_complete(op: primitives.Op) -> None:
+    assert op.doc, f"{op.name} has no docstring"
+    n = 2 if op.pairwise else op.arity
+    markers = [f"ARG{i}Z" for i in range(n)]
+    rendered = op.latex_template().format(*markers)
+    assert all(m in rendered for m in markers), f"{op.name}: LaTeX drops an argument"
+    assert op.complexity >= 1
+
+
+def test_pairwise_shape_mismatch_is_a_shape_error() -> None:
+    s = torch.randn(2, 4, 6, 8, 8)
+    t = torch.randn(1, 4, 5, 8, 8)
+    with pytest.raises(ShapeError, match="differ"):
+        apply("l1", s, t)
+
+
+def test_too_small_map_is_a_shape_error() -> None:
+    with pytest.raises(ShapeError, match="smaller than"):
+        apply("local_s4", torch.randn(1, 2, 3, 2, 2))
+
+
+def test_ragged_layout_mismatch_is_a_shape_error() -> None:
+    w = make_value(Kind.WSET)
+    other = Ragged.from_layers(Kind.WSET, [[torch.randn(3)], [torch.randn(2)], [torch.randn(4)]])
+    with pytest.raises(ShapeError, match="layouts"):
+        apply("add", w, other)
