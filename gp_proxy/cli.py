@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -54,6 +55,48 @@ def show_formula(
     _out.print(f"sympy       {primitives.to_sympy(canon)}", markup=False, highlight=False)
     props = sorted({p for n in canon.walk() for p in primitives.get(n.name).properties()})
     _out.print(f"properties  {', '.join(props) or '-'}")
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="Build and summarise ground-truth benchmarks.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("build")
+def bench_build(
+    out: Annotated[Path, typer.Argument(help="benchmark folder (created, or resumed)")],
+    data: Annotated[Path | None, typer.Option(help="folder with the Fashion-MNIST IDX files")
+                    ] = None,
+    workers: Annotated[int, typer.Option(help="trainings in parallel (one process each)")] = 2,
+    archs: Annotated[str, typer.Option(help="comma-separated specs (default: whole space)")] = "",
+    epochs: Annotated[int, typer.Option(help="student epochs")] = 10,
+    teacher_epochs: Annotated[int, typer.Option(help="teacher epochs")] = 15,
+    max_runs: Annotated[int | None, typer.Option(help="stop after this many new trainings")
+                        ] = None,
+) -> None:
+    """Train the teacher and every student (KD and CE, 3 seeds); resumes where it stopped."""
+    from .bench import BenchConfig, build_benchmark, command_line, summarize
+    from .data import load_fashion_mnist
+
+    cfg = BenchConfig(epochs=epochs, teacher_epochs=teacher_epochs,
+                      archs=tuple(a for a in archs.split(",") if a))
+    train = load_fashion_mnist(data, "train")
+    test = load_fashion_mnist(data, "test")
+    counts = build_benchmark(out, cfg, train, test, workers=workers, max_runs=max_runs)
+    _out.print(f"runs: {counts['done_before']} already done, {counts['new']} new, "
+               f"{counts['remaining']} remaining")
+    if counts["remaining"] == 0:
+        noise = summarize(out, command_line())
+        _out.print_json(data=noise)
+
+
+@bench_app.command("summarize")
+def bench_summarize(
+    out: Annotated[Path, typer.Argument(help="benchmark folder")],
+) -> None:
+    """Write ground_truth.csv, noise.json and manifest.json from the finished runs."""
+    from .bench import command_line, summarize
+
+    _out.print_json(data=summarize(out, command_line()))
 
 
 def main(argv: list[str] | None = None) -> int:

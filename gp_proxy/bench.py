@@ -1,0 +1,351 @@
+"""The ground-truth distillation benchmark builder (resumable, multi-process).
+
+Layout of a benchmark folder::
+
+    config.json          the build configuration (a resume must match it)
+    teacher.safetensors  teacher weights; teacher.json: its accuracy and training time
+    probe.safetensors    a small probe batch (images, labels) for feature caches
+    runs/ARCH__MODE__sSEED.json   one finished training each, written atomically
+    ground_truth.csv     per architecture: params, FLOPs, KD and CE accuracy per seed, mean, std
+    noise.json           seed-to-seed rank agreement and the #params/FLOPs baselines
+    manifest.json        command, versions, hardware, timings
+
+A killed build loses at most the trainings in flight: finished runs are files, and a rerun
+skips them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from scipy import stats
+
+from primitives.errors import GpProxyError
+
+from .data import Split
+from .io import atomic_write_json, atomic_write_text, load_tensors, read_json, save_tensors
+from .spaces import count_flops, count_params, get_space
+from .train import Recipe, evaluate_accuracy, predict_logits, train_classifier
+
+__all__ = ["BenchConfig", "build_benchmark", "summarize"]
+
+MODES = ("kd", "ce")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    space: str = "fmnist-cnn"
+    teacher: str = "resnet-t"
+    train_size: int = 5000
+    subset_seed: int = 0
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = 10
+    lr: float = 0.05
+    batch_size: int = 128
+    temperature: float = 4.0
+    alpha: float = 0.9
+    teacher_epochs: int = 15
+    teacher_lr: float = 0.1
+    teacher_train_size: int = 60000
+    probe_size: int = 64
+    archs: tuple[str, ...] = field(default_factory=tuple)  # empty: the whole space
+
+    def student_recipe(self) -> Recipe:
+        return Recipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                      temperature=self.temperature, alpha=self.alpha)
+
+    def teacher_recipe(self) -> Recipe:
+        return Recipe(epochs=self.teacher_epochs, lr=self.teacher_lr, batch_size=self.batch_size,
+                      augment=True)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seeds"] = list(self.seeds)
+        d["archs"] = list(self.archs)
+        return d
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> BenchConfig:
+        known = {f.name for f in fields(BenchConfig)}
+        unknown = set(d) - known
+        if unknown:
+            raise GpProxyError(f"benchmark config: unknown keys {sorted(unknown)}")
+        d = dict(d)
+        d["seeds"] = tuple(d.get("seeds", (0, 1, 2)))
+        d["archs"] = tuple(d.get("archs", ()))
+        return BenchConfig(**d)
+
+
+def _run_name(arch: str, mode: str, seed: int) -> str:
+    return f"{arch}__{mode}__s{seed}"
+
+
+def _train_subset(train: Split, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed, class-balanced subset of the training split (indices into it)."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(train), generator=g)
+    classes = int(train.labels.max().item()) + 1
+    per_class = size // classes
+    picked = [perm[train.labels[perm] == c][:per_class] for c in range(classes)]
+    idx = torch.sort(torch.cat(picked)).values
+    rest = perm[~torch.isin(perm, idx)]
+    return idx, rest
+
+
+# --------------------------------------------------------------------- worker side ----------
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(payload: dict[str, Any]) -> None:
+    torch.set_num_threads(1)
+    _WORKER.update(payload)
+
+
+def _train_one(arch: str, mode: str, seed: int) -> dict[str, Any]:
+    cfg: BenchConfig = _WORKER["config"]
+    space = get_space(cfg.space)
+    model = space.build(arch, seed=seed)
+    teacher_logits = _WORKER["teacher_logits"] if mode == "kd" else None
+    info = train_classifier(model, _WORKER["x"], _WORKER["y"], cfg.student_recipe(), seed,
+                            teacher_logits=teacher_logits)
+    t0 = time.perf_counter()
+    acc = evaluate_accuracy(model, _WORKER["test_x"], _WORKER["test_y"])
+    return {"arch": arch, "mode": mode, "seed": seed, "test_acc": acc,
+            "train_loss": info["train_loss"], "train_seconds": info["seconds"],
+            "eval_seconds": time.perf_counter() - t0}
+
+
+# --------------------------------------------------------------------- driver ---------------
+def _check_config(out: Path, cfg: BenchConfig) -> None:
+    path = out / "config.json"
+    if path.exists():
+        old = BenchConfig.from_json(read_json(path))
+        if old != cfg:
+            diff = [f.name for f in fields(cfg) if getattr(old, f.name) != getattr(cfg, f.name)]
+            raise GpProxyError(f"{path}: an earlier build used other settings ({', '.join(diff)}); "
+                               "use another output folder or the same settings to resume")
+    else:
+        atomic_write_json(path, cfg.to_json())
+
+
+def _teacher(out: Path, cfg: BenchConfig, train: Split, test: Split, threads: int,
+             progress: Progress) -> torch.nn.Module:
+    space = get_space(cfg.space)
+    model = space.build_teacher(cfg.teacher, seed=0)
+    wpath, jpath = out / "teacher.safetensors", out / "teacher.json"
+    if wpath.exists() and jpath.exists():
+        model.load_state_dict(load_tensors(wpath))
+        return model
+    torch.set_num_threads(threads)
+    n = min(cfg.teacher_train_size, len(train))
+    task = progress.add_task("teacher", total=cfg.teacher_epochs)
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        progress.update(task, completed=epoch)
+        if not progress.console.is_terminal:
+            progress.console.print(f"teacher epoch {epoch}/{cfg.teacher_epochs}: loss {loss:.4f}")
+
+    info = train_classifier(model, train.images[:n], train.labels[:n], cfg.teacher_recipe(),
+                            seed=0, on_epoch=on_epoch)
+    acc = evaluate_accuracy(model, test.images, test.labels)
+    save_tensors(wpath, model.state_dict())
+    atomic_write_json(jpath, {"name": cfg.teacher, "test_acc": acc, "train_images": n,
+                              "train_seconds": info["seconds"], "train_loss": info["train_loss"],
+                              "params": count_params(model),
+                              "flops": count_flops(model, space.input_shape)})
+    return model
+
+
+def build_benchmark(out: str | os.PathLike[str], cfg: BenchConfig, train: Split, test: Split,
+                    workers: int = 2, max_runs: int | None = None, quiet: bool = False
+                    ) -> dict[str, int]:
+    """Build (or resume) a benchmark in ``out``; returns counts of done/new/remaining runs.
+
+    ``max_runs`` stops after that many new trainings (used to test resumption).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, cfg)
+    space = get_space(cfg.space)
+    archs = [space.validate(a) for a in cfg.archs] if cfg.archs else list(space.enumerate())
+    idx, rest = _train_subset(train, cfg.train_size, cfg.subset_seed)
+    x, y = train.images[idx], train.labels[idx]
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), disable=quiet) as progress:
+        teacher = _teacher(out, cfg, train, test, workers, progress)
+        if not (out / "probe.safetensors").exists():
+            probe = rest[: cfg.probe_size]
+            save_tensors(out / "probe.safetensors",
+                         {"images": train.images[probe], "labels": train.labels[probe]})
+        teacher_logits = predict_logits(teacher, x)
+        runs_dir = out / "runs"
+        runs_dir.mkdir(exist_ok=True)
+        todo = [(a, m, s) for a, m, s in itertools.product(archs, MODES, cfg.seeds)
+                if not (runs_dir / f"{_run_name(a, m, s)}.json").exists()]
+        done_before = len(archs) * len(MODES) * len(cfg.seeds) - len(todo)
+        if max_runs is not None:
+            todo = todo[:max_runs]
+        task = progress.add_task("students", total=len(todo))
+        payload = {"config": cfg, "x": x, "y": y, "test_x": test.images, "test_y": test.labels,
+                   "teacher_logits": teacher_logits}
+        new = 0
+        if todo:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                     initializer=_init_worker, initargs=(payload,)) as pool:
+                pending: set[Future[dict[str, Any]]] = set()
+                queue = iter(todo)
+                try:
+                    for item in itertools.islice(queue, workers * 2):
+                        pending.add(pool.submit(_train_one, *item))
+                    while pending:
+                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in finished:
+                            rec = fut.result()
+                            atomic_write_json(
+                                runs_dir / f"{_run_name(rec['arch'], rec['mode'], rec['seed'])}"
+                                ".json", rec)
+                            new += 1
+                            progress.update(task, advance=1)
+                            if not progress.console.is_terminal and new % 20 == 0:
+                                progress.console.print(f"students: {new}/{len(todo)} runs done")
+                            nxt = next(queue, None)
+                            if nxt is not None:
+                                pending.add(pool.submit(_train_one, *nxt))
+                except BaseException:
+                    for fut in pending:
+                        fut.cancel()
+                    raise
+    remaining = len(archs) * len(MODES) * len(cfg.seeds) - done_before - new
+    return {"done_before": done_before, "new": new, "remaining": remaining}
+
+
+# --------------------------------------------------------------------- summary --------------
+def _kendall(a: np.ndarray, b: np.ndarray) -> float:
+    return float(stats.kendalltau(a, b).statistic)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(stats.spearmanr(a, b).statistic)
+
+
+def summarize(out: str | os.PathLike[str], command: str = "") -> dict[str, Any]:
+    """Write ground_truth.csv, noise.json and manifest.json from the finished runs."""
+    out = Path(out)
+    cfg = BenchConfig.from_json(read_json(out / "config.json"))
+    space = get_space(cfg.space)
+    archs = [space.validate(a) for a in cfg.archs] if cfg.archs else list(space.enumerate())
+    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for p in sorted((out / "runs").glob("*.json")):
+        rec = read_json(p)
+        runs[(rec["arch"], rec["mode"], int(rec["seed"]))] = rec
+    complete = [a for a in archs if all((a, m, s) in runs for m in MODES for s in cfg.seeds)]
+    if len(complete) < 3:
+        raise GpProxyError(f"{out}: only {len(complete)} architectures have every run; "
+                           "build more before summarising")
+    rows = []
+    for a in complete:
+        model = space.build(a)
+        row: dict[str, Any] = {"arch": a, "params": count_params(model),
+                               "flops": count_flops(model, space.input_shape)}
+        for m in MODES:
+            accs = [100.0 * runs[(a, m, s)]["test_acc"] for s in cfg.seeds]
+            for s, acc in zip(cfg.seeds, accs, strict=True):
+                row[f"{m}_s{s}"] = round(acc, 3)
+            row[f"{m}_mean"] = round(statistics.fmean(accs), 4)
+            row[f"{m}_std"] = round(statistics.stdev(accs) if len(accs) > 1 else 0.0, 4)
+            row[f"{m}_seconds"] = round(sum(runs[(a, m, s)]["train_seconds"]
+                                            for s in cfg.seeds), 2)
+        rows.append(row)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "ground_truth.csv", buf.getvalue())
+
+    kd = np.array([r["kd_mean"] for r in rows])
+    ce = np.array([r["ce_mean"] for r in rows])
+    per_seed = {s: np.array([r[f"kd_s{s}"] for r in rows]) for s in cfg.seeds}
+    pairs = list(itertools.combinations(cfg.seeds, 2))
+    tau_pairs = [_kendall(per_seed[a], per_seed[b]) for a, b in pairs]
+    rho_pairs = [_spearman(per_seed[a], per_seed[b]) for a, b in pairs]
+    k = len(cfg.seeds)
+    rho1 = statistics.fmean(rho_pairs) if rho_pairs else float("nan")
+    params = np.array([r["params"] for r in rows], dtype=float)
+    flops = np.array([r["flops"] for r in rows], dtype=float)
+    teacher = read_json(out / "teacher.json")
+    noise = {
+        "architectures": len(rows),
+        "seeds": list(cfg.seeds),
+        "seed_to_seed_kendall_kd": {"mean": statistics.fmean(tau_pairs), "pairs": tau_pairs},
+        "seed_to_seed_spearman_kd": {"mean": rho1, "pairs": rho_pairs},
+        "reliability_of_mean_spearman_brown": k * rho1 / (1 + (k - 1) * rho1),
+        "baselines_vs_kd_mean": {
+            "params": {"kendall": _kendall(params, kd), "spearman": _spearman(params, kd)},
+            "flops": {"kendall": _kendall(flops, kd), "spearman": _spearman(flops, kd)},
+            "ce_mean": {"kendall": _kendall(ce, kd), "spearman": _spearman(ce, kd)},
+        },
+        "kd_accuracy": {"min": float(kd.min()), "max": float(kd.max()),
+                        "mean": float(kd.mean()), "std": float(kd.std())},
+        "kd_minus_ce": {"mean": float((kd - ce).mean()), "min": float((kd - ce).min()),
+                        "max": float((kd - ce).max()),
+                        "fraction_kd_better": float(np.mean(kd > ce))},
+        "teacher_test_acc": 100.0 * teacher["test_acc"],
+    }
+    atomic_write_json(out / "noise.json", noise)
+    seconds = sum(r["train_seconds"] + r.get("eval_seconds", 0.0) for r in runs.values())
+    manifest = {
+        "command": command,
+        "config": cfg.to_json(),
+        "architectures_complete": len(rows),
+        "architectures_in_space": len(archs),
+        "runs": len(runs),
+        "student_cpu_seconds": round(seconds, 1),
+        "teacher": teacher,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "numpy": np.__version__},
+        "hardware": {"machine": platform.machine(), "processor": _cpu_name(),
+                     "cores": os.cpu_count(), "threads_per_training": 1},
+        "git_revision": _git_revision(),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    return noise
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def command_line() -> str:
+    return " ".join(["gp-proxy", *sys.argv[1:]])

@@ -1,0 +1,129 @@
+"""Data loading, ground-truth import and the resumable benchmark builder (tiny configs)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gp_proxy.bench import BenchConfig, build_benchmark, summarize
+from gp_proxy.data import Split, load_fashion_mnist, read_idx
+from gp_proxy.groundtruth import GroundTruthError, load_ground_truth
+from gp_proxy.spaces import get_space
+from primitives import GpProxyError
+
+
+def _idx_bytes(arr: np.ndarray) -> bytes:
+    code = {np.dtype(np.uint8): 0x08}[arr.dtype]
+    head = bytes([0, 0, code, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    return head + arr.tobytes()
+
+
+def _fake_fmnist(folder: Path, n: int, gz: bool) -> None:
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n), ("t10k", n // 2)):
+        images = rng.integers(0, 255, size=(count, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=(count,), dtype=np.uint8)
+        for kind, arr in (("images-idx3", images), ("labels-idx1", labels)):
+            name = f"{split}-{kind}-ubyte"
+            data = _idx_bytes(arr)
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (folder / name).write_bytes(data)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_reader_downsamples(tmp_path: Path, gz: bool) -> None:
+    _fake_fmnist(tmp_path, 40, gz)
+    train = load_fashion_mnist(tmp_path, "train")
+    assert train.images.shape == (40, 1, 14, 14) and train.labels.shape == (40,)
+    assert load_fashion_mnist(tmp_path, "test").images.shape == (20, 1, 14, 14)
+
+
+def test_dataset_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(GpProxyError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path / "nowhere")
+    bad = tmp_path / "x-idx"
+    bad.write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(GpProxyError, match="bad magic"):
+        read_idx(bad)
+    bad.write_bytes(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + b"\x00" * 3)
+    with pytest.raises(GpProxyError, match="promises"):
+        read_idx(bad)
+
+
+def _synthetic(n: int, seed: int) -> Split:
+    """Learnable toy data: the label is the brightest of 10 image regions."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images = torch.randn(n, 1, 14, 14, generator=g) * 0.3
+    for i, c in enumerate(labels.tolist()):
+        images[i, 0, c, :] += 2.0
+    return Split(images, labels)
+
+
+TINY = BenchConfig(train_size=100, epochs=1, teacher_epochs=1, teacher_train_size=200,
+                   probe_size=8, seeds=(0, 1),
+                   archs=("w8-d111-k3", "w8-d211-k3", "w12-d111-k5"))
+
+
+def test_killed_build_resumes_without_redoing_runs(tmp_path: Path) -> None:
+    train, test = _synthetic(300, 0), _synthetic(100, 1)
+    out = tmp_path / "bench"
+    first = build_benchmark(out, TINY, train, test, workers=1, max_runs=5, quiet=True)
+    assert first == {"done_before": 0, "new": 5, "remaining": 7}
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    teacher_stamp = (out / "teacher.safetensors").stat().st_mtime_ns
+    second = build_benchmark(out, TINY, train, test, workers=2, quiet=True)
+    assert second == {"done_before": 5, "new": 7, "remaining": 0}
+    for name, stamp in stamps.items():
+        assert (out / "runs" / name).stat().st_mtime_ns == stamp, f"{name} was redone"
+    assert (out / "teacher.safetensors").stat().st_mtime_ns == teacher_stamp
+    assert not list((out / "runs").glob(".*.tmp"))
+    noise = summarize(out, "test")
+    assert noise["architectures"] == 3
+    gt = load_ground_truth(out / "ground_truth.csv", get_space("fmnist-cnn"), "kd_mean",
+                           numeric=("params", "flops", "ce_mean"))
+    assert gt.archs == TINY.archs and len(gt.columns) == 4
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["runs"] == 12 and manifest["versions"]["torch"] == torch.__version__
+
+
+def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(TINY.to_json()))
+    other = BenchConfig(**{**TINY.__dict__, "epochs": 2})
+    with pytest.raises(GpProxyError, match="epochs"):
+        build_benchmark(out, other, _synthetic(300, 0), _synthetic(100, 1), quiet=True)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("arch,acc\n357,70.1\n333,oops\n", r":3: column 'acc': 'oops' is not a number"),
+    ("arch,acc\n357,70.1\n358,71\n", r":3: column 'arch': .*stage 3 has 8 blocks"),
+    ("arch,acc\n357,70.1\n357,71\n", r":3: architecture '357' repeats line 2"),
+    ("arch,accuracy\n357,70\n", r"no numeric column 'acc' \(did you mean 'accuracy'\?\)"),
+    ("arch,acc\n357,nan\n", r":2: column 'acc': 'nan' is not finite"),
+    ("arch,acc\n357,70,1\n", r":2: 3 fields, header has 2"),
+    ("arch,acc\n357,70\n", r"1 architectures"),
+])
+def test_bad_ground_truth_names_line_and_column(tmp_path: Path, content: str, message: str
+                                                ) -> None:
+    p = tmp_path / "gt.csv"
+    p.write_text(content)
+    with pytest.raises(GroundTruthError, match=message):
+        load_ground_truth(p, get_space("cifar-resnet-depth"), "acc")
+
+
+def test_import_nb201_ground_truth(tmp_path: Path) -> None:
+    space = get_space("nb201")
+    specs = list(space.enumerate())[:5]
+    p = tmp_path / "nb.csv"
+    p.write_text("arch,acc\n" + "".join(f"{s},{60 + i}\n" for i, s in enumerate(specs)))
+    gt = load_ground_truth(p, space, "acc")
+    assert gt.archs == tuple(specs) and gt.y.tolist() == [60, 61, 62, 63, 64]
