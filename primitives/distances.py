@@ -46,6 +46,11 @@ def _check(s: Tensor, t: Tensor) -> None:
         )
 
 
+def _check_samples(s: Tensor, t: Tensor) -> None:
+    if s.shape[1] != t.shape[1]:
+        raise ShapeError(f"student has {s.shape[1]} samples, teacher {t.shape[1]}")
+
+
 def _flat(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], x.shape[1], -1)
 
@@ -121,8 +126,12 @@ def _gram_normalised(x: Tensor) -> Tensor:
 
 
 def sp_dist(s: Tensor, t: Tensor) -> Tensor:
-    """Auto-KD Eq. 1: ‖G_T/‖G_T‖ − G_S/‖G_S‖‖_F with G = X Xᵀ over flattened samples"""
-    _check(s, t)
+    """Auto-KD Eq. 1: ‖G_T/‖G_T‖ − G_S/‖G_S‖‖_F with G = X Xᵀ over flattened samples.
+
+    The N × N relation does not depend on the feature width, so teacher and student may have
+    different channel counts and map sizes (only the sample counts must match).
+    """
+    _check_samples(s, t)
     return torch.linalg.vector_norm(_gram_normalised(s) - _gram_normalised(t), dim=(1, 2))
 
 

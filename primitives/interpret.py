@@ -2,8 +2,9 @@
 
 This is the plain, obviously-correct evaluator (no memoisation, no chunking) that the fast
 batched evaluator is tested against. Randomness: every stochastic node draws from its own
-``torch.Generator`` seeded from ``(seed, node path)``, so the teacher and the student side of
-a distance see the same draws, and so does every architecture in a batch.
+``torch.Generator`` seeded from ``(seed, the node's printed subtree)``, so the teacher and the
+student side of a distance see the same draws, so does every architecture in a batch, and
+two identical subtrees are the same value (which lets the fast evaluator memoise them).
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ from .values import Value
 __all__ = ["evaluate", "node_generator"]
 
 
-def node_generator(seed: int, path: str, device: torch.device | str = "cpu") -> torch.Generator:
-    """The generator of the stochastic node at ``path`` for evaluation seed ``seed``."""
-    digest = hashlib.blake2b(f"{seed}:{path}".encode(), digest_size=8).digest()
+def node_generator(seed: int, subtree: str, device: torch.device | str = "cpu"
+                   ) -> torch.Generator:
+    """The generator of the stochastic node printing as ``subtree``, for seed ``seed``."""
+    digest = hashlib.blake2b(f"{seed}:{subtree}".encode(), digest_size=8).digest()
     g = torch.Generator(device=device)
     g.manual_seed(int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF)
     return g
 
 
 def evaluate(node: Node, student: Mapping[str, Value], teacher: Mapping[str, Value] | None = None,
-             seed: int = 0, _path: str = "", _side: Mapping[str, Value] | None = None) -> Value:
+             seed: int = 0, _side: Mapping[str, Value] | None = None) -> Value:
     """Evaluate ``node``.
 
     ``student``/``teacher`` map input names (``k1``, ``act``...) to values with a leading
@@ -47,15 +49,11 @@ def evaluate(node: Node, student: Mapping[str, Value], teacher: Mapping[str, Val
     if op.pairwise:
         if teacher is None:
             raise KindError(f"{node.name} compares teacher and student: pass teacher inputs")
-        child_path = f"{_path}.0" if _path else "0"
-        s = evaluate(node.args[0], student, teacher, seed, child_path, student)
-        t = evaluate(node.args[0], student, teacher, seed, child_path, teacher)
+        s = evaluate(node.args[0], student, teacher, seed, student)
+        t = evaluate(node.args[0], student, teacher, seed, teacher)
         return apply(node.name, s, t)
-    args = [
-        evaluate(a, student, teacher, seed, f"{_path}.{i}" if _path else str(i), _side)
-        for i, a in enumerate(node.args)
-    ]
+    args = [evaluate(a, student, teacher, seed, _side) for a in node.args]
     if op.stochastic:
         device = args[0].device if isinstance(args[0], torch.Tensor) else args[0].values.device
-        return apply(node.name, *args, generator=node_generator(seed, _path, device))
+        return apply(node.name, *args, generator=node_generator(seed, node.text, device))
     return apply(node.name, *args)

@@ -1,0 +1,226 @@
+"""Feature cache: every architecture's features and gradients computed once, on disk.
+
+For a (space, teacher, probe batch, init seed, teacher weights or random init) the cache holds
+per student ``k1``/``k2``/``k3``, the outputs of each weight layer on the first
+``act_samples`` probe images, each weight layer's weight and the weight gradient of one
+cross-entropy backward (gradients zeroed before, hooks removed after); and the teacher's
+``k1``/``k2``/``k3`` once.
+
+Files are safetensors (plain tensors, nothing unpickled), written atomically, in a folder
+named by a content hash of everything that determines them. Each file's metadata repeats the
+key and its spec, so a stale or corrupted file is detected on load and rebuilt.
+Students run in train mode (batch statistics: random-init BN running stats are meaningless);
+a trained teacher runs in eval mode, a random-init teacher in train mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.progress import Progress
+from torch import Tensor, nn
+
+from primitives import Kind
+from primitives.errors import GpProxyError
+
+from .io import atomic_write_json, load_tensors, save_tensors
+from .spaces import FeatureNet, count_flops, count_params, get_space
+
+__all__ = ["CacheConfig", "CachedArch", "FeatureCache", "build_cache", "load_cache"]
+
+FORMAT_VERSION = 1
+
+
+class CacheError(GpProxyError):
+    """A cache file that is missing, stale, corrupted or holds non-finite features."""
+
+
+def _file_digest(path: str | None) -> str:
+    if path is None:
+        return "random-init"
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tensor_digest(tensors: dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous().cpu()
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    space: str
+    teacher: str
+    probe: str  # safetensors file with "images" and "labels"
+    teacher_weights: str | None = None  # None: random-init teacher (DisWOT setting)
+    init_seed: int = 0
+    act_samples: int = 16
+
+    def key(self) -> str:
+        probe = load_tensors(self.probe)
+        content = {"format": FORMAT_VERSION, "space": self.space, "teacher": self.teacher,
+                   "teacher_weights": _file_digest(self.teacher_weights),
+                   "probe": _tensor_digest(probe), "init_seed": self.init_seed,
+                   "act_samples": self.act_samples}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass
+class CachedArch:
+    spec: str
+    features: dict[str, Tensor]  # k1, k2, k3 (no architecture axis)
+    acts: list[Tensor] = field(default_factory=list)
+    weights: list[Tensor] = field(default_factory=list)
+    grads: list[Tensor] = field(default_factory=list)
+    params: int = 0
+    flops: int = 0
+
+
+@dataclass
+class FeatureCache:
+    """A loaded cache: the teacher's features and every requested student's."""
+
+    config: CacheConfig
+    key: str
+    teacher: dict[str, Tensor]
+    students: list[CachedArch]
+    feature_kinds: dict[str, Kind]
+
+    @property
+    def archs(self) -> list[str]:
+        return [s.spec for s in self.students]
+
+
+def _arch_file(root: Path, spec: str) -> Path:
+    return root / "archs" / f"{hashlib.sha1(spec.encode()).hexdigest()[:20]}.safetensors"
+
+
+def _student_tensors(model: FeatureNet, images: Tensor, labels: Tensor, act_samples: int
+                     ) -> dict[str, Tensor]:
+    layers = model.weight_layers()
+    acts: list[Tensor] = [torch.empty(0)] * len(layers)
+
+    def hook(i: int):  # type: ignore[no-untyped-def]
+        def fn(m: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
+            acts[i] = out[:act_samples].detach().clone()
+        return fn
+
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(layers)]
+    try:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        feats = model.features(images)
+        F.cross_entropy(feats["k3"], labels).backward()
+    finally:
+        for h in handles:
+            h.remove()
+    out = {k: v.detach().clone() for k, v in feats.items()}
+    for i, m in enumerate(layers):
+        w = m.weight
+        assert isinstance(w, Tensor)
+        out[f"act.{i}"] = acts[i]
+        out[f"weight.{i}"] = w.detach().clone()
+        out[f"grad.{i}"] = (w.grad.detach().clone() if w.grad is not None
+                            else torch.zeros_like(w))
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def build_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[str],
+                quiet: bool = False) -> Path:
+    """Compute what is missing (or stale) for ``archs``; returns the cache folder."""
+    space = get_space(config.space)
+    key = config.key()
+    folder = Path(root) / key
+    probe = load_tensors(config.probe)
+    images, labels = probe["images"], probe["labels"].long()
+    atomic_write_json(folder / "config.json", {**asdict(config), "key": key})
+    meta = {"key": key}
+    tfile = folder / "teacher.safetensors"
+    if not _valid(tfile, meta):
+        teacher = space.build_teacher(config.teacher, seed=config.init_seed)
+        if config.teacher_weights is not None:
+            teacher.load_state_dict(load_tensors(config.teacher_weights))
+            teacher.eval()
+        else:
+            teacher.train()
+        with torch.no_grad():
+            tf = teacher.features(images)
+        save_tensors(tfile, tf, {**meta, "spec": config.teacher})
+    specs = [space.validate(a) for a in archs]
+    missing = [s for s in specs if not _valid(_arch_file(folder, s), {**meta, "spec": s})]
+    with Progress(disable=quiet or not missing) as progress:
+        task = progress.add_task("feature cache", total=len(missing))
+        for spec in missing:
+            model = space.build(spec, seed=config.init_seed)
+            tensors = _student_tensors(model, images, labels, config.act_samples)
+            save_tensors(_arch_file(folder, spec), tensors,
+                         {**meta, "spec": spec, "params": str(count_params(model)),
+                          "flops": str(count_flops(model, space.input_shape)),
+                          "layers": str(len(model.weight_layers()))})
+            progress.update(task, advance=1)
+    return folder
+
+
+def _read_metadata(path: Path) -> dict[str, str] | None:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception:  # missing, truncated or not safetensors: treated as absent
+        return None
+
+
+def _valid(path: Path, expected: dict[str, str]) -> bool:
+    meta = _read_metadata(path)
+    return meta is not None and all(meta.get(k) == v for k, v in expected.items())
+
+
+def _finite(path: Path, tensors: dict[str, Tensor]) -> None:
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CacheError(f"{path}: tensor {name!r} holds NaN or inf; rebuild the cache "
+                             "or check the model")
+
+
+def load_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[str]
+               ) -> FeatureCache:
+    """Load (building what is missing) the features of ``archs``, in that order."""
+    folder = build_cache(root, config, archs, quiet=True)
+    key = folder.name
+    space = get_space(config.space)
+    tfile = folder / "teacher.safetensors"
+    teacher = load_tensors(tfile)
+    _finite(tfile, teacher)
+    students = []
+    for arch in archs:
+        spec = space.validate(arch)
+        path = _arch_file(folder, spec)
+        meta = _read_metadata(path)
+        if meta is None or meta.get("key") != key or meta.get("spec") != spec:
+            raise CacheError(f"{path}: stale or corrupted cache file for {spec!r}")
+        t = load_tensors(path)
+        _finite(path, t)
+        n = int(meta["layers"])
+        students.append(CachedArch(
+            spec, {k: t[k] for k in ("k1", "k2", "k3")},
+            [t[f"act.{i}"] for i in range(n)], [t[f"weight.{i}"] for i in range(n)],
+            [t[f"grad.{i}"] for i in range(n)], int(meta["params"]), int(meta["flops"])))
+    kinds = dict(space.build(archs[0]).feature_kinds) if archs else {}
+    return FeatureCache(config, key, teacher, students, kinds)

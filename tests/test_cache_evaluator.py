@@ -1,0 +1,152 @@
+"""Feature cache and batched evaluator on a tiny frozen setup (random-init, seeded)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import primitives
+from gp_proxy.cache import CacheConfig, CacheError, build_cache, load_cache
+from gp_proxy.evaluator import Evaluator
+from gp_proxy.fitness import assess, make_splits, tau_in_params_bins
+from gp_proxy.io import save_tensors
+from primitives import Kind, Ragged
+from primitives.grammar import default_grammar
+
+ARCHS = ["w8-d111-k3", "w8-d211-k3", "w12-d111-k5", "w8-d123-k5", "w16-d111-k3",
+         "w12-d321-k3", "w8-d111-k5"]
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("probe") / "probe.safetensors"
+    g = torch.Generator().manual_seed(0)
+    save_tensors(path, {"images": torch.randn(12, 1, 14, 14, generator=g),
+                        "labels": torch.randint(0, 10, (12,), generator=g)})
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache(probe: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("cache")
+    cfg = CacheConfig("fmnist-cnn", "resnet-t", str(probe), act_samples=4)
+    return load_cache(root, cfg, ARCHS)
+
+
+def _naive(formula: str, cache) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The reference interpreter, one architecture at a time (combiners on full vectors)."""
+    node = primitives.canonicalize(primitives.check(formula))
+    if node.op.cross_arch:
+        parts = [torch.from_numpy(_naive(str(a), cache)) for a in node.args]
+        return primitives.apply(node.name, *parts).numpy()
+    teacher = {k: v.unsqueeze(0) for k, v in cache.teacher.items()}
+    out = []
+    for s in cache.students:
+        env = {k: v.unsqueeze(0) for k, v in s.features.items()}
+        env["act"] = Ragged.from_layers(Kind.ASET, [s.acts])
+        env["grad"] = Ragged.from_layers(Kind.WSET, [s.grads])
+        env["weight"] = Ragged.from_layers(Kind.WSET, [s.weights])
+        out.append(float(primitives.evaluate(node, env, teacher, seed=0)[0]))
+    return np.array(out)
+
+
+FORMULAS = ["l1(mm(k2))", "kl_t4(k3)", "sp_dist(k1)", "mse(satt(mask(k1)))",
+            "mean_layers(fro_norm(mul(grad,weight)))", "sum_layers(l1_norm(act))",
+            "rank_add(cosine(mm(k2)),mean_layers(fro_norm(grad)))", "pearson(drop(k3))"]
+
+
+@pytest.mark.parametrize("formula", FORMULAS)
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+def test_batched_equals_naive(cache, formula: str, chunk: int) -> None:  # type: ignore[no-untyped-def]
+    res = Evaluator(cache, chunk_size=chunk, device="cpu").evaluate([formula])[0]
+    assert res.status == "ok", res.reason
+    np.testing.assert_allclose(res.scores, _naive(formula, cache), rtol=1e-5, atol=1e-7)
+
+
+def test_memoisation_does_not_change_scores_and_hits(cache) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(0)
+    g = default_grammar()
+    formulas = [str(g.random_tree(rng, Kind.SCORE, 5)) for _ in range(60)]
+    formulas += formulas[:10]  # exact repeats must hit the memo
+    with_memo = Evaluator(cache, device="cpu")
+    a = with_memo.evaluate(formulas)
+    b = Evaluator(cache, device="cpu", memoize=False).evaluate(formulas)
+    assert with_memo.memo_hits > 0
+    for x, y in zip(a, b, strict=True):
+        assert x.status == y.status
+        if x.scores is not None:
+            np.testing.assert_array_equal(x.scores, y.scores)
+
+
+def test_statuses_name_the_cause(cache) -> None:  # type: ignore[no-untyped-def]
+    ev = Evaluator(cache, device="cpu")
+    bad = ev.evaluate(["l1(k2)", "l1(mm(k9))", "l1(mm(k2)", "mse(local_s4(multi_scale_r2(k2)))",
+                       "hard(min_max_normalize(pow2(scale(k3))))"])
+    assert [r.status for r in bad[:4]] == ["shape_error", "parse_error", "parse_error",
+                                           "shape_error"]
+    assert "differ" in bad[0].reason
+    assert "smaller than" in bad[3].reason
+
+
+def test_deterministic_across_evaluators(cache) -> None:  # type: ignore[no-untyped-def]
+    a = Evaluator(cache, device="cpu", seed=3).evaluate(["sp_dist(mask(k1))"])[0].scores
+    b = Evaluator(cache, device="cpu", seed=3).evaluate(["sp_dist(mask(k1))"])[0].scores
+    c = Evaluator(cache, device="cpu", seed=4).evaluate(["sp_dist(mask(k1))"])[0].scores
+    assert a is not None and c is not None
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_cache_rebuilds_only_missing_stale_or_corrupt(probe: Path, tmp_path: Path) -> None:
+    cfg = CacheConfig("fmnist-cnn", "resnet-t", str(probe), act_samples=4)
+    folder = build_cache(tmp_path, cfg, ARCHS[:3], quiet=True)
+    files = sorted((folder / "archs").glob("*.safetensors"))
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    build_cache(tmp_path, cfg, ARCHS[:4], quiet=True)
+    assert all(f.stat().st_mtime_ns == s for f, s in stamps.items())
+    assert len(list((folder / "archs").glob("*.safetensors"))) == 4
+    files[0].write_bytes(b"garbage")  # corrupted
+    save_tensors(files[1], {"k1": torch.zeros(1)}, {"key": "old", "spec": "x"})  # stale
+    loaded = load_cache(tmp_path, cfg, ARCHS[:4])
+    assert [s.spec for s in loaded.students] == ARCHS[:4]
+    assert files[0].stat().st_mtime_ns != stamps[files[0]]
+
+
+def test_nan_features_are_a_one_line_error(probe: Path, tmp_path: Path) -> None:
+    cfg = CacheConfig("fmnist-cnn", "resnet-t", str(probe), act_samples=4)
+    folder = build_cache(tmp_path, cfg, ARCHS[:3], quiet=True)
+    from safetensors import safe_open
+
+    f = sorted((folder / "archs").glob("*.safetensors"))[0]
+    with safe_open(str(f), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    tensors["k2"][0] = float("nan")
+    save_tensors(f, tensors, meta)
+    with pytest.raises(CacheError, match="'k2' holds NaN"):
+        load_cache(tmp_path, cfg, ARCHS[:3])
+
+
+def test_cache_key_depends_on_what_determines_features(probe: Path) -> None:
+    a = CacheConfig("fmnist-cnn", "resnet-t", str(probe)).key()
+    assert a == CacheConfig("fmnist-cnn", "resnet-t", str(probe)).key()
+    assert a != CacheConfig("fmnist-cnn", "resnet-t", str(probe), init_seed=1).key()
+    assert a != CacheConfig("fmnist-cnn", "resnet-t", str(probe), act_samples=8).key()
+
+
+def test_assess_orients_by_training_sign_only() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=60)
+    params = rng.integers(1000, 9000, 60).astype(float)
+    splits = make_splits(60, seed=0)
+    a = assess(-y + 0.1 * rng.normal(size=60), y, params, splits)
+    assert a.sign == -1 and a.fitness > 0.8 and a.test_tau > 0.8
+    size_only = assess(params, params + 0.0, params, splits)
+    assert size_only.test_tau == pytest.approx(1.0)
+    assert tau_in_params_bins(params[splits.test], params[splits.test], params[splits.test]) > 0
+    noise = assess(rng.normal(size=60), y, params, splits)
+    assert abs(noise.test_tau) < 0.4

@@ -1,0 +1,69 @@
+"""numba rank correlations against scipy, including ties, NaN and constants."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from gp_proxy.rank import (
+    average_ranks,
+    kendall_tau,
+    kendall_tau_batch,
+    spearman_rho,
+    spearman_rho_batch,
+)
+
+vectors = st.integers(2, 60).flatmap(lambda n: st.tuples(
+    st.lists(st.integers(-5, 5) | st.floats(-1e3, 1e3, allow_nan=False), min_size=n, max_size=n),
+    st.lists(st.integers(-3, 3) | st.floats(-1e3, 1e3, allow_nan=False), min_size=n, max_size=n)))
+
+
+def _same(a: float, b: float) -> bool:
+    return (np.isnan(a) and np.isnan(b)) or abs(a - b) <= 1e-12
+
+
+@settings(max_examples=400, deadline=None)
+@given(vectors)
+def test_matches_scipy_with_ties(pair: tuple[list[float], list[float]]) -> None:
+    x, y = np.array(pair[0], dtype=float), np.array(pair[1], dtype=float)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want_tau = stats.kendalltau(x, y).statistic
+        want_rho = stats.spearmanr(x, y).statistic
+    assert _same(kendall_tau(x, y), want_tau)
+    assert _same(spearman_rho(x, y), want_rho)
+
+
+def test_batched_equals_single() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 20, 150).astype(float)
+    xs = rng.normal(size=(40, 150))
+    xs[3] = np.round(xs[3])
+    xs[5, 7] = np.nan
+    taus, rhos = kendall_tau_batch(xs, y), spearman_rho_batch(xs, y)
+    for i in range(40):
+        assert _same(taus[i], kendall_tau(xs[i], y))
+        assert _same(rhos[i], spearman_rho(xs[i], y))
+    assert np.isnan(taus[5]) and np.isnan(rhos[5])
+
+
+def test_nan_and_constant_give_nan() -> None:
+    x = np.array([1.0, 2.0, np.nan, 4.0])
+    y = np.arange(4.0)
+    assert np.isnan(kendall_tau(x, y)) and np.isnan(spearman_rho(x, y))
+    assert np.isnan(kendall_tau(np.ones(4), y)) and np.isnan(spearman_rho(np.ones(4), y))
+
+
+def test_average_ranks_match_scipy() -> None:
+    x = np.array([3.0, 1.0, 3.0, 2.0, 1.0, 3.0])
+    np.testing.assert_array_equal(average_ranks(x), stats.rankdata(x))
+
+
+def test_length_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError, match="lengths differ"):
+        kendall_tau(np.ones(3), np.ones(4))
