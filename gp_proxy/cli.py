@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -97,6 +98,200 @@ def bench_summarize(
     from .bench import command_line, summarize
 
     _out.print_json(data=summarize(out, command_line()))
+
+
+def _progress_callback(total: int):  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    progress = Progress(TextColumn("gen"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[best]}"), console=_out)
+    task = progress.add_task("evolve", total=total, best="")
+
+    def on_generation(campaign, line) -> None:  # type: ignore[no-untyped-def]
+        b = line["best"]
+        text = (f"best τ_train={b['fitness']:.3f} τ_test={b.get('test_tau') or float('nan'):.3f} "
+                f"{b['formula'][:70]}")
+        progress.update(task, completed=line["generation"], best=text)
+        if not _out.is_terminal:
+            _out.print(f"generation {line['generation']}: {text}", markup=False,
+                       highlight=False)
+
+    return progress, on_generation
+
+
+def _report(best: dict[str, Any]) -> None:
+    def f(x: float | None) -> str:
+        return "  n/a" if x is None else f"{x:+.3f}"
+
+    base = best["baselines"]
+    arch = best["architectures"]
+    table = Table(title=f"best proxy on {best['benchmark']} ({arch['train']} train / "
+                        f"{arch['test']} held-out architectures, target {best['target']})")
+    for col in ("proxy", "τ train", "τ held-out", "ρ held-out", "τ k-fold", "τ in params bins"):
+        table.add_column(col)
+    rows = [(best["formula"], best)] + [(f"#{k}" if k == "params" else k.upper(), v)
+                                         for k, v in base.items()]
+    for name, m in rows:
+        table.add_row(name, f(m.get("train_tau")), f(m.get("test_tau")), f(m.get("test_rho")),
+                      f(m.get("kfold_tau")), f(m.get("test_tau_in_params_bins")))
+    _out.print(table)
+    verdict = "beats" if best["beats_params_on_held_out"] else "does NOT beat"
+    _out.print(f"The best formula {verdict} #params on the held-out architectures "
+               f"(sign {best['sign']:+d} chosen on the training split).")
+
+
+@app.command("evolve")
+def evolve(
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<time>-s<seed>)")
+                   ] = None,
+    guess: Annotated[list[str] | None, typer.Option(help="seed formula (repeatable)")] = None,
+) -> None:
+    """Run an evolution campaign on a benchmark (default: the embedded Fashion-MNIST one)."""
+    import time
+
+    from .campaign import Campaign
+    from .config import load_config
+
+    extra = [f"guesses={json.dumps(guess)}"] if guess else []
+    cfg = load_config(config, (overrides or []) + extra)
+    run_dir = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-s{cfg.seed}"
+    if (run_dir / "checkpoint.json").exists():
+        raise GpProxyError(f"{run_dir} already holds a campaign; use 'gp-proxy resume {run_dir}'")
+    _out.print(f"run directory: {run_dir}")
+    campaign = Campaign(cfg, run_dir)
+    progress, on_generation = _progress_callback(cfg.generations)
+    try:
+        with progress:
+            reason = campaign.run(on_generation)
+    except KeyboardInterrupt:
+        _err.print(f"interrupted: checkpoint of generation {campaign.generation} is in "
+                   f"{run_dir}; continue with 'gp-proxy resume {run_dir}'")
+        raise typer.Exit(130) from None
+    _out.print(f"stopped on {reason} after {campaign.generation} generations, "
+               f"{campaign.evaluations} candidates")
+    _report(json.loads((run_dir / "best_proxy.json").read_text()))
+
+
+@app.command("resume")
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="run directory of a campaign")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value (e.g. generations=40)")
+                         ] = None,
+) -> None:
+    """Continue a campaign exactly where its last checkpoint left it."""
+    from .campaign import Campaign
+    from .config import load_config
+
+    if not (run_dir / "checkpoint.json").exists():
+        raise GpProxyError(f"{run_dir}: no checkpoint.json to resume from")
+    cfg = load_config(run_dir / "config.yaml", overrides or [])
+    campaign = Campaign(cfg, run_dir)
+    progress, on_generation = _progress_callback(cfg.generations)
+    try:
+        with progress:
+            reason = campaign.run(on_generation, resume=True)
+    except KeyboardInterrupt:
+        _err.print(f"interrupted: checkpoint of generation {campaign.generation} kept")
+        raise typer.Exit(130) from None
+    import yaml
+
+    from .io import atomic_write_text
+
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=True))
+    _out.print(f"stopped on {reason} after {campaign.generation} generations")
+    _report(json.loads((run_dir / "best_proxy.json").read_text()))
+
+
+@app.command("inspect")
+def inspect(
+    run_dir: Annotated[Path, typer.Argument(help="run directory of a campaign")],
+    top: Annotated[int, typer.Option(help="rows of the hall of fame to show")] = 10,
+    pictures: Annotated[bool, typer.Option(help="write evolution.png, scatter.png, tree.png")
+                        ] = True,
+) -> None:
+    """Show the hall of fame (with LaTeX) and write pictures of the run."""
+    import csv
+
+    import numpy as np
+
+    from . import report
+    from .benchmark import load_benchmark
+    from .config import load_config
+    from .evaluator import Evaluator
+    from .io import read_json
+
+    for name in ("hall_of_fame.csv", "best_proxy.json", "history.jsonl", "config.yaml"):
+        if not (run_dir / name).exists():
+            raise GpProxyError(f"{run_dir}: missing {name}; is this a finished run directory?")
+    with (run_dir / "hall_of_fame.csv").open() as fh:
+        rows = list(csv.DictReader(fh))[:top]
+    table = Table(title=f"hall of fame of {run_dir}")
+    for col in ("rank", "formula", "τ train", "τ held-out", "ρ held-out", "τ params-bins", "cx"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["rank"], r["formula"], r["fitness"][:6], r["test_tau"][:6],
+                      r["test_rho"][:6], r["test_tau_in_params_bins"][:6], r["complexity"])
+    _out.print(table)
+    for r in rows[:3]:
+        _out.print(f"{r['rank']}. {r['latex']}", markup=False, highlight=False)
+    best = read_json(run_dir / "best_proxy.json")
+    _report(best)
+    if not pictures:
+        return
+    history = report.read_history(run_dir)
+    report.plot_evolution(history, run_dir / "evolution.png")
+    node = primitives.parse(best["formula"], None)
+    report.plot_formula_tree(node, run_dir / "tree.png")
+    cfg = load_config(run_dir / "config.yaml")
+    bench = load_benchmark(cfg.benchmark, cfg.target)
+    cache = bench.cache(cfg.cache_dir, cfg.teacher_init, cfg.init_seed, cfg.act_samples)
+    res = Evaluator(cache, cfg.chunk_size, seed=cfg.seed).evaluate([best["formula"]])[0]
+    if res.scores is not None:
+        splits = read_json(run_dir / "splits.json")
+        base = best["baselines"]["params"]
+        stats = {"proxy score (oriented)": f"held-out τ={best['test_tau']:.3f} "
+                                           f"ρ={best['test_rho']:.3f}",
+                 "#params": f"held-out τ={base['test_tau']:.3f} ρ={base['test_rho']:.3f}"}
+        report.plot_scatter(best["sign"] * res.scores, bench.truth.y, bench.params,
+                            np.asarray(splits["test"]), best["formula"], stats,
+                            run_dir / "scatter.png")
+    _out.print(f"pictures: {run_dir / 'evolution.png'}, {run_dir / 'scatter.png'}, "
+               f"{run_dir / 'tree.png'}")
+
+
+@app.command("score")
+def score(
+    formula: Annotated[str, typer.Argument(help="formula to evaluate")],
+    benchmark: Annotated[Path, typer.Option(help="benchmark folder")] = Path("benchmarks/fmnist"),
+    target: Annotated[str, typer.Option(help="ground-truth column")] = "kd_mean",
+    cache_dir: Annotated[Path, typer.Option(help="feature cache folder")
+                         ] = Path(".gp-proxy-cache"),
+    teacher_init: Annotated[str, typer.Option(help="trained or random")] = "trained",
+    seed: Annotated[int, typer.Option(help="seed of stochastic ops")] = 0,
+) -> None:
+    """Evaluate one formula on a benchmark, next to the #params and FLOPs baselines."""
+    from .benchmark import load_benchmark
+    from .evaluator import Evaluator
+    from .fitness import assess, make_splits
+
+    bench = load_benchmark(benchmark, target)
+    cache = bench.cache(str(cache_dir), teacher_init)
+    res = Evaluator(cache, seed=seed).evaluate([formula])[0]
+    if not res.ok or res.scores is None:
+        raise GpProxyError(f"formula {formula!r}: {res.status}: {res.reason}")
+    splits = make_splits(len(bench.truth.y))
+    rows = {"formula": assess(res.scores, bench.truth.y, bench.params, splits),
+            "params": assess(bench.params, bench.truth.y, bench.params, splits),
+            "flops": assess(bench.flops, bench.truth.y, bench.params, splits)}
+    best = {**rows["formula"].to_json(), "formula": formula,
+            "baselines": {k: rows[k].to_json() for k in ("params", "flops")},
+            "architectures": {"total": len(bench.truth.y), "train": len(splits.train),
+                              "test": len(splits.test)},
+            "benchmark": str(benchmark), "target": target,
+            "beats_params_on_held_out": rows["formula"].test_tau > rows["params"].test_tau}
+    _report(best)
 
 
 def main(argv: list[str] | None = None) -> int:

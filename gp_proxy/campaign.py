@@ -1,0 +1,446 @@
+"""An evolution campaign: one object owns its state, its run directory and its resume.
+
+Run directory (the product)::
+
+    config.yaml        the resolved configuration
+    env.json           versions, git revision, device, cache key
+    history.jsonl      one line per generation
+    checkpoint.json    population (formula strings), RNG state, archive; atomic, every generation
+    hall_of_fame.csv   best formulas by training fitness, with held-out metrics
+    pareto.csv         held-out Kendall vs complexity front of the archive
+    best_proxy.json    the best formula, its correlations, the baselines, LaTeX
+
+Fitness is the oriented Kendall τ on the training architectures (:mod:`gp_proxy.fitness`);
+held-out numbers are reported, never selected on (the Pareto front is labelled as such).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from deap import gp
+
+import primitives
+
+from .benchmark import Benchmark, load_benchmark
+from .config import CampaignConfig, ConfigError
+from .evaluator import Evaluator
+from .fitness import Assessment, Splits, assess, make_splits
+from .gp.pset import ProxySet, build_pset
+from .gp.variation import crossover, mutate
+from .io import atomic_write_json, atomic_write_text, read_json
+
+__all__ = ["Campaign", "Record"]
+
+FAILED = -math.inf
+
+
+@dataclass
+class Record:
+    """What is known about one canonical formula."""
+
+    formula: str
+    status: str
+    reason: str
+    fitness: float
+    assessment: Assessment | None
+    complexity: int
+    size: int
+    generation: int
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"formula": self.formula, "status": self.status,
+                             "reason": self.reason, "fitness": _num(self.fitness),
+                             "complexity": self.complexity, "size": self.size,
+                             "generation": self.generation}
+        if self.assessment is not None:
+            d.update(self.assessment.to_json())
+        return d
+
+
+def _num(x: float) -> float | None:
+    return None if not math.isfinite(x) else float(x)
+
+
+def _jsonable_state(state: tuple[Any, ...]) -> list[Any]:
+    return [state[0], list(state[1]), state[2]]
+
+
+def _state_from_json(data: list[Any]) -> tuple[Any, ...]:
+    return (data[0], tuple(data[1]), data[2])
+
+
+class Campaign:
+    """Owns a campaign's mutable state: population, RNG, archive, counters, run directory."""
+
+    def __init__(self, config: CampaignConfig, run_dir: str | Path,
+                 benchmark: Benchmark | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.bench = benchmark or load_benchmark(config.benchmark, config.target)
+        device = None if config.device == "auto" else config.device
+        self.cache = self.bench.cache(config.cache_dir, config.teacher_init, config.init_seed,
+                                      config.act_samples)
+        self.evaluator = Evaluator(self.cache, config.chunk_size, device, seed=config.seed)
+        self.ps: ProxySet = build_pset(config.grammar, config.combiner, self.cache.feature_kinds)
+        self.y = self.bench.truth.y
+        self.splits: Splits = make_splits(len(self.y), config.test_fraction, config.folds,
+                                          config.split_seed)
+        self.rng = random.Random(config.seed)
+        self.population: list[gp.PrimitiveTree] = []
+        self.records: dict[str, Record] = {}
+        self.archive: dict[str, Record] = {}
+        self.generation = 0
+        self.evaluations = 0
+        self.elapsed = 0.0
+        self.stagnant = 0
+        self.best_history: list[float] = []
+        self.baselines = {
+            "params": assess(self.bench.params, self.y, self.bench.params, self.splits),
+            "flops": assess(self.bench.flops, self.y, self.bench.params, self.splits),
+        }
+
+    # ------------------------------------------------------------------ fitness -----------
+    def _key(self, tree: gp.PrimitiveTree) -> str:
+        """The canonical formula string: the identity of an individual everywhere."""
+        return str(primitives.canonicalize(self.ps.to_node(tree)))
+
+    def _evaluate(self, trees: list[gp.PrimitiveTree]) -> list[Record]:
+        """Records for ``trees`` (canonical trees), evaluating only unseen formulas."""
+        keys = [self._key(t) for t in trees]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.records))
+        if todo:
+            results = self.evaluator.evaluate(todo)
+            for res in results:
+                node = primitives.parse(res.formula, self.cache.feature_kinds)
+                a: Assessment | None = None
+                fitness = FAILED
+                status, reason = res.status, res.reason
+                if res.ok and res.scores is not None:
+                    a = assess(res.scores, self.y, self.bench.params, self.splits)
+                    if math.isfinite(a.fitness):
+                        fitness = a.fitness
+                    else:
+                        status, reason = "constant", "no ranking on the training architectures"
+                rec = Record(res.formula, status, reason, fitness, a,
+                             primitives.complexity(node), node.size, self.generation)
+                self.records[res.formula] = rec
+                if fitness > FAILED:
+                    self._archive(rec)
+        return [self.records[k] for k in keys]
+
+    def _archive(self, rec: Record) -> None:
+        self.archive[rec.formula] = rec
+        if len(self.archive) > self.config.archive_size:
+            worst = min(self.archive.values(), key=self._rank_key)
+            del self.archive[worst.formula]
+
+    @staticmethod
+    def _rank_key(r: Record) -> tuple[float, int, str]:
+        """Higher fitness first, then lower complexity, then the string (a total order)."""
+        return (r.fitness, -r.complexity, r.formula)
+
+    def _rec(self, tree: gp.PrimitiveTree) -> Record:
+        return self.records[self._key(tree)]
+
+    def _order(self, tree: gp.PrimitiveTree) -> tuple[float, int, str]:
+        return self._rank_key(self._rec(tree))
+
+    # ------------------------------------------------------------------ initialisation ----
+    def _random(self) -> gp.PrimitiveTree:
+        from .gp.variation import normalise
+
+        c = self.config
+        for _ in range(100):
+            t = normalise(self.ps, self.ps.random_tree(self.rng, c.init_min_height,
+                                                       c.init_max_height))
+            if len(t) <= c.max_size and t.height + 1 <= c.max_height:
+                return t
+        return t
+
+    def initialise(self) -> None:
+        seen: set[str] = set()
+        pop: list[gp.PrimitiveTree] = []
+        for text in self.config.guesses:
+            try:
+                node = primitives.canonicalize(primitives.parse(text, self.cache.feature_kinds))
+            except primitives.FormulaError as exc:
+                raise ConfigError(f"guess {text!r}: {exc}") from None
+            tree = self.ps.to_tree(node)
+            if str(node) not in seen:
+                seen.add(str(node))
+                pop.append(tree)
+        attempts = 0
+        while len(pop) < self.config.population and attempts < 100 * self.config.population:
+            attempts += 1
+            t = self._random()
+            k = self._key(t)
+            if k not in seen:
+                seen.add(k)
+                pop.append(t)
+        self.population = pop[: self.config.population]
+        self.evaluations += len(self.population)
+        self._evaluate(self.population)
+
+    # ------------------------------------------------------------------ schemes -----------
+    def _offspring(self, parents: list[gp.PrimitiveTree]) -> gp.PrimitiveTree:
+        c = self.config
+        child = parents[0]
+        if self.rng.random() < c.crossover_prob:
+            child = crossover(self.ps, parents[0], parents[1], self.rng, c.max_height, c.max_size)
+        if self.rng.random() < c.mutation_prob or self._key(child) in (
+                self._key(parents[0]), self._key(parents[1])):
+            child = mutate(self.ps, child, self.rng, c.max_height, c.max_size)
+        return child
+
+    def _steady_generation(self) -> None:
+        """Auto-DAS steady state: ``population`` iterations of parents from the top fraction,
+        offspring versus a random newcomer, the better replacing the worst."""
+        c = self.config
+        for _ in range(c.population):
+            ranked = sorted(self.population, key=self._order, reverse=True)
+            top = ranked[: max(2, round(c.parents_top * len(ranked)))]
+            parents = [top[self.rng.randrange(len(top))] for _ in range(2)]
+            child, newcomer = self._offspring(parents), self._random()
+            self.evaluations += 2
+            rc, rn = self._evaluate([child, newcomer])
+            cand, rec = (child, rc) if self._rank_key(rc) >= self._rank_key(rn) else (newcomer, rn)
+            keys = {self._key(t) for t in self.population}
+            if rec.formula in keys:
+                continue
+            worst = min(range(len(self.population)), key=lambda i: self._order(self.population[i]))
+            if self._rank_key(rec) >= self._order(self.population[worst]):
+                self.population[worst] = cand
+
+    def _tournament(self) -> gp.PrimitiveTree:
+        picks = [self.population[self.rng.randrange(len(self.population))]
+                 for _ in range(self.config.tournament)]
+        return max(picks, key=self._order)
+
+    def elite_ratio(self) -> float:
+        c = self.config
+        frac = self.generation / max(1, c.generations - 1)
+        return c.elite_start + (c.elite_end - c.elite_start) * min(1.0, frac)
+
+    def _generational_generation(self) -> None:
+        """Elitism (ratio growing from elite_start to elite_end) plus tournament offspring."""
+        c = self.config
+        ranked = sorted(self.population, key=self._order, reverse=True)
+        n_elite = max(1, round(self.elite_ratio() * c.population))
+        nxt = ranked[:n_elite]
+        seen = {self._key(t) for t in nxt}
+        attempts = 0
+        while len(nxt) < c.population:
+            attempts += 1
+            child = (self._offspring([self._tournament(), self._tournament()])
+                     if attempts < 20 * c.population else self._random())
+            k = self._key(child)
+            if k in seen:
+                continue
+            seen.add(k)
+            nxt.append(child)
+        self.evaluations += len(nxt) - n_elite
+        self._evaluate(nxt)
+        self.population = nxt
+
+    # ------------------------------------------------------------------ reporting ---------
+    def best(self) -> Record:
+        return max((self._rec(t) for t in self.population), key=self._rank_key)
+
+    def hall_of_fame(self) -> list[Record]:
+        return sorted(self.archive.values(), key=self._rank_key, reverse=True)[
+            : self.config.hof_size]
+
+    def pareto(self) -> list[Record]:
+        """Non-dominated archive members by (held-out τ high, complexity low)."""
+        recs = [r for r in self.archive.values()
+                if r.assessment is not None and math.isfinite(r.assessment.test_tau)]
+        front: list[Record] = []
+        for r in sorted(recs, key=lambda r: (r.complexity, -r.assessment.test_tau)):  # type: ignore[union-attr]
+            if not front or r.assessment.test_tau > front[-1].assessment.test_tau:  # type: ignore[union-attr]
+                front.append(r)
+        return front
+
+    def _history_line(self, statuses: Counter[str], seconds: float) -> dict[str, Any]:
+        b = self.best()
+        fits = [self._rec(t).fitness for t in self.population]
+        finite = [f for f in fits if math.isfinite(f)]
+        return {
+            "generation": self.generation, "evaluations": self.evaluations,
+            "seconds": round(seconds, 3), "best": b.to_json(),
+            "median_fitness": statistics.median(finite) if finite else None,
+            "statuses": dict(statuses),
+            "baselines": {k: v.to_json() for k, v in self.baselines.items()},
+        }
+
+    # ------------------------------------------------------------------ persistence -------
+    def _checkpoint(self) -> None:
+        atomic_write_json(self.run_dir / "checkpoint.json", {
+            "generation": self.generation, "evaluations": self.evaluations,
+            "elapsed": self.elapsed, "stagnant": self.stagnant,
+            "best_history": self.best_history,
+            "population": [self._key(t) for t in self.population],
+            "rng_state": _jsonable_state(self.rng.getstate()),
+            "archive": [r.to_json() for r in self.archive.values()],
+        })
+
+    def _write_static(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "config.yaml",
+                          yaml.safe_dump(self.config.model_dump(), sort_keys=True))
+        atomic_write_json(self.run_dir / "env.json", {
+            "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "device": str(self.evaluator.device),
+            "git_revision": _git_revision(), "cache_key": self.cache.key,
+            "architectures": len(self.y), "train": len(self.splits.train),
+            "test": len(self.splits.test), "space": self.bench.space,
+            "benchmark": str(self.bench.folder),
+        })
+        atomic_write_json(self.run_dir / "splits.json", self.splits.to_json())
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.generation = int(state["generation"])
+        self.evaluations = int(state["evaluations"])
+        self.elapsed = float(state["elapsed"])
+        self.stagnant = int(state["stagnant"])
+        self.best_history = list(state["best_history"])
+        self.rng.setstate(_state_from_json(state["rng_state"]))
+        self.population = [self.ps.to_tree(primitives.parse(f, self.cache.feature_kinds))
+                           for f in state["population"]]
+        self._evaluate(self.population)
+        for d in state["archive"]:
+            if d["formula"] not in self.records:
+                fitness = FAILED if d["fitness"] is None else float(d["fitness"])
+                self.records[d["formula"]] = Record(
+                    d["formula"], d["status"], d["reason"], fitness, _assessment(d),
+                    d["complexity"], d["size"], d["generation"])
+            rec = self.records[d["formula"]]
+            rec.generation = d["generation"]
+            self.archive[d["formula"]] = rec
+
+    def write_results(self) -> dict[str, Any]:
+        hof = self.hall_of_fame()
+        fields = ["rank", "formula", "fitness", "train_tau", "test_tau", "test_rho", "kfold_tau",
+                  "test_tau_in_params_bins", "sign", "complexity", "size", "generation", "latex"]
+        for name, rows in (("hall_of_fame.csv", hof), ("pareto.csv", self.pareto())):
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+            w.writeheader()
+            for i, r in enumerate(rows, start=1):
+                w.writerow({**r.to_json(), "rank": i,
+                            "latex": primitives.to_latex(primitives.parse(
+                                r.formula, self.cache.feature_kinds))})
+            atomic_write_text(self.run_dir / name, buf.getvalue())
+        best = hof[0] if hof else self.best()
+        node = primitives.parse(best.formula, self.cache.feature_kinds)
+        out = {**best.to_json(), "latex": primitives.to_latex(node),
+               "sympy": str(primitives.to_sympy(node)),
+               "baselines": {k: v.to_json() for k, v in self.baselines.items()},
+               "architectures": {"total": len(self.y), "train": len(self.splits.train),
+                                 "test": len(self.splits.test)},
+               "benchmark": str(self.bench.folder), "target": self.config.target,
+               "generations": self.generation, "evaluations": self.evaluations,
+               "beats_params_on_held_out": bool(
+                   best.assessment is not None
+                   and best.assessment.test_tau > self.baselines["params"].test_tau)}
+        atomic_write_json(self.run_dir / "best_proxy.json", out)
+        return out
+
+    # ------------------------------------------------------------------ driver ------------
+    def _should_stop(self) -> str | None:
+        c = self.config
+        if self.generation >= c.generations:
+            return "generations"
+        if c.max_evaluations is not None and self.evaluations >= c.max_evaluations:
+            return "evaluations"
+        if c.max_seconds is not None and self.elapsed >= c.max_seconds:
+            return "time"
+        if c.target_fitness is not None and self.best().fitness >= c.target_fitness:
+            return "target"
+        if c.stagnation is not None and self.stagnant >= c.stagnation:
+            return "stagnation"
+        return None
+
+    def run(self, on_generation: Callable[[Campaign, dict[str, Any]], None] | None = None,
+            resume: bool = False) -> str:
+        """Run (or resume) until a stopping rule fires; returns the rule's name.
+
+        A checkpoint is written atomically after every generation, so a killed run loses at
+        most the generation in flight; KeyboardInterrupt re-raises after the last complete
+        generation's checkpoint is on disk.
+        """
+        if resume:
+            self._restore(read_json(self.run_dir / "checkpoint.json"))
+            hist = self.run_dir / "history.jsonl"
+            if hist.exists():  # drop lines of a generation that was in flight at the kill
+                keep = [ln for ln in hist.read_text().splitlines()
+                        if ln.strip() and json.loads(ln)["generation"] <= self.generation]
+                atomic_write_text(hist, "".join(ln + "\n" for ln in keep))
+        else:
+            self._write_static()
+            t0 = time.perf_counter()
+            self.initialise()
+            self.elapsed += time.perf_counter() - t0
+            self.best_history.append(self.best().fitness)
+            line = self._history_line(Counter(r.status for r in self.records.values()),
+                                      self.elapsed)
+            atomic_write_text(self.run_dir / "history.jsonl", json.dumps(line) + "\n")
+            self._checkpoint()
+            if on_generation:
+                on_generation(self, line)
+        while (reason := self._should_stop()) is None:
+            before = set(self.records)
+            t0 = time.perf_counter()
+            if self.config.scheme == "steady":
+                self._steady_generation()
+            else:
+                self._generational_generation()
+            self.generation += 1
+            self.elapsed += time.perf_counter() - t0
+            best = self.best().fitness
+            self.stagnant = self.stagnant + 1 if best <= max(self.best_history) else 0
+            self.best_history.append(best)
+            new = Counter(self.records[k].status for k in set(self.records) - before)
+            line = self._history_line(new, self.elapsed)
+            with (self.run_dir / "history.jsonl").open("a") as fh:
+                fh.write(json.dumps(line) + "\n")
+            self._checkpoint()
+            if on_generation:
+                on_generation(self, line)
+        self.write_results()
+        return reason
+
+
+def _assessment(d: dict[str, Any]) -> Assessment | None:
+    keys = ("sign", "fitness", "train_tau", "test_tau", "test_rho", "kfold_tau",
+            "test_tau_in_params_bins")
+    if any(k not in d for k in keys):
+        return None
+    vals = {k: (float("nan") if d[k] is None else d[k]) for k in keys}
+    vals["sign"] = int(vals["sign"])
+    return Assessment(**vals)  # type: ignore[arg-type]
+
+
+def _git_revision() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

@@ -1,0 +1,111 @@
+"""Campaign configuration: typed, validated once, from YAML plus ``key=value`` overrides.
+
+YAML is read with ``yaml.safe_load`` (no code execution). Unknown keys are errors that name
+the key and suggest the closest known one; bad values name the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from primitives.errors import GpProxyError
+
+__all__ = ["CampaignConfig", "ConfigError", "load_config"]
+
+
+class ConfigError(GpProxyError):
+    """A configuration file or override that cannot be used."""
+
+
+class CampaignConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    benchmark: str = "benchmarks/fmnist"
+    target: str = "kd_mean"
+    grammar: Literal["both", "interaction", "instinct"] = "both"
+    combiner: Literal["rank", "z"] = "rank"
+    scheme: Literal["steady", "generational"] = "steady"
+    population: int = Field(50, ge=4)
+    generations: int = Field(20, ge=0)
+    max_evaluations: int | None = Field(None, ge=1)
+    max_seconds: float | None = Field(None, gt=0)
+    target_fitness: float | None = None
+    stagnation: int | None = Field(None, ge=1)
+    seed: int = 0
+    init_min_height: int = Field(2, ge=1)
+    init_max_height: int = Field(6, ge=1)
+    max_height: int = Field(10, ge=2)
+    max_size: int = Field(30, ge=2)
+    crossover_prob: float = Field(0.5, ge=0, le=1)
+    mutation_prob: float = Field(0.1, ge=0, le=1)
+    parents_top: float = Field(0.2, gt=0, le=1)
+    tournament: int = Field(3, ge=1)
+    elite_start: float = Field(0.1, ge=0, le=1)
+    elite_end: float = Field(0.3, ge=0, le=1)
+    hof_size: int = Field(20, ge=1)
+    archive_size: int = Field(200, ge=1)
+    guesses: list[str] = Field(default_factory=list)
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    folds: int = Field(5, ge=2)
+    split_seed: int = 0
+    teacher_init: Literal["trained", "random"] = "trained"
+    init_seed: int = 0
+    act_samples: int = Field(16, ge=1)
+    chunk_size: int = Field(2, ge=1)
+    device: str = "auto"
+    cache_dir: str = ".gp-proxy-cache"
+
+
+def _coerce(value: str) -> Any:
+    """An override's value: parsed as YAML scalar/list (``3``, ``0.5``, ``null``, ``[a, b]``)."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, list(CampaignConfig.model_fields), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None
+                ) -> CampaignConfig:
+    """Read ``path`` (YAML; optional) and apply ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: invalid YAML{line}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the config must be a mapping of keys to values")
+        data.update(loaded)
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        data[key.strip()] = _coerce(value)
+    for key in data:
+        if key not in CampaignConfig.model_fields:
+            raise ConfigError(f"{where}: unknown key {key!r}{_suggest(key)}")
+    try:
+        return CampaignConfig(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{where}: {key}: {err['msg']} (got {err.get('input')!r})") from None

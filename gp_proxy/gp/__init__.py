@@ -1,0 +1,1 @@
+"""Typed genetic programming over the primitive registry (DEAP)."""

@@ -1,0 +1,193 @@
+"""A DEAP ``PrimitiveSetTyped`` generated from the registry, and tree conversions.
+
+DEAP types are (kind, context) classes: ``pair`` for values below a teacher-student distance
+(only ``k1``/``k2``/``k3`` there), ``free`` for the student-only instinct part. Distances return
+``IScore`` (interaction), layer reductions ``SScore`` (instinct). The root type depends on the
+grammar: ``interaction`` (a distance), ``instinct`` (a reduction) or ``both`` (a rank/z
+combiner of one of each: a raw sum would let one part swamp the other).
+Identity ops are left out: canonicalisation would remove them anyway.
+
+A type-safe generator replaces DEAP's ``genFull``/``genGrow``, which raise when a type cannot be
+closed at the requested depth: the minimum closing height of every type is precomputed, and
+the generator never picks a primitive whose arguments cannot close in the height left.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from deap import gp
+
+import primitives
+from primitives import Kind, Node
+from primitives.errors import GpProxyError
+
+__all__ = ["GRAMMARS", "ProxySet", "build_pset"]
+
+GRAMMARS = ("both", "interaction", "instinct")
+_PAIR_INPUTS = ("k1", "k2", "k3")
+
+
+def _type(name: str, cache: dict[str, type]) -> type:
+    if name not in cache:
+        cache[name] = type(name, (), {"__module__": __name__})
+    return cache[name]
+
+
+@dataclass
+class ProxySet:
+    """The primitive set plus what the generator and converters need."""
+
+    pset: gp.PrimitiveSetTyped
+    grammar: str
+    combiner: str
+    op_of: dict[str, str]  # DEAP primitive/terminal name -> op name
+    min_height: dict[type, float]
+    types: dict[str, type]
+    input_kinds: dict[str, Kind]
+
+    # ------------------------------------------------------------------ generation -------
+    def _closes(self, prim: Any, height: int) -> bool:
+        if isinstance(prim, gp.Terminal):
+            return height >= 1
+        return 1 + max(self.min_height[t] for t in prim.args) <= height
+
+    def random_list(self, rng: random.Random, height: int, method: str = "grow",
+                    ret: type | None = None) -> list[Any]:
+        """A pre-order primitive list of type ``ret`` and height <= ``height``; never fails."""
+        ret = ret or self.pset.ret
+        if self.min_height[ret] > height:
+            raise GpProxyError(f"no tree of type {ret.__name__} closes within height {height}")
+        options = [p for p in self.pset.primitives[ret] + self.pset.terminals[ret]
+                   if self._closes(p, height)]
+        if method == "full":
+            inner = [p for p in options if isinstance(p, gp.Primitive)]
+            options = inner or options
+        prim = rng.choice(options)
+        out: list[Any] = [prim]
+        if isinstance(prim, gp.Primitive):
+            for t in prim.args:
+                out += self.random_list(rng, height - 1, method, t)
+        return out
+
+    def random_tree(self, rng: random.Random, min_height: int, max_height: int,
+                    method: str | None = None) -> gp.PrimitiveTree:
+        """Ramped half-and-half: a height in [min, max] and grow or full."""
+        lo = max(min_height, int(self.min_height[self.pset.ret]))
+        h = rng.randint(lo, max(lo, max_height))
+        return gp.PrimitiveTree(self.random_list(rng, h, method or rng.choice(["grow", "full"])))
+
+    # ------------------------------------------------------------------ conversion -------
+    def to_node(self, tree: gp.PrimitiveTree) -> Node:
+        pos = 0
+
+        def build() -> Node:
+            nonlocal pos
+            p = tree[pos]
+            pos += 1
+            args = tuple(build() for _ in range(p.arity))
+            return Node(self.op_of[p.name], args)
+
+        return build()
+
+    def to_tree(self, node: Node) -> gp.PrimitiveTree:
+        """The primitive list of ``node``; raises if it does not fit this grammar."""
+        out: list[Any] = []
+        if not self._fill(node, self.pset.ret, False, out):
+            raise GpProxyError(f"formula {node} does not fit the {self.grammar!r} grammar "
+                               f"(root type {self.pset.ret.__name__})")
+        return gp.PrimitiveTree(out)
+
+    def _fill(self, node: Node, want: type, inside_pair: bool, out: list[Any]) -> bool:
+        op = primitives.get(node.name)
+        inside = inside_pair or op.pairwise
+        if op.family == "input":
+            for t in self.pset.terminals.get(want, []):
+                if self.op_of.get(t.name) == node.name:
+                    out.append(t)
+                    return True
+            return False
+        orders = [node.args]
+        if op.commutative:
+            orders.append(tuple(reversed(node.args)))
+        for p in self.pset.primitives.get(want, []):
+            if self.op_of[p.name] != node.name or p.arity != len(node.args):
+                continue
+            for args in orders:
+                trial: list[Any] = [p]
+                if all(self._fill(a, t, inside, trial) for a, t in zip(args, p.args, strict=True)):
+                    out += trial
+                    return True
+        return False
+
+
+def _fixed_point(pset: gp.PrimitiveSetTyped) -> dict[type, float]:
+    types = set(pset.primitives) | set(pset.terminals)
+    h: dict[type, float] = {t: math.inf for t in types}
+    for t, terms in pset.terminals.items():
+        if terms:
+            h[t] = 1
+    changed = True
+    while changed:
+        changed = False
+        for t, prims in pset.primitives.items():
+            for p in prims:
+                need = 1 + max(h.get(a, math.inf) for a in p.args)
+                if need < h[t]:
+                    h[t] = need
+                    changed = True
+    return h
+
+
+def build_pset(grammar: str = "both", combiner: str = "rank",
+               input_kinds: Mapping[str, Kind] | None = None,
+               exclude: frozenset[str] = frozenset()) -> ProxySet:
+    """Generate the typed primitive set from the registry."""
+    if grammar not in GRAMMARS:
+        raise GpProxyError(f"unknown grammar {grammar!r}; choose from {', '.join(GRAMMARS)}")
+    if combiner not in ("rank", "z"):
+        raise GpProxyError(f"unknown combiner {combiner!r}; choose rank or z")
+    kinds = {**primitives.DEFAULT_INPUT_KINDS, **(input_kinds or {})}
+    cache: dict[str, type] = {}
+    iscore, sscore = _type("IScore", cache), _type("SScore", cache)
+    root = {"both": _type("Root", cache), "interaction": iscore, "instinct": sscore}[grammar]
+    pset = gp.PrimitiveSetTyped("proxy", [], root)
+    op_of: dict[str, str] = {}
+
+    def T(kind: Kind, ctx: str) -> type:
+        return _type(f"{kind.value}_{ctx}", cache)
+
+    for op in primitives.ops():
+        if op.name in exclude or op.identity:
+            continue
+        if op.family == "input":
+            ctx = "pair" if op.name in _PAIR_INPUTS else "free"
+            if (ctx == "pair") == (grammar == "instinct") and grammar != "both":
+                continue
+            pset.addTerminal(op.name, T(kinds[op.name], ctx), name=op.name)
+            op_of[op.name] = op.name
+            continue
+        for sig in op.signatures:
+            ins = sig.inputs
+            if op.pairwise:
+                args, ret, ctx = [T(ins[0], "pair")], iscore, "pair"
+            elif op.family == "reduce":
+                args, ret, ctx = [T(ins[0], "free")], sscore, "free"
+            elif op.family == "combine":
+                if grammar != "both" or not op.name.startswith(combiner + "_"):
+                    continue
+                args, ret, ctx = [iscore, sscore], root, "root"
+            else:
+                ctx = "free" if ins[0] in primitives.values.RAGGED_KINDS else "pair"
+                args, ret = [T(k, ctx) for k in ins], T(sig.output, ctx)
+            name = f"{op.name}__{'_'.join(k.value for k in ins)}__{ctx}"
+            pset.addPrimitive(lambda *a: None, args, ret, name=name)
+            op_of[name] = op.name
+    h = _fixed_point(pset)
+    if h.get(root, math.inf) == math.inf:
+        raise GpProxyError(f"grammar {grammar!r} cannot build any formula")
+    return ProxySet(pset, grammar, combiner, op_of, h, cache, kinds)

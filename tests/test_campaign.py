@@ -1,0 +1,174 @@
+"""Campaigns: generator, variation, determinism, kill-and-resume, Ctrl-C, config, CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+import primitives
+from gp_proxy.campaign import Campaign
+from gp_proxy.config import ConfigError, load_config
+from gp_proxy.gp.pset import build_pset
+from gp_proxy.gp.variation import crossover, mutate
+
+from .tiny_benchmark import make_tiny_benchmark
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_benchmark(tmp_path_factory.mktemp("bench") / "tiny")
+
+
+def _cfg(bench: Path, cache: Path, **kw: object) -> list[str]:
+    base = {"benchmark": str(bench), "cache_dir": str(cache), "population": 12,
+            "generations": 3, "act_samples": 2, "test_fraction": 0.3, "folds": 3}
+    base.update(kw)
+    return [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in base.items()]
+
+
+@pytest.mark.parametrize("grammar", ["both", "interaction", "instinct"])
+def test_type_safe_generator_never_fails(grammar: str) -> None:
+    ps = build_pset(grammar)
+    rng = random.Random(0)
+    for i in range(10_000 if grammar == "both" else 2_000):
+        tree = ps.random_tree(rng, 1, 2 + i % 8)
+        node = ps.to_node(tree)
+        assert primitives.infer_kind(node) is primitives.Kind.SCORE
+
+
+def test_variation_inherits_genes_and_respects_limits() -> None:
+    ps = build_pset("both")
+    rng = random.Random(1)
+    shared = 0
+    for _ in range(300):
+        a, b = ps.random_tree(rng, 3, 6), ps.random_tree(rng, 3, 6)
+        c = crossover(ps, a, b, rng, max_height=8, max_size=20)
+        m = mutate(ps, a, rng, max_height=8, max_size=20)
+        for t in (c, m):
+            assert t.height + 1 <= 8 or t == a
+            node = ps.to_node(t)
+            # no nested useless ops: canonicalisation has nothing left to remove
+            assert primitives.canonicalize(node).size == node.size
+            primitives.check(str(node))
+        parts = {str(n) for n in ps.to_node(c).walk()}
+        if parts & ({str(n) for n in ps.to_node(a).walk()} | {str(n) for n in
+                                                            ps.to_node(b).walk()}):
+            shared += 1
+    assert shared > 250  # children carry their parents' subtrees
+
+
+def test_same_seed_same_hall_of_fame(bench: Path, tmp_path: Path) -> None:
+    cfg = load_config(None, _cfg(bench, tmp_path / "cache"))
+    a = Campaign(cfg, tmp_path / "a")
+    a.run()
+    b = Campaign(cfg, tmp_path / "b")
+    b.run()
+    assert (tmp_path / "a" / "hall_of_fame.csv").read_text() == \
+        (tmp_path / "b" / "hall_of_fame.csv").read_text()
+    lines = (tmp_path / "a" / "history.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    first = json.loads(lines[-1])
+    assert {"best", "baselines", "statuses", "median_fitness"} <= set(first)
+    assert set(first["baselines"]) == {"params", "flops"}
+    best = json.loads((tmp_path / "a" / "best_proxy.json").read_text())
+    assert best["architectures"]["test"] >= 3 and "latex" in best
+
+
+@pytest.mark.parametrize("scheme", ["steady", "generational"])
+def test_kill_and_resume_reaches_the_same_hall_of_fame(bench: Path, tmp_path: Path,
+                                                       scheme: str) -> None:
+    args = _cfg(bench, tmp_path / "cache", scheme=scheme, generations=4)
+    full = Campaign(load_config(None, args), tmp_path / "full")
+    full.run()
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_2(c: Campaign, line: dict) -> None:  # type: ignore[type-arg]
+        if line["generation"] == 2:
+            raise Killed  # like SIGKILL right after generation 2's checkpoint
+
+    part = Campaign(load_config(None, args), tmp_path / "part")
+    with pytest.raises(Killed):
+        part.run(kill_at_2)
+    assert json.loads((tmp_path / "part" / "checkpoint.json").read_text())["generation"] == 2
+    resumed = Campaign(load_config(None, args), tmp_path / "part")
+    resumed.run(resume=True)
+    for name in ("hall_of_fame.csv", "best_proxy.json"):
+        assert (tmp_path / "full" / name).read_text() == (tmp_path / "part" / name).read_text()
+    hist = (tmp_path / "part" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(h)["generation"] for h in hist] == [0, 1, 2, 3, 4]
+
+
+def test_ctrl_c_keeps_a_checkpoint(bench: Path, tmp_path: Path) -> None:
+    args = _cfg(bench, tmp_path / "cache")
+
+    def interrupt(c: Campaign, line: dict) -> None:  # type: ignore[type-arg]
+        if line["generation"] == 1:
+            raise KeyboardInterrupt
+
+    c = Campaign(load_config(None, args), tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        c.run(interrupt)
+    state = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert state["generation"] == 1 and len(state["population"]) == 12
+
+
+def test_guesses_seed_the_population(bench: Path, tmp_path: Path) -> None:
+    guess = "rank_add(sp_dist(k2),mean_layers(fro_norm(weight)))"
+    c = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=0,
+                                        guesses=[guess])), tmp_path / "g")
+    c.run()
+    assert c._key(c.population[0]) == str(primitives.canonicalize(primitives.parse(guess)))
+    bad = load_config(None, _cfg(bench, tmp_path / "cache", generations=0, guesses=["l1(k2)"]))
+    with pytest.raises(primitives.GpProxyError, match="does not fit the 'both' grammar"):
+        Campaign(bad, tmp_path / "h").run()
+
+
+def test_config_errors_name_the_key_and_suggest(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key 'populaton' \\(did you mean 'population'"):
+        load_config(None, ["populaton=10"])
+    with pytest.raises(ConfigError, match="population: Input should be greater than or equal"):
+        load_config(None, ["population=2"])
+    with pytest.raises(ConfigError, match="scheme"):
+        load_config(None, ["scheme=annealing"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["population"])
+    p = tmp_path / "c.yaml"
+    p.write_text("population: [1\n")
+    with pytest.raises(ConfigError, match="invalid YAML at line"):
+        load_config(p)
+    p.write_text("!!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(p)
+    p.write_text("population: 8\nseed: 3\n")
+    cfg = load_config(p, ["seed=4"])
+    assert cfg.population == 8 and cfg.seed == 4
+
+
+def test_cli_evolve_inspectable_run(bench: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from gp_proxy.cli import main
+
+    run = tmp_path / "run"
+    code = main(["evolve", *_cfg(bench, tmp_path / "cache", generations=2), "--out", str(run)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "#params" in out and "held-out" in out
+    for name in ("config.yaml", "history.jsonl", "hall_of_fame.csv", "best_proxy.json",
+                 "checkpoint.json", "env.json", "pareto.csv"):
+        assert (run / name).exists(), name
+    assert main(["resume", str(run), "generations=3"]) == 0
+    assert json.loads((run / "checkpoint.json").read_text())["generation"] == 3
+    capsys.readouterr()
+    assert main(["inspect", str(run), "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "hall of fame" in out and "\\operatorname" in out
+    for pic in ("evolution.png", "scatter.png", "tree.png"):
+        assert (run / pic).stat().st_size > 1000, pic
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert main(["evolve", "populaton=3"]) == 2
+    assert "did you mean 'population'" in capsys.readouterr().err
