@@ -105,6 +105,21 @@ class FeatureCache:
     def archs(self) -> list[str]:
         return [s.spec for s in self.students]
 
+    def misaligned(self) -> dict[str, frozenset[int]]:
+        """Per teacher-student input, the axes whose size differs from the teacher's for at
+        least one student (0 = samples, 1 = channels, ...)."""
+        out = {}
+        for k in ("k1", "k2", "k3"):
+            t = tuple(self.teacher[k].shape)
+            diff: set[int] = set()
+            for s in self.students:
+                shape = tuple(s.features[k].shape)
+                if len(shape) != len(t):
+                    diff.update(range(max(len(shape), len(t))))
+                diff.update(i for i, (a, b) in enumerate(zip(shape, t, strict=False)) if a != b)
+            out[k] = frozenset(diff)
+        return out
+
 
 def _arch_file(root: Path, spec: str) -> Path:
     return root / "archs" / f"{hashlib.sha1(spec.encode()).hexdigest()[:20]}.safetensors"

@@ -96,8 +96,10 @@ class Campaign:
         device = None if config.device == "auto" else config.device
         self.cache = self.bench.cache(config.cache_dir, config.teacher_init, config.init_seed,
                                       config.act_samples)
-        self.evaluator = Evaluator(self.cache, config.chunk_size, device, seed=config.seed)
-        self.ps: ProxySet = build_pset(config.grammar, config.combiner, self.cache.feature_kinds)
+        self.evaluator = Evaluator(self.cache, config.chunk_size, device, seed=config.seed,
+                                   chunk_bytes=config.chunk_bytes)
+        self.ps: ProxySet = build_pset(config.grammar, config.combiner, self.cache.feature_kinds,
+                                       self.cache.misaligned())
         self.y = self.bench.truth.y
         self.splits: Splits = make_splits(len(self.y), config.test_fraction, config.folds,
                                           config.split_seed)
@@ -125,7 +127,7 @@ class Campaign:
         keys = [self._key(t) for t in trees]
         todo = list(dict.fromkeys(k for k in keys if k not in self.records))
         if todo:
-            results = self.evaluator.evaluate(todo)
+            results = self.evaluator.evaluate(todo, keep_memo=True)
             for res in results:
                 node = primitives.parse(res.formula, self.cache.feature_kinds)
                 a: Assessment | None = None
@@ -411,6 +413,7 @@ class Campaign:
             else:
                 self._generational_generation()
             self.generation += 1
+            self.evaluator.clear_memo()
             self.elapsed += time.perf_counter() - t0
             best = self.best().fitness
             self.stagnant = self.stagnant + 1 if best <= max(self.best_history) else 0

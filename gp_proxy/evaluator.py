@@ -4,8 +4,9 @@
 one :class:`EvalResult` per formula with a status and the score vector over architectures.
 
 - Architectures whose features have the same shapes are stacked and processed in chunks of
-  ``chunk_size`` (small chunks keep intermediates in the CPU cache: one giant stack is
-  slower because of page faults).
+  about ``chunk_bytes`` of input features (or ``chunk_size`` architectures when given): small
+  chunks keep intermediates in the CPU cache (one giant stack is slower because of page
+  faults), but chunks of one tiny network pay Python overhead per op.
 - The teacher side of a subtree is computed once, not per architecture or chunk.
 - Subtrees shared across the batch are computed once: values are memoised by canonical
   subtree string (and chunk) within ``memo_bytes``.
@@ -75,8 +76,9 @@ def _nbytes(v: Value) -> int:
 
 
 class Evaluator:
-    def __init__(self, cache: FeatureCache, chunk_size: int = 2, device: str | None = None,
-                 memo_bytes: int = 512 << 20, seed: int = 0, memoize: bool = True) -> None:
+    def __init__(self, cache: FeatureCache, chunk_size: int | None = None,
+                 device: str | None = None, memo_bytes: int = 512 << 20, seed: int = 0,
+                 memoize: bool = True, chunk_bytes: int = 2 << 20) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.kinds = dict(cache.feature_kinds)
         self.n = len(cache.students)
@@ -84,20 +86,26 @@ class Evaluator:
         self.memo_bytes = memo_bytes
         self.memoize = memoize
         self.teacher = {k: v.unsqueeze(0).to(self.device) for k, v in cache.teacher.items()}
-        self.chunks = self._make_chunks(cache, max(1, chunk_size))
+        self.chunks = self._make_chunks(cache, chunk_size, chunk_bytes)
         self._memo: OrderedDict[tuple[str, int], Value] = OrderedDict()
         self._memo_size = 0
         self.memo_hits = 0
 
-    def _make_chunks(self, cache: FeatureCache, size: int) -> list[_Chunk]:
+    def _make_chunks(self, cache: FeatureCache, size: int | None, chunk_bytes: int
+                     ) -> list[_Chunk]:
         groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
         for i, s in enumerate(cache.students):
             sig = tuple(tuple(s.features[k].shape) for k in ("k1", "k2", "k3"))
             groups.setdefault(sig, []).append(i)
         chunks: list[_Chunk] = []
         for members in groups.values():
-            for start in range(0, len(members), size):
-                idx = members[start:start + size]
+            n = size
+            if n is None:
+                per_arch = sum(t.numel() * t.element_size()
+                               for t in cache.students[members[0]].features.values())
+                n = max(1, chunk_bytes // max(per_arch, 1))
+            for start in range(0, len(members), n):
+                idx = members[start:start + n]
                 archs = [cache.students[i] for i in idx]
                 inputs: dict[str, Value] = {
                     k: torch.stack([a.features[k] for a in archs]).to(self.device)
@@ -193,9 +201,15 @@ class Evaluator:
             return EvalResult(text, "constant", "every architecture has the same score", scores)
         return EvalResult(text, "ok", "", scores)
 
-    def evaluate(self, formulas: Sequence[str | Node]) -> list[EvalResult]:
-        """Evaluate a batch; shared subtrees are computed once across it."""
+    def evaluate(self, formulas: Sequence[str | Node], keep_memo: bool = False
+                 ) -> list[EvalResult]:
+        """Evaluate a batch; shared subtrees are computed once across it.
+
+        With ``keep_memo`` the memo survives the call (a campaign keeps it for a whole
+        generation, whose offspring share their parents' subtrees) until :meth:`clear_memo`.
+        """
         try:
             return [self.evaluate_one(f) for f in formulas]
         finally:
-            self.clear_memo()
+            if not keep_memo:
+                self.clear_memo()

@@ -13,7 +13,7 @@ import re
 
 from .errors import ShapeError
 
-__all__ = ["expected_shape", "is_tensor_contract"]
+__all__ = ["expected_shape", "is_tensor_contract", "propagate_misaligned"]
 
 _TOKEN = re.compile(r"\(|\)|[A-Za-z_][A-Za-z0-9_]*(?://\d+)?|\d+")
 
@@ -58,3 +58,38 @@ def expected_shape(contract: str, input_shapes: list[tuple[int, ...]]) -> tuple[
         else:
             out.append(_size(token, sizes))
     return tuple(out)
+
+
+def propagate_misaligned(contract: str, misaligned: frozenset[int]) -> frozenset[int]:
+    """Output axes whose size may differ between teacher and student.
+
+    ``misaligned`` holds the input's axis positions that may differ (say the channel axis
+    when students are narrower than the teacher); an output axis is misaligned when its
+    expression uses any of those axes. ``"n c h w -> n n"`` maps ``{1}`` to ``{}``, which is
+    how the typed GP knows that ``mm(k2)`` can be compared across widths and ``k2`` cannot.
+    """
+    lhs, _, rhs = contract.partition("->")
+    names = lhs.split(",")[0].split()
+    bad = {names[i] for i in misaligned if i < len(names)}
+    out: set[int] = set()
+    pos = 0
+    group: set[str] | None = None
+    for token in _TOKEN.findall(rhs):
+        if token == "(":
+            group = set()
+            continue
+        if token == ")":
+            assert group is not None
+            if group & bad:
+                out.add(pos)
+            pos += 1
+            group = None
+            continue
+        base = token.partition("//")[0]
+        if group is not None:
+            group.add(base)
+        else:
+            if base in bad:
+                out.add(pos)
+            pos += 1
+    return frozenset(out)

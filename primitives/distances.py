@@ -164,12 +164,12 @@ def _cwd(temperature: float) -> Callable[[Tensor, Tensor], Tensor]:
 
 def _reg(name: str, fn: Callable[[Tensor, Tensor], Tensor], kinds: tuple[Kind, ...], latex: str,
          source: str = "Auto-DAS supplement C.2 / Listing 1.2", complexity: int = 1,
-         differentiable: bool = True) -> None:
+         differentiable: bool = True, relation: bool = False) -> None:
     register(Op(
         name=name, family="distance",
         signatures=tuple(Signature((k,), Kind.SCORE, fn, _CONTRACTS[k]) for k in kinds),
         doc=(fn.__doc__ or "").strip(), source=source, pairwise=True, complexity=complexity,
-        differentiable=differentiable, latex=latex,
+        differentiable=differentiable, relation=relation, latex=latex,
     ))
 
 
@@ -185,7 +185,7 @@ _reg("cosine", cosine, _ALL, r"\operatorname{{cos-dist}}\left({0}, {1}\right)")
 _reg("pearson", pearson, _ALL, r"\operatorname{{pearson-dist}}\left({0}, {1}\right)")
 _reg("hard", hard, _ALL, r"\operatorname{{hard}}\left({0}, {1}\right)", differentiable=False)
 _reg("sp_dist", sp_dist, _ALL, r"D_{{\mathrm{{SP}}}}\left({0}, {1}\right)",
-     source="Auto-KD supplement Eq. 1", complexity=2)
+     source="Auto-KD supplement Eq. 1", complexity=2, relation=True)
 _reg("ickd_dist", ickd_dist, (Kind.FMAP, Kind.SEQ), r"D_{{\mathrm{{ICKD}}}}\left({0}, {1}\right)",
      source="Auto-KD supplement Eq. 3", complexity=2)
 for _t in TEMPERATURES:

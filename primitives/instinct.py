@@ -28,12 +28,11 @@ _SOURCE = "EZNAS (Akhauri et al. 2022) / Auto-Prox instinct ops"
 
 def segment_sum(r: Ragged, x: Tensor) -> Tensor:
     """Sum of ``x`` (laid out like ``r.values``) within each segment of ``r``."""
-    return torch.zeros(r.n_segments, dtype=x.dtype, device=x.device).index_add(0, r.segment, x)
+    return torch.segment_reduce(x, "sum", lengths=r.lengths, unsafe=True)
 
 
 def _segment_count(r: Ragged) -> Tensor:
-    ones = torch.ones_like(r.values)
-    return segment_sum(r, ones).clamp_min(1.0)
+    return r.lengths.to(r.values.dtype).clamp_min(1.0)
 
 
 def segment_mean(r: Ragged, x: Tensor) -> Tensor:

@@ -58,6 +58,9 @@ class Op:
     involution: bool = False
     differentiable: bool = True
     cross_arch: bool = False
+    #: a pairwise op comparing per-sample relations: teacher and student may differ in every
+    #: axis but the sample axis (their widths and map sizes need not match)
+    relation: bool = False
     latex: str = ""
     sympy: Callable[..., Any] | None = field(default=None, compare=False)
 
@@ -73,7 +76,7 @@ class Op:
 
     def properties(self) -> list[str]:
         names = ("commutative", "stochastic", "needs_grad", "pairwise", "identity",
-                 "idempotent", "involution", "cross_arch")
+                 "idempotent", "involution", "cross_arch", "relation")
         props = [n for n in names if getattr(self, n)]
         if not self.differentiable:
             props.append("non_differentiable")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -55,7 +56,8 @@ class Ragged:
     element is one layer and its segment is its architecture, so per-segment operations
     (z-normalise, softmax) work across the layers of one architecture.
     Element-wise ops touch only ``values``, so they run on all layers of all architectures
-    in one call.
+    in one call. Invariant: segment ids never decrease along ``values`` (segments are
+    contiguous runs), which lets per-segment sums use ``torch.segment_reduce``.
     """
 
     kind: Kind
@@ -79,19 +81,27 @@ class Ragged:
                 f"expected ({self.n_segments},)"
             )
 
+    @cached_property
+    def lengths(self) -> Tensor:
+        """Number of elements of each segment."""
+        return torch.bincount(self.segment, minlength=self.n_segments)
+
     def with_values(self, values: Tensor, kind: Kind | None = None) -> Ragged:
         """Same layout, new values (the result of an element-wise op)."""
-        return Ragged(
+        out = Ragged(
             kind or self.kind, values, self.segment, self.n_segments, self.segment_arch,
             self.n_arch,
         )
+        if "lengths" in self.__dict__:  # share the layout's cached lengths
+            out.__dict__["lengths"] = self.__dict__["lengths"]
+        return out
 
     def same_layout(self, other: Ragged) -> bool:
         return (
             self.n_segments == other.n_segments
             and self.n_arch == other.n_arch
             and self.values.shape == other.values.shape
-            and bool(torch.equal(self.segment, other.segment))
+            and (self.segment is other.segment or bool(torch.equal(self.segment, other.segment)))
         )
 
     @staticmethod

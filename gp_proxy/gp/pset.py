@@ -23,6 +23,7 @@ from typing import Any
 from deap import gp
 
 import primitives
+import primitives.contract
 from primitives import Kind, Node
 from primitives.errors import GpProxyError
 
@@ -143,51 +144,105 @@ def _fixed_point(pset: gp.PrimitiveSetTyped) -> dict[type, float]:
     return h
 
 
+def _mask_name(mask: frozenset[int]) -> str:
+    return "m" + "".join(str(i) for i in sorted(mask)) if mask else "aligned"
+
+
 def build_pset(grammar: str = "both", combiner: str = "rank",
                input_kinds: Mapping[str, Kind] | None = None,
+               misaligned: Mapping[str, frozenset[int]] | None = None,
                exclude: frozenset[str] = frozenset()) -> ProxySet:
-    """Generate the typed primitive set from the registry."""
+    """Generate the typed primitive set from the registry.
+
+    ``misaligned`` gives, per teacher-student input, the axis positions whose size differs
+    between the teacher and some student (``{"k2": {1}}``: students are narrower). Types below
+    a distance carry that set, transforms propagate it through their shape contracts, and a
+    distance only accepts aligned values (a relation distance only needs the sample axis),
+    so formulas that could only fail with a shape error are never built.
+    """
     if grammar not in GRAMMARS:
         raise GpProxyError(f"unknown grammar {grammar!r}; choose from {', '.join(GRAMMARS)}")
     if combiner not in ("rank", "z"):
         raise GpProxyError(f"unknown combiner {combiner!r}; choose rank or z")
     kinds = {**primitives.DEFAULT_INPUT_KINDS, **(input_kinds or {})}
+    masks = {k: frozenset(v) for k, v in (misaligned or {}).items()}
     cache: dict[str, type] = {}
     iscore, sscore = _type("IScore", cache), _type("SScore", cache)
     root = {"both": _type("Root", cache), "interaction": iscore, "instinct": sscore}[grammar]
     pset = gp.PrimitiveSetTyped("proxy", [], root)
     op_of: dict[str, str] = {}
+    use_pair, use_free = grammar != "instinct", grammar != "interaction"
 
-    def T(kind: Kind, ctx: str) -> type:
-        return _type(f"{kind.value}_{ctx}", cache)
+    def free(kind: Kind) -> type:
+        return _type(f"{kind.value}_free", cache)
 
-    for op in primitives.ops():
-        if op.name in exclude or op.identity:
+    def pair(kind: Kind, mask: frozenset[int]) -> type:
+        return _type(f"{kind.value}_pair_{_mask_name(mask)}", cache)
+
+    def add(op_name: str, args: list[type], ret: type, tag: str) -> None:
+        name = f"{op_name}__{tag}"
+        pset.addPrimitive(lambda *a: None, args, ret, name=name)
+        op_of[name] = op_name
+
+    ops = [op for op in primitives.ops() if op.name not in exclude and not op.identity]
+    # inputs
+    frontier: list[tuple[Kind, frozenset[int]]] = []
+    for op in ops:
+        if op.family != "input":
             continue
-        if op.family == "input":
-            ctx = "pair" if op.name in _PAIR_INPUTS else "free"
-            if (ctx == "pair") == (grammar == "instinct") and grammar != "both":
+        if op.name in _PAIR_INPUTS:
+            if not use_pair:
                 continue
-            pset.addTerminal(op.name, T(kinds[op.name], ctx), name=op.name)
-            op_of[op.name] = op.name
+            km = (kinds[op.name], masks.get(op.name, frozenset()))
+            pset.addTerminal(op.name, pair(*km), name=op.name)
+            if km not in frontier:
+                frontier.append(km)
+        else:
+            if not use_free:
+                continue
+            pset.addTerminal(op.name, free(kinds[op.name]), name=op.name)
+        op_of[op.name] = op.name
+    # below a distance: every (kind, mask) reachable from the inputs through the transforms
+    seen = set(frontier)
+    while frontier:
+        kind, mask = frontier.pop(0)
+        for op in ops:
+            if op.pairwise or op.family in ("input", "reduce", "combine"):
+                continue
+            for sig in op.signatures:
+                if sig.inputs != (kind,):
+                    continue
+                out = (sig.output, primitives.contract.propagate_misaligned(sig.contract, mask))
+                add(op.name, [pair(kind, mask)], pair(*out),
+                    f"{kind.value}_{_mask_name(mask)}__pair")
+                if out not in seen:
+                    seen.add(out)
+                    frontier.append(out)
+        for op in ops:
+            if not op.pairwise:
+                continue
+            if mask and not (op.relation and 0 not in mask):
+                continue
+            for sig in op.signatures:
+                if sig.inputs == (kind,):
+                    add(op.name, [pair(kind, mask)], iscore,
+                        f"{kind.value}_{_mask_name(mask)}__pair")
+    # the student-only part, and the root
+    for op in ops:
+        if op.family in ("input",) or op.pairwise:
             continue
         for sig in op.signatures:
             ins = sig.inputs
-            if op.pairwise:
-                args, ret, ctx = [T(ins[0], "pair")], iscore, "pair"
-            elif op.family == "reduce":
-                args, ret, ctx = [T(ins[0], "free")], sscore, "free"
+            if op.family == "reduce":
+                if use_free:
+                    add(op.name, [free(ins[0])], sscore, f"{ins[0].value}__free")
             elif op.family == "combine":
-                if grammar != "both" or not op.name.startswith(combiner + "_"):
-                    continue
-                args, ret, ctx = [iscore, sscore], root, "root"
-            else:
-                ctx = "free" if ins[0] in primitives.values.RAGGED_KINDS else "pair"
-                args, ret = [T(k, ctx) for k in ins], T(sig.output, ctx)
-            name = f"{op.name}__{'_'.join(k.value for k in ins)}__{ctx}"
-            pset.addPrimitive(lambda *a: None, args, ret, name=name)
-            op_of[name] = op.name
+                if grammar == "both" and op.name.startswith(combiner + "_"):
+                    add(op.name, [iscore, sscore], root, "root")
+            elif use_free and ins[0] in primitives.values.RAGGED_KINDS:
+                add(op.name, [free(k) for k in ins], free(sig.output),
+                    f"{'_'.join(k.value for k in ins)}__free")
     h = _fixed_point(pset)
     if h.get(root, math.inf) == math.inf:
-        raise GpProxyError(f"grammar {grammar!r} cannot build any formula")
+        raise GpProxyError(f"grammar {grammar!r} cannot build any formula for these inputs")
     return ProxySet(pset, grammar, combiner, op_of, h, cache, kinds)

@@ -1,0 +1,293 @@
+"""Performance of the cached evaluator, as ratios measured in one run on one machine.
+
+    python benchmarks/perf_evaluator.py --out benchmarks/perf_cpu.json [--device cuda]
+
+1. reference vs cached: the published Auto-DAS code recomputes the teacher and every student
+   forward (and backward, for gradient statistics) for every formula. "reference" here does
+   exactly that with prebuilt models (construction excluded, which favours the reference) and
+   the reference interpreter; "cached" is the batched evaluator on the feature cache. Setups:
+   CIFAR-ResNet depth space (64 archs, ResNet-110 teacher, batch 64 of 32x32 images; random
+   images and random-init teacher: the cost does not depend on the values) and the embedded
+   Fashion-MNIST benchmark (162 archs, its trained teacher, its 64-image probe batch).
+2. per-formula time vs the memory-bandwidth floor: bytes of cached inputs a formula reads
+   divided by the measured read bandwidth (one pass summing a 512 MB tensor).
+3. population throughput with and without shared-subtree memoisation on a typical generation:
+   50 parents, then 50 offspring made from them by the campaign's crossover and mutation.
+4. numba vs scipy for Kendall tau-b and Spearman rho over 1,000 score vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import primitives  # noqa: E402
+from gp_proxy.cache import CacheConfig, FeatureCache, load_cache  # noqa: E402
+from gp_proxy.evaluator import Evaluator  # noqa: E402
+from gp_proxy.gp.pset import build_pset  # noqa: E402
+from gp_proxy.gp.variation import crossover, mutate  # noqa: E402
+from gp_proxy.io import save_tensors  # noqa: E402
+from gp_proxy.rank import kendall_tau_batch, spearman_rho_batch  # noqa: E402
+from gp_proxy.spaces import get_space  # noqa: E402
+from primitives import Kind, Ragged  # noqa: E402
+
+
+def population(n: int, seed: int, misaligned: dict[str, frozenset[int]] | None = None,
+               grammar: str = "both") -> list[str]:
+    """Random canonical formulas from the campaign's typed generator for this cache."""
+    ps = build_pset(grammar, misaligned=misaligned)
+    rng = random.Random(seed)
+    out: list[str] = []
+    while len(out) < n:
+        s = str(primitives.canonicalize(ps.to_node(ps.random_tree(rng, 3, 6))))
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def offspring(parents: list[str], n: int, seed: int,
+              misaligned: dict[str, frozenset[int]] | None = None) -> list[str]:
+    ps = build_pset("both", misaligned=misaligned)
+    rng = random.Random(seed)
+    trees = [ps.to_tree(primitives.parse(p)) for p in parents]
+    out: list[str] = []
+    while len(out) < n:
+        a, b = rng.choice(trees), rng.choice(trees)
+        child = crossover(ps, a, b, rng, 10, 30)
+        if rng.random() < 0.3:
+            child = mutate(ps, child, rng, 10, 30)
+        s = str(primitives.canonicalize(ps.to_node(child)))
+        if s not in out and s not in parents:
+            out.append(s)
+    return out
+
+
+def read_bandwidth(device: torch.device) -> float:
+    x = torch.ones(128 << 20, device=device)  # 512 MB of float32
+    best = float("inf")
+    for _ in range(5):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        x.sum()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best
+
+
+def input_bytes(formula: str, cache: FeatureCache) -> int:
+    names = {n.name for n in primitives.parse(formula, cache.feature_kinds).walk() if not n.args}
+    total = 0
+    for s in cache.students:
+        for name in names:
+            if name in s.features:
+                total += s.features[name].numel() * 4
+            else:
+                attr = {"act": "acts", "grad": "grads", "weight": "weights"}[name]
+                total += sum(t.numel() * 4 for t in getattr(s, attr))
+    total += sum(cache.teacher[n].numel() * 4 for n in names if n in cache.teacher)
+    return total
+
+
+def reference_cost(space_name: str, teacher_name: str, teacher_weights: str | None,
+                   images: torch.Tensor, labels: torch.Tensor, archs: list[str],
+                   formulas: list[str], act_samples: int) -> list[float]:
+    """Seconds per formula when every forward pass is recomputed for every formula."""
+    space = get_space(space_name)
+    teacher = space.build_teacher(teacher_name)
+    if teacher_weights:
+        from gp_proxy.io import load_tensors
+
+        teacher.load_state_dict(load_tensors(teacher_weights))
+        teacher.eval()
+    models = [space.build(a) for a in archs]
+    kinds = models[0].feature_kinds
+    times = []
+    for f in formulas:
+        node = primitives.canonicalize(primitives.parse(f, kinds))
+        needs = {n.name for n in node.walk() if not n.args}
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            tf = {k: v.unsqueeze(0) for k, v in teacher.features(images).items()}
+        for m in models:
+            env: dict[str, object] = {}
+            if needs & {"act", "grad", "weight"}:
+                from gp_proxy.cache import _student_tensors
+
+                t = _student_tensors(m, images, labels, act_samples)
+                n = len(m.weight_layers())
+                env.update({k: t[k].unsqueeze(0) for k in ("k1", "k2", "k3")})
+                env["act"] = Ragged.from_layers(Kind.ASET, [[t[f"act.{i}"] for i in range(n)]])
+                env["grad"] = Ragged.from_layers(Kind.WSET, [[t[f"grad.{i}"] for i in range(n)]])
+                env["weight"] = Ragged.from_layers(Kind.WSET,
+                                                   [[t[f"weight.{i}"] for i in range(n)]])
+            else:
+                with torch.no_grad():
+                    m.train()
+                    env.update({k: v.unsqueeze(0) for k, v in m.features(images).items()})
+            try:
+                if node.op.cross_arch:
+                    for part in node.args:
+                        primitives.evaluate(part, env, tf)  # type: ignore[arg-type]
+                else:
+                    primitives.evaluate(node, env, tf)  # type: ignore[arg-type]
+            except primitives.GpProxyError:
+                pass
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def cached_cost(cache: FeatureCache, formulas: list[str], device: str, chunk: int | None
+                ) -> tuple[list[float], dict[str, int]]:
+    ev = Evaluator(cache, chunk_size=chunk, device=device, memoize=False)
+    ev.evaluate(formulas[:5])  # warm-up
+    times, statuses = [], {}
+    for f in formulas:
+        t0 = time.perf_counter()
+        r = ev.evaluate([f])[0]
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    return times, statuses
+
+
+def setup(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, object]:
+    if name == "cifar-resnet-depth":
+        space = get_space(name)
+        archs = list(space.enumerate())
+        g = torch.Generator().manual_seed(0)
+        probe = tmp / "cifar_probe.safetensors"
+        images = torch.randn(64, 3, 32, 32, generator=g)
+        labels = torch.randint(0, 100, (64,), generator=g)
+        save_tensors(probe, {"images": images, "labels": labels})
+        cfg = CacheConfig(name, "resnet110", str(probe), None, 0, args.act_samples)
+        weights = None
+        teacher = "resnet110"
+    else:
+        from gp_proxy.io import load_tensors
+
+        folder = ROOT / "benchmarks" / "fmnist"
+        archs = list(get_space(name).enumerate())
+        probe = folder / "probe.safetensors"
+        p = load_tensors(probe)
+        images, labels = p["images"], p["labels"]
+        weights = str(folder / "teacher.safetensors")
+        teacher = "resnet-t"
+        cfg = CacheConfig(name, teacher, str(probe), weights, 0, args.act_samples)
+    t0 = time.perf_counter()
+    cache = load_cache(args.cache_dir, cfg, archs)
+    build = time.perf_counter() - t0
+    return {"space": name, "archs": archs, "cache": cache, "images": images, "labels": labels,
+            "weights": weights, "teacher": teacher, "cache_seconds": build}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/perf_cpu.json")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--setups", default="cifar-resnet-depth,fmnist-cnn")
+    ap.add_argument("--population", type=int, default=100)
+    ap.add_argument("--reference-formulas", type=int, default=3)
+    ap.add_argument("--act-samples", type=int, default=16)
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="architectures per chunk (default: chunks of about 2 MiB)")
+    ap.add_argument("--cache-dir", default=".gp-proxy-cache")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    bw = read_bandwidth(device)
+    report: dict[str, object] = {
+        "command": " ".join(["python", *sys.argv]),
+        "machine": {"processor": platform.processor() or platform.machine(),
+                    "torch_threads": args.threads, "device": str(device),
+                    "torch": torch.__version__},
+        "read_bandwidth_GBps": bw / 1e9, "setups": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.setups.split(","):
+            s = setup(name, args, Path(tmp))
+            cache: FeatureCache = s["cache"]  # type: ignore[assignment]
+            mis = cache.misaligned()
+            ok_pop = population(args.population, seed=1, misaligned=mis)
+            cached, statuses = cached_cost(cache, ok_pop, args.device, args.chunk)
+            ok_status = Evaluator(cache, device=args.device).evaluate(ok_pop)
+            ref_formulas = [f for (f, _), r in zip(sorted(zip(ok_pop, cached, strict=True),
+                                                          key=lambda x: x[1]),
+                                                   sorted(ok_status, key=lambda r: cached[
+                                                       ok_pop.index(r.formula)]), strict=True)
+                            if r.ok]
+            step = max(1, len(ref_formulas) // args.reference_formulas)
+            ref_pick = ref_formulas[::step][: args.reference_formulas]
+            ref = reference_cost(name if name != "fmnist-cnn" else "fmnist-cnn",
+                                 str(s["teacher"]), s["weights"], s["images"],  # type: ignore[arg-type]
+                                 s["labels"], s["archs"], ref_pick, args.act_samples)  # type: ignore[arg-type]
+            cached_of = dict(zip(ok_pop, cached, strict=True))
+            floors = [input_bytes(f, cache) / bw for f in ok_pop]
+            ratio_floor = [c / fl for c, fl in zip(cached, floors, strict=True) if fl > 0]
+            parents = population(50, seed=7, misaligned=mis)
+            kids = offspring(parents, 50, seed=8, misaligned=mis)
+            timings = {}
+            for memo in (False, True):
+                ev = Evaluator(cache, chunk_size=args.chunk, device=args.device, memoize=memo)
+                ev.evaluate(parents[:3])
+                t0 = time.perf_counter()
+                ev.evaluate(parents, keep_memo=True)
+                ev.evaluate(kids)
+                timings[memo] = time.perf_counter() - t0
+            report["setups"][name] = {  # type: ignore[index]
+                "architectures": len(s["archs"]),  # type: ignore[arg-type]
+                "cache_build_seconds": s["cache_seconds"],
+                "population": len(ok_pop), "statuses": statuses,
+                "cached_median_seconds": statistics.median(cached),
+                "cached_p90_seconds": float(np.quantile(cached, 0.9)),
+                "reference_formulas": ref_pick,
+                "reference_seconds": ref,
+                "cached_seconds_of_reference_formulas": [cached_of[f] for f in ref_pick],
+                "speedup_median_reference_vs_cached": statistics.median(
+                    r / cached_of[f] for r, f in zip(ref, ref_pick, strict=True)),
+                "median_time_over_bandwidth_floor": statistics.median(ratio_floor),
+                "generation_seconds_no_memo": timings[False],
+                "generation_seconds_memo": timings[True],
+                "memo_throughput_gain": timings[False] / timings[True],
+            }
+            print(json.dumps({name: report["setups"][name]}, indent=1,  # type: ignore[index]
+                             default=str)[:2000], flush=True)
+    rng = np.random.default_rng(0)
+    for n in (64, 162):
+        xs = rng.normal(size=(1000, n))
+        y = rng.normal(size=n)
+        kendall_tau_batch(xs[:2], y)
+        spearman_rho_batch(xs[:2], y)
+        t0 = time.perf_counter()
+        kendall_tau_batch(xs, y)
+        spearman_rho_batch(xs, y)
+        t_numba = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for row in xs:
+            stats.kendalltau(row, y)
+            stats.spearmanr(row, y)
+        t_scipy = time.perf_counter() - t0
+        report[f"correlations_n{n}"] = {"numba_seconds": t_numba, "scipy_seconds": t_scipy,
+                                        "speedup": t_scipy / t_numba}
+    Path(args.out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
