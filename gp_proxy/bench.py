@@ -21,8 +21,8 @@ import io
 import itertools
 import os
 import platform
+import random
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -39,6 +39,7 @@ from primitives.errors import GpProxyError
 
 from .data import Split
 from .io import atomic_write_json, atomic_write_text, load_tensors, read_json, save_tensors
+from .provenance import cpu_name, git_revision
 from .spaces import count_flops, count_params, get_space
 from .train import Recipe, evaluate_accuracy, predict_logits, train_classifier
 
@@ -131,6 +132,13 @@ def _train_one(arch: str, mode: str, seed: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------- driver ---------------
+def _build_order(archs: list[str], cfg: BenchConfig, runs_dir: Path) -> list[str]:
+    """Architectures with some runs done first, then the rest in a seeded random order, so
+    that the complete architectures of a partial build are a uniform sample of the space."""
+    order = list(archs)
+    random.Random(cfg.subset_seed).shuffle(order)
+    started = {p.name.split("__")[0] for p in runs_dir.glob("*.json")}
+    return sorted(order, key=lambda a: a not in started)  # stable: keeps the shuffle
 def _check_config(out: Path, cfg: BenchConfig) -> None:
     path = out / "config.json"
     if path.exists():
@@ -195,7 +203,8 @@ def build_benchmark(out: str | os.PathLike[str], cfg: BenchConfig, train: Split,
         teacher_logits = predict_logits(teacher, x)
         runs_dir = out / "runs"
         runs_dir.mkdir(exist_ok=True)
-        todo = [(a, m, s) for a, m, s in itertools.product(archs, MODES, cfg.seeds)
+        todo = [(a, m, s) for a, m, s in itertools.product(_build_order(archs, cfg, runs_dir),
+                                                           MODES, cfg.seeds)
                 if not (runs_dir / f"{_run_name(a, m, s)}.json").exists()]
         done_before = len(archs) * len(MODES) * len(cfg.seeds) - len(todo)
         if max_runs is not None:
@@ -320,31 +329,13 @@ def summarize(out: str | os.PathLike[str], command: str = "") -> dict[str, Any]:
         "teacher": teacher,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "numpy": np.__version__},
-        "hardware": {"machine": platform.machine(), "processor": _cpu_name(),
+        "hardware": {"machine": platform.machine(), "processor": cpu_name(),
                      "cores": os.cpu_count(), "threads_per_training": 1},
-        "git_revision": _git_revision(),
+        "git_revision": git_revision(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     atomic_write_json(out / "manifest.json", manifest)
     return noise
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def command_line() -> str:

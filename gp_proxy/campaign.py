@@ -20,7 +20,6 @@ import csv
 import io
 import json
 import math
-import platform
 import random
 import statistics
 import time
@@ -30,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import yaml
 from deap import gp
 
@@ -44,6 +41,7 @@ from .fitness import Assessment, Splits, assess, make_splits
 from .gp.pset import ProxySet, build_pset
 from .gp.variation import crossover, mutate
 from .io import atomic_write_json, atomic_write_text, read_json
+from .provenance import environment
 
 __all__ = ["Campaign", "Record"]
 
@@ -212,22 +210,35 @@ class Campaign:
 
     def _steady_generation(self) -> None:
         """Auto-DAS steady state: ``population`` iterations of parents from the top fraction,
-        offspring versus a random newcomer, the better replacing the worst."""
+        offspring versus a random newcomer, the better replacing the worst.
+
+        Iterations run in batches of ``steady_batch``: a batch's offspring are drawn from the
+        same population and evaluated together (their shared subtrees computed once), then the
+        replacements are applied in order. ``steady_batch=1`` is the strict one-at-a-time form.
+        """
         c = self.config
-        for _ in range(c.population):
+        done = 0
+        while done < c.population:
+            b = min(c.steady_batch, c.population - done)
             ranked = sorted(self.population, key=self._order, reverse=True)
             top = ranked[: max(2, round(c.parents_top * len(ranked)))]
-            parents = [top[self.rng.randrange(len(top))] for _ in range(2)]
-            child, newcomer = self._offspring(parents), self._random()
-            self.evaluations += 2
-            rc, rn = self._evaluate([child, newcomer])
-            cand, rec = (child, rc) if self._rank_key(rc) >= self._rank_key(rn) else (newcomer, rn)
-            keys = {self._key(t) for t in self.population}
-            if rec.formula in keys:
-                continue
-            worst = min(range(len(self.population)), key=lambda i: self._order(self.population[i]))
-            if self._rank_key(rec) >= self._order(self.population[worst]):
-                self.population[worst] = cand
+            pairs = []
+            for _ in range(b):
+                parents = [top[self.rng.randrange(len(top))] for _ in range(2)]
+                pairs.append((self._offspring(parents), self._random()))
+            self.evaluations += 2 * b
+            recs = self._evaluate([t for pair in pairs for t in pair])
+            for k, (child, newcomer) in enumerate(pairs):
+                rc, rn = recs[2 * k], recs[2 * k + 1]
+                cand, rec = (child, rc) if self._rank_key(rc) >= self._rank_key(rn) else \
+                    (newcomer, rn)
+                if rec.formula in {self._key(t) for t in self.population}:
+                    continue
+                worst = min(range(len(self.population)),
+                            key=lambda i: self._order(self.population[i]))
+                if self._rank_key(rec) >= self._order(self.population[worst]):
+                    self.population[worst] = cand
+            done += b
 
     def _tournament(self) -> gp.PrimitiveTree:
         picks = [self.population[self.rng.randrange(len(self.population))]
@@ -306,9 +317,7 @@ class Campaign:
         atomic_write_text(self.run_dir / "config.yaml",
                           yaml.safe_dump(self.config.model_dump(), sort_keys=True))
         atomic_write_json(self.run_dir / "env.json", {
-            "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "device": str(self.evaluator.device),
-            "git_revision": _git_revision(), "cache_key": self.cache.key,
+            **environment(), "device": str(self.evaluator.device), "cache_key": self.cache.key,
             "architectures": len(self.y), "train": len(self.splits.train),
             "test": len(self.splits.test), "space": self.bench.space,
             "benchmark": str(self.bench.folder),
@@ -437,13 +446,3 @@ def _assessment(d: dict[str, Any]) -> Assessment | None:
     vals = {k: (float("nan") if d[k] is None else d[k]) for k in keys}
     vals["sign"] = int(vals["sign"])
     return Assessment(**vals)  # type: ignore[arg-type]
-
-
-def _git_revision() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"

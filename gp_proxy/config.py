@@ -45,6 +45,7 @@ class CampaignConfig(BaseModel):
     crossover_prob: float = Field(0.5, ge=0, le=1)
     mutation_prob: float = Field(0.1, ge=0, le=1)
     parents_top: float = Field(0.2, gt=0, le=1)
+    steady_batch: int = Field(10, ge=1)
     tournament: int = Field(3, ge=1)
     elite_start: float = Field(0.1, ge=0, le=1)
     elite_end: float = Field(0.3, ge=0, le=1)

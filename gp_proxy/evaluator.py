@@ -8,8 +8,9 @@ one :class:`EvalResult` per formula with a status and the score vector over arch
   chunks keep intermediates in the CPU cache (one giant stack is slower because of page
   faults), but chunks of one tiny network pay Python overhead per op.
 - The teacher side of a subtree is computed once, not per architecture or chunk.
-- Subtrees shared across the batch are computed once: values are memoised by canonical
-  subtree string (and chunk) within ``memo_bytes``.
+- The batch is evaluated chunk-major (all formulas on one chunk, then the next), so subtrees
+  shared across the batch are computed once per chunk while the memo (keyed by canonical
+  subtree string, within ``memo_bytes``) holds only one chunk's intermediates.
 - Stochastic ops draw from a generator seeded by (seed, subtree), identical on both sides.
 - A formula that fails on one architecture fails as a whole; the first cause is recorded.
 """
@@ -26,6 +27,7 @@ from torch import Tensor
 
 from primitives import (
     FormulaError,
+    GpProxyError,
     Kind,
     KindError,
     Node,
@@ -165,33 +167,96 @@ class Evaluator:
             value = apply(node.name, *args)
         return self._remember(key, value)
 
-    def _scores(self, node: Node) -> Tensor:
-        """The full score vector of a score-kind node, in cache order."""
-        op = get(node.name)
-        if op.cross_arch:
-            return apply(node.name, *(self._scores(a) for a in node.args))  # type: ignore[return-value]
-        out = torch.empty(self.n, dtype=torch.float64)
-        for chunk in self.chunks:
-            v = self._eval(node, chunk, False)
-            assert isinstance(v, Tensor)
-            out[torch.from_numpy(chunk.index)] = v.detach().to("cpu", torch.float64)
-        return out
+    @staticmethod
+    def _score_roots(node: Node, out: dict[str, Node]) -> None:
+        """The maximal per-architecture score subtrees (below cross-architecture combiners)."""
+        if get(node.name).cross_arch:
+            for a in node.args:
+                Evaluator._score_roots(a, out)
+        else:
+            out.setdefault(node.text, node)
+
+    @staticmethod
+    def _combine(node: Node, vectors: dict[str, Tensor]) -> Tensor:
+        if get(node.name).cross_arch:
+            return apply(node.name, *(Evaluator._combine(a, vectors) for a in node.args))  # type: ignore[return-value]
+        return vectors[node.text]
+
+    @staticmethod
+    def _failure(exc: Exception) -> tuple[str, str]:
+        if isinstance(exc, FormulaError):
+            return "parse_error", str(exc)
+        if isinstance(exc, ShapeError):
+            return "shape_error", str(exc)
+        if isinstance(exc, KindError):
+            return "kind_error", str(exc)
+        return "runtime_error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
     def evaluate_one(self, formula: str | Node) -> EvalResult:
-        text = str(formula)
+        return self.evaluate([formula])[0]
+
+    def evaluate(self, formulas: Sequence[str | Node], keep_memo: bool = False
+                 ) -> list[EvalResult]:
+        """Evaluate a batch, chunk by chunk: every formula of the batch on one chunk of
+        architectures, then the next chunk. Subtrees shared across the batch are computed once
+        per chunk, and the memo only ever holds one chunk's intermediates (plus the teacher's).
+
+        With ``keep_memo`` the teacher-side memo survives the call (until :meth:`clear_memo`).
+        """
+        nodes: list[Node | None] = []
+        failed: dict[int, tuple[str, str]] = {}
+        for i, f in enumerate(formulas):
+            try:
+                node = f if isinstance(f, Node) else parse(f, self.kinds)
+                nodes.append(canonicalize(node))
+            except FormulaError as exc:
+                nodes.append(None)
+                failed[i] = self._failure(exc)
+        roots: dict[str, Node] = {}
+        for n in nodes:
+            if n is not None:
+                self._score_roots(n, roots)
+        vectors = {t: torch.empty(self.n, dtype=torch.float64) for t in roots}
+        root_error: dict[str, tuple[str, str]] = {}
         try:
-            node = formula if isinstance(formula, Node) else parse(formula, self.kinds)
-            node = canonicalize(node)
             with torch.no_grad():
-                scores = self._scores(node).numpy()
-        except FormulaError as exc:
-            return EvalResult(text, "parse_error", str(exc))
-        except ShapeError as exc:
-            return EvalResult(text, "shape_error", str(exc))
-        except KindError as exc:
-            return EvalResult(text, "kind_error", str(exc))
-        except RuntimeError as exc:  # torch/einops failures inside an op (not Python bugs)
-            return EvalResult(text, "runtime_error", str(exc).splitlines()[0])
+                for chunk in self.chunks:
+                    where = torch.from_numpy(chunk.index)
+                    for text, root in roots.items():
+                        if text in root_error:
+                            continue
+                        try:
+                            v = self._eval(root, chunk, False)
+                            assert isinstance(v, Tensor)
+                            vectors[text][where] = v.detach().to("cpu", torch.float64)
+                        except (GpProxyError, RuntimeError) as exc:
+                            root_error[text] = self._failure(exc)
+                    self._drop_student_memo()
+            results = []
+            for i, n in enumerate(nodes):
+                text = str(formulas[i])
+                if n is None:
+                    results.append(EvalResult(text, *failed[i]))
+                    continue
+                sub: dict[str, Node] = {}
+                self._score_roots(n, sub)
+                bad = next((root_error[t] for t in sub if t in root_error), None)
+                if bad is not None:
+                    results.append(EvalResult(text, *bad))
+                    continue
+                try:
+                    scores = self._combine(n, vectors).numpy()
+                except (GpProxyError, RuntimeError) as exc:
+                    results.append(EvalResult(text, *self._failure(exc)))
+                    continue
+                results.append(self._status(text, scores))
+            return results
+        finally:
+            if not keep_memo:
+                self.clear_memo()
+
+    @staticmethod
+    def _status(text: str, scores: np.ndarray) -> EvalResult:
         if np.isnan(scores).any():
             return EvalResult(text, "nan", f"{int(np.isnan(scores).sum())} NaN scores", scores)
         if np.isinf(scores).any():
@@ -201,15 +266,6 @@ class Evaluator:
             return EvalResult(text, "constant", "every architecture has the same score", scores)
         return EvalResult(text, "ok", "", scores)
 
-    def evaluate(self, formulas: Sequence[str | Node], keep_memo: bool = False
-                 ) -> list[EvalResult]:
-        """Evaluate a batch; shared subtrees are computed once across it.
-
-        With ``keep_memo`` the memo survives the call (a campaign keeps it for a whole
-        generation, whose offspring share their parents' subtrees) until :meth:`clear_memo`.
-        """
-        try:
-            return [self.evaluate_one(f) for f in formulas]
-        finally:
-            if not keep_memo:
-                self.clear_memo()
+    def _drop_student_memo(self) -> None:
+        for key in [k for k in self._memo if k[1] != -1]:
+            self._memo_size -= _nbytes(self._memo.pop(key))

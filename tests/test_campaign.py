@@ -172,3 +172,31 @@ def test_cli_evolve_inspectable_run(bench: Path, tmp_path: Path,
     assert main(["inspect", str(tmp_path)]) == 2
     assert main(["evolve", "populaton=3"]) == 2
     assert "did you mean 'population'" in capsys.readouterr().err
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(bench: Path, tmp_path: Path) -> None:
+    """A real SIGKILL at an arbitrary moment: resume reaches the uninterrupted hall of fame."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from gp_proxy.cli import main
+
+    args = _cfg(bench, tmp_path / "cache", generations=6)
+    assert main(["evolve", *args, "--out", str(tmp_path / "full")]) == 0
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "gp_proxy.cli", "evolve", *args, "--out",
+                             str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        ck = run / "checkpoint.json"
+        if ck.exists() and json.loads(ck.read_text())["generation"] >= 1:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert main(["resume", str(run)]) == 0
+    for name in ("hall_of_fame.csv", "best_proxy.json"):
+        assert (tmp_path / "full" / name).read_text() == (run / name).read_text()
