@@ -13,9 +13,9 @@ import primitives
 from gp_proxy.cache import CacheConfig, CacheError, build_cache, load_cache
 from gp_proxy.evaluator import Evaluator
 from gp_proxy.fitness import assess, make_splits, tau_in_params_bins
+from gp_proxy.gp.pset import build_pset
 from gp_proxy.io import save_tensors
 from primitives import Kind, Ragged
-from primitives.grammar import default_grammar
 
 ARCHS = ["w8-d111-k3", "w8-d211-k3", "w12-d111-k5", "w8-d123-k5", "w16-d111-k3",
          "w12-d321-k3", "w8-d111-k5"]
@@ -69,8 +69,8 @@ def test_batched_equals_naive(cache, formula: str, chunk: int) -> None:  # type:
 
 def test_memoisation_does_not_change_scores_and_hits(cache) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(0)
-    g = default_grammar()
-    formulas = [str(g.random_tree(rng, Kind.SCORE, 5)) for _ in range(60)]
+    ps = build_pset("both", misaligned=cache.misaligned())
+    formulas = [str(ps.to_node(ps.random_tree(rng, 2, 5))) for _ in range(60)]
     formulas += formulas[:10]  # exact repeats must hit the memo
     with_memo = Evaluator(cache, device="cpu")
     a = with_memo.evaluate(formulas)

@@ -10,20 +10,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import primitives
+from gp_proxy.gp.pset import GRAMMARS, build_pset
 from primitives import FormulaError, Kind, Node, Ragged, canonicalize, check, parse
-from primitives.grammar import Grammar, default_grammar
 
 from .conftest import make_layers
 
-GRAMMAR = default_grammar()
+# the campaign's own typed generator, over every grammar (it covers every non-identity op)
+PSETS = [build_pset(g) for g in GRAMMARS] + [build_pset("both", "z")]
+
+
+def random_formula(rng: random.Random, height: int, method: str | None = None) -> Node:
+    ps = PSETS[rng.randrange(len(PSETS))]
+    return ps.to_node(ps.random_tree(rng, 2, height, method))
 
 
 @st.composite
 def formulas(draw: st.DrawFn) -> Node:
     seed = draw(st.integers(0, 2**32 - 1))
-    height = draw(st.integers(2, 8))
+    height = draw(st.integers(3, 8))
     method = draw(st.sampled_from(["grow", "full"]))
-    return GRAMMAR.random_tree(random.Random(seed), Kind.SCORE, height, method)
+    return random_formula(random.Random(seed), height, method)
 
 
 @settings(max_examples=300, deadline=None)
@@ -101,7 +107,7 @@ def test_custom_input_kinds_for_token_features() -> None:
 def test_latex_and_sympy_render_every_random_formula() -> None:
     rng = random.Random(5)
     for _ in range(300):
-        node = GRAMMAR.random_tree(rng, Kind.SCORE, 6)
+        node = random_formula(rng, 6)
         tex = primitives.to_latex(node)
         assert tex.count("{") == tex.count("}")
         primitives.to_sympy(node)
@@ -111,18 +117,18 @@ def test_latex_and_sympy_render_every_random_formula() -> None:
     assert "grad*weight" in str(expr)
 
 
-def test_grammar_never_fails_and_respects_height() -> None:
+def test_every_non_identity_op_is_reachable_by_the_generator() -> None:
     rng = random.Random(0)
-    for i in range(2000):
-        h = 2 + i % 7
-        node = GRAMMAR.random_tree(rng, Kind.SCORE, h, "full" if i % 2 else "grow")
-        assert node.height <= h
-        primitives.infer_kind(node)
+    seen = {n.name for _ in range(3000) for n in random_formula(rng, 7).walk()}
+    expected = {op.name for op in primitives.ops() if not op.identity}
+    assert expected - seen == set()
 
 
-def test_grammar_reports_unclosable_heights() -> None:
-    with pytest.raises(ValueError, match="closes"):
-        Grammar().random_tree(random.Random(0), Kind.SCORE, 1)
+def test_identity_ops_round_trip_and_vanish_in_canonical_form() -> None:
+    for text in ("l1(nop(k2))", "mse(multi_scale_r1(relu(k1)))"):
+        assert str(parse(text)) == text
+        assert "nop" not in str(canonicalize(parse(text)))
+        assert "multi_scale_r1" not in str(canonicalize(parse(text)))
 
 
 # ------------------------------------------------------------------ evaluation ------------

@@ -1,0 +1,40 @@
+"""The committed embedded benchmark loads on a fresh clone and a campaign runs on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gp_proxy.benchmark import load_benchmark
+from gp_proxy.cli import main
+from gp_proxy.io import load_tensors, read_json
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks" / "fmnist"
+
+
+def test_committed_benchmark_is_complete_data() -> None:
+    bench = load_benchmark(BENCH)
+    assert len(bench.truth) >= 3
+    probe = load_tensors(BENCH / "probe.safetensors")
+    assert probe["images"].shape[1:] == (1, 14, 14) and len(probe["labels"]) == 64
+    teacher = read_json(BENCH / "teacher.json")
+    assert teacher["test_acc"] >= 0.89  # the brief's bar for a clearly stronger teacher
+    noise = read_json(BENCH / "noise.json")
+    assert noise["architectures"] == len(bench.truth)
+    manifest = read_json(BENCH / "manifest.json")
+    assert manifest["architectures_complete"] == len(bench.truth)
+
+
+def test_main_job_runs_on_the_embedded_benchmark(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    code = main(["evolve", f"benchmark={BENCH}", f"cache_dir={tmp_path / 'cache'}",
+                 "population=8", "generations=1", "act_samples=4", "--out", str(run)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    best = json.loads((run / "best_proxy.json").read_text())
+    assert best["architectures"]["total"] == len(load_benchmark(BENCH).truth)
+    assert "#params" in out and "FLOPS" in out
