@@ -208,7 +208,7 @@ def main() -> None:
     ap.add_argument("--reference-formulas", type=int, default=3)
     ap.add_argument("--act-samples", type=int, default=16)
     ap.add_argument("--chunk", type=int, default=None,
-                    help="architectures per chunk (default: chunks of about 2 MiB)")
+                    help="architectures per chunk (default: chunks of about 8 MiB)")
     ap.add_argument("--cache-dir", default=".gp-proxy-cache")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()

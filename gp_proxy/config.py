@@ -59,7 +59,7 @@ class CampaignConfig(BaseModel):
     init_seed: int = 0
     act_samples: int = Field(16, ge=1)
     chunk_size: int | None = Field(None, ge=1)  # None: chunks of about chunk_bytes
-    chunk_bytes: int = Field(2 << 20, ge=1)
+    chunk_bytes: int = Field(8 << 20, ge=1)
     device: str = "auto"
     cache_dir: str = ".gp-proxy-cache"
 

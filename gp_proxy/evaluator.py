@@ -80,7 +80,7 @@ def _nbytes(v: Value) -> int:
 class Evaluator:
     def __init__(self, cache: FeatureCache, chunk_size: int | None = None,
                  device: str | None = None, memo_bytes: int = 512 << 20, seed: int = 0,
-                 memoize: bool = True, chunk_bytes: int = 2 << 20) -> None:
+                 memoize: bool = True, chunk_bytes: int = 8 << 20) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.kinds = dict(cache.feature_kinds)
         self.n = len(cache.students)
@@ -123,7 +123,9 @@ class Evaluator:
 
     # ------------------------------------------------------------------ memo ---------------
     def _remember(self, key: tuple[str, int], value: Value) -> Value:
-        if not self.memoize:
+        # the teacher side (chunk -1) is always kept: it is computed once per batch, whatever
+        # the setting; ``memoize`` only controls sharing of student-side subtrees
+        if not self.memoize and key[1] != -1:
             return value
         size = _nbytes(value)
         if size > self.memo_bytes:

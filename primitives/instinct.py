@@ -26,9 +26,25 @@ _EPS = 1e-9
 _SOURCE = "EZNAS (Akhauri et al. 2022) / Auto-Prox instinct ops"
 
 
+#: average segment length above which per-segment reductions loop over contiguous slices
+#: (bandwidth-bound, pairwise-summed); below it one segment_reduce call avoids Python overhead
+_LONG_SEGMENTS = 1024
+
+
+def _long(r: Ragged) -> bool:
+    return r.values.numel() >= _LONG_SEGMENTS * r.n_segments
+
+
 def segment_sum(r: Ragged, x: Tensor) -> Tensor:
     """Sum of ``x`` (laid out like ``r.values``) within each segment of ``r``."""
+    if _long(r):
+        return torch.stack([t.sum() for t in torch.split(x, r.lengths_list)])
     return torch.segment_reduce(x, "sum", lengths=r.lengths, unsafe=True)
+
+
+def _per_element(r: Ragged, per_segment: Tensor) -> Tensor:
+    """Broadcast one value per segment to the segment's elements."""
+    return torch.repeat_interleave(per_segment, r.lengths, output_size=r.values.numel())
 
 
 def _segment_count(r: Ragged) -> Tensor:
@@ -40,21 +56,23 @@ def segment_mean(r: Ragged, x: Tensor) -> Tensor:
 
 
 def _segment_max(r: Ragged, x: Tensor) -> Tensor:
+    if _long(r):
+        return torch.stack([t.amax() for t in torch.split(x, r.lengths_list)])
     init = torch.full((r.n_segments,), -torch.inf, dtype=x.dtype, device=x.device)
     return init.scatter_reduce(0, r.segment, x, reduce="amax", include_self=True)
 
 
 def _znorm(r: Ragged) -> Ragged:
     x = r.values
-    mean = segment_mean(r, x)[r.segment]
+    mean = _per_element(r, segment_mean(r, x))
     centred = x - mean
-    std = torch.sqrt(segment_mean(r, centred * centred))[r.segment]
+    std = _per_element(r, torch.sqrt(segment_mean(r, centred * centred)))
     return r.with_values(centred / (std + _EPS))
 
 
 def _log_softmax_values(r: Ragged, x: Tensor) -> Tensor:
-    shifted = x - _segment_max(r, x)[r.segment]
-    return shifted - torch.log(segment_sum(r, shifted.exp()))[r.segment]
+    shifted = x - _per_element(r, _segment_max(r, x))
+    return shifted - _per_element(r, torch.log(segment_sum(r, shifted.exp())))
 
 
 def _softmax(r: Ragged) -> Ragged:

@@ -86,14 +86,19 @@ class Ragged:
         """Number of elements of each segment."""
         return torch.bincount(self.segment, minlength=self.n_segments)
 
+    @cached_property
+    def lengths_list(self) -> list[int]:
+        return [int(n) for n in self.lengths.tolist()]
+
     def with_values(self, values: Tensor, kind: Kind | None = None) -> Ragged:
         """Same layout, new values (the result of an element-wise op)."""
         out = Ragged(
             kind or self.kind, values, self.segment, self.n_segments, self.segment_arch,
             self.n_arch,
         )
-        if "lengths" in self.__dict__:  # share the layout's cached lengths
-            out.__dict__["lengths"] = self.__dict__["lengths"]
+        for name in ("lengths", "lengths_list"):  # share the layout's cached lengths
+            if name in self.__dict__:
+                out.__dict__[name] = self.__dict__[name]
         return out
 
     def same_layout(self, other: Ragged) -> bool:

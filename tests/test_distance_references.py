@@ -174,3 +174,27 @@ def test_rank_and_z_combiners() -> None:
     const = apply("z_add", torch.ones(4), y)
     np.testing.assert_allclose(const.numpy(), (y - y.mean()).numpy() / y.std(unbiased=False).item(),
                                rtol=1e-6)
+
+
+def test_long_and_short_segment_paths_agree() -> None:
+    """Per-layer reductions take a slice loop for long layers and segment_reduce for short
+    ones; both must give the numpy answer."""
+    from primitives import instinct
+
+    for sizes in ([5000, 3000, 7000], [3, 5, 2, 7]):
+        layers = [[torch.randn(n, generator=torch.Generator().manual_seed(n)) for n in sizes]]
+        r = Ragged.from_layers(Kind.WSET, layers)
+        assert instinct._long(r) == (sizes[0] > 10)
+        want = [float(t.double().sum()) for t in layers[0]]
+        np.testing.assert_allclose(instinct.segment_sum(r, r.values).double().numpy(), want,
+                                   rtol=1e-5, atol=1e-4)
+        z = apply("znorm", r)
+        sm = apply("logsoftmax", r)
+        start = 0
+        for t in layers[0]:
+            zz = z.values[start:start + t.numel()].double()
+            assert abs(zz.mean().item()) < 1e-4
+            lse = torch.logsumexp(t.double(), 0)
+            np.testing.assert_allclose(sm.values[start:start + t.numel()].double().numpy(),
+                                       (t.double() - lse).numpy(), rtol=1e-4, atol=1e-5)
+            start += t.numel()
