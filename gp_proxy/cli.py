@@ -295,6 +295,66 @@ def score(
     _report(best)
 
 
+@app.command("compare")
+def compare_cmd(
+    proxies: Annotated[list[str] | None, typer.Argument(
+        help="baseline names (params, flops, grad_norm, snip, grasp, fisher, synflow, jacov, "
+             "nwot, zen, plain, l2_norm, diswot, or a ground-truth column), formulas, or run "
+             "directories (default: every baseline)")] = None,
+    benchmark: Annotated[Path, typer.Option(help="benchmark folder")] = Path("benchmarks/fmnist"),
+    target: Annotated[str, typer.Option(help="ground-truth column")] = "kd_mean",
+    cache_dir: Annotated[Path, typer.Option(help="feature cache folder")
+                         ] = Path(".gp-proxy-cache"),
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples of the held-out set")
+                         ] = 1000,
+    out: Annotated[Path | None, typer.Option(help="write CSV and a bar chart here (a folder)")
+                   ] = None,
+) -> None:
+    """One table of proxies on the same train/held-out split, next to #params and FLOPs."""
+    import csv
+
+    from .benchmark import load_benchmark
+    from .compare import compare, plot, rows_to_json
+    from .fitness import make_splits
+    from .zerocost import ZERO_COST
+
+    bench = load_benchmark(benchmark, target)
+    cache = bench.cache(str(cache_dir))
+    items = list(proxies or ["params", "flops", *ZERO_COST, "diswot"])
+    for size in ("params", "flops"):
+        if size not in items:
+            items.insert(0, size)
+    splits = make_splits(len(bench.truth.y))
+    rows = compare(items, bench, cache, str(cache_dir), splits, bootstrap)
+    table = Table(title=f"{benchmark} ({len(splits.train)} train / {len(splits.test)} held-out "
+                        f"architectures, target {target}; sign chosen on train)")
+    for col in ("proxy", "τ train", "τ held-out [95% CI]", "ρ held-out", "r held-out",
+                "P@10% held-out", "τ params-bins held-out"):
+        table.add_column(col)
+
+    def f(x: float | None) -> str:
+        return "n/a" if x is None or x != x else f"{x:+.3f}"
+
+    for r in rows:
+        m = r.metrics
+        table.add_row(r.name[:60], f(m.get("train_tau")),
+                      f"{f(m.get('test_tau'))} [{f(m.get('test_tau_lo'))}, "
+                      f"{f(m.get('test_tau_hi'))}]", f(m.get("test_rho")),
+                      f(m.get("test_pearson")), f(m.get("test_p_at_10")),
+                      f(m.get("test_tau_params_bins")))
+    _out.print(table)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        data = rows_to_json(rows)
+        with (out / "compare.csv").open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=sorted({k for d in data for k in d}),
+                               lineterminator="\n")
+            w.writeheader()
+            w.writerows(data)
+        plot(rows, out / "compare.png")
+        _out.print(f"wrote {out / 'compare.csv'} and {out / 'compare.png'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning project errors into one line and exit code 2."""
     try:

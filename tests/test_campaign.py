@@ -200,3 +200,25 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(bench: Path, tmp_path:
     assert main(["resume", str(run)]) == 0
     for name in ("hall_of_fame.csv", "best_proxy.json"):
         assert (tmp_path / "full" / name).read_text() == (run / name).read_text()
+
+
+def test_compare_table_csv_chart_and_cached_scores(bench: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from gp_proxy.cli import main
+
+    cache = tmp_path / "cache"
+    argv = ["compare", "snip", "diswot", "sp_dist(k2)", "--benchmark", str(bench),
+            "--cache-dir", str(cache), "--bootstrap", "50", "--out", str(tmp_path / "cmp")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "#params" in out and "FLOPS" in out and "snip" in out and "diswot" in out
+    csv_text = (tmp_path / "cmp" / "compare.csv").read_text()
+    assert "test_tau_lo" in csv_text and len(csv_text.splitlines()) == 6
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
+    cached = list(cache.glob("*/scores/*.json"))
+    assert len(cached) == 3
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    assert main(argv) == 0  # re-run reads the cached score vectors
+    assert [p.stat().st_mtime_ns for p in cached] == stamps
+    assert main(["compare", "l1(k2)", "--benchmark", str(bench), "--cache-dir",
+                 str(cache)]) == 2

@@ -1,0 +1,160 @@
+"""Compare proxies on one benchmark, on the same splits: baselines, formulas, run directories.
+
+Every proxy's score vector is oriented by its sign on the training architectures (as in
+campaigns), then reported on training and held-out architectures: Kendall τ, Spearman ρ,
+Pearson r, precision at the top 10 %, τ within #params bins, and a bootstrap 95 % interval of
+the held-out τ. Score vectors are cached as JSON next to the feature cache, so a re-run is
+instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from primitives.errors import GpProxyError
+
+from .benchmark import Benchmark
+from .cache import FeatureCache
+from .evaluator import Evaluator
+from .fitness import Splits, tau_in_params_bins
+from .io import atomic_write_json, load_tensors, read_json
+from .rank import kendall_tau, spearman_rho
+from .spaces import get_space
+from .zerocost import ZERO_COST, diswot, zero_cost
+
+__all__ = ["ProxyRow", "compare", "resolve_scores"]
+
+SIZE = ("params", "flops")
+
+
+@dataclass
+class ProxyRow:
+    name: str
+    kind: str
+    metrics: dict[str, float]
+
+
+def _file(cache: FeatureCache, root: str, name: str) -> Path:
+    digest = hashlib.sha1(name.encode()).hexdigest()[:16]
+    return Path(root) / cache.key / "scores" / f"{digest}.json"
+
+
+def _model_scores(bench: Benchmark, name: str) -> np.ndarray:
+    space = get_space(bench.space)
+    probe = load_tensors(bench.folder / "probe.safetensors")
+    x, y = probe["images"], probe["labels"].long()
+    teacher = None
+    if name == "diswot":
+        teacher = space.build_teacher(bench.teacher, seed=0)  # random-init, as in DisWOT
+    out = []
+    for arch in bench.truth.archs:
+        model = space.build(arch, seed=0)
+        torch.manual_seed(0)
+        out.append(diswot(teacher, model, x, y) if teacher is not None
+                   else zero_cost(name, model, x, y))
+    return np.asarray(out, dtype=float)
+
+
+def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root: str,
+                   seed: int = 0) -> tuple[str, str, np.ndarray]:
+    """(display name, kind, scores) for a baseline name, a run directory or a formula."""
+    if item in SIZE:
+        return f"#{item}" if item == "params" else item.upper(), "size", \
+            np.asarray(bench.truth.columns[item], dtype=float)
+    if item in bench.truth.columns and item != bench.truth.target:
+        return item, "column", np.asarray(bench.truth.columns[item], dtype=float)
+    path = Path(item)
+    if path.is_dir() or path.suffix == ".json":
+        best = path / "best_proxy.json" if path.is_dir() else path
+        if not best.exists():
+            raise GpProxyError(f"{item}: no best_proxy.json")
+        item = read_json(best)["formula"]
+    kind = "zero-cost" if item in ZERO_COST or item == "diswot" else "formula"
+    file = _file(cache, cache_root, f"{kind}:{item}:{seed}")
+    if file.exists():
+        return item, kind, np.asarray(read_json(file)["scores"], dtype=float)
+    if kind == "zero-cost":
+        scores = _model_scores(bench, item)
+    else:
+        res = Evaluator(cache, seed=seed).evaluate([item])[0]
+        if not res.ok or res.scores is None:
+            raise GpProxyError(f"proxy {item!r}: {res.status}: {res.reason}")
+        scores = res.scores
+    atomic_write_json(file, {"proxy": item, "kind": kind, "archs": list(bench.truth.archs),
+                             "scores": [None if not math.isfinite(v) else v for v in scores]})
+    return item, kind, scores
+
+
+def _precision_top(s: np.ndarray, y: np.ndarray, frac: float = 0.1) -> float:
+    k = max(1, round(frac * len(y)))
+    return len(set(np.argsort(-s)[:k]) & set(np.argsort(-y)[:k])) / k
+
+
+def _metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
+             bootstrap: int, seed: int) -> dict[str, float]:
+    tr, te = splits.train, splits.test
+    if not np.isfinite(s).all():
+        return {"sign": float("nan")}
+    sign = -1.0 if kendall_tau(s[tr], y[tr]) < 0 else 1.0
+    o = sign * s
+    out = {"sign": sign}
+    for part, idx in (("train", tr), ("test", te)):
+        out[f"{part}_tau"] = kendall_tau(o[idx], y[idx])
+        out[f"{part}_rho"] = spearman_rho(o[idx], y[idx])
+        out[f"{part}_pearson"] = float(np.corrcoef(o[idx], y[idx])[0, 1])
+        out[f"{part}_p_at_10"] = _precision_top(o[idx], y[idx])
+        out[f"{part}_tau_params_bins"] = tau_in_params_bins(o[idx], y[idx], params[idx])
+    rng = np.random.default_rng(seed)
+    taus = [kendall_tau(o[b], y[b]) for b in (rng.choice(te, len(te)) for _ in range(bootstrap))]
+    taus = [t for t in taus if math.isfinite(t)]
+    out["test_tau_lo"], out["test_tau_hi"] = ((float(np.percentile(taus, 2.5)),
+                                              float(np.percentile(taus, 97.5)))
+                                             if taus else (float("nan"), float("nan")))
+    return out
+
+
+def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root: str,
+            splits: Splits, bootstrap: int = 1000, seed: int = 0) -> list[ProxyRow]:
+    y = bench.truth.y
+    rows = []
+    for item in items:
+        name, kind, scores = resolve_scores(item, bench, cache, cache_root, seed)
+        rows.append(ProxyRow(name, kind, _metrics(scores, y, bench.params, splits,
+                                                  bootstrap, seed)))
+    return rows
+
+
+def rows_to_json(rows: list[ProxyRow]) -> list[dict[str, Any]]:
+    return [{"proxy": r.name, "kind": r.kind, **r.metrics} for r in rows]
+
+
+def plot(rows: list[ProxyRow], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.name[:40] for r in rows]
+    tau = [r.metrics.get("test_tau", float("nan")) for r in rows]
+    lo = [t - r.metrics.get("test_tau_lo", t) for t, r in zip(tau, rows, strict=True)]
+    hi = [r.metrics.get("test_tau_hi", t) - t for t, r in zip(tau, rows, strict=True)]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.5))
+    ax.barh(names, tau, xerr=[lo, hi], color=["#888" if r.kind == "size" else "#4a7"
+                                              for r in rows])
+    ax.set_xlabel("held-out Kendall τ (95 % bootstrap interval)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def dumps(rows: list[ProxyRow]) -> str:
+    return json.dumps(rows_to_json(rows), indent=1)
