@@ -1,0 +1,193 @@
+"""The plug-in surface: score (teacher, student) pairs with a formula in anyone's NAS code.
+
+>>> proxy = Proxy.from_string("sp_dist(k2)")            # or Proxy.load("runs/my-run")
+>>> proxy.score(teacher, student, images)               # one float, higher = predicted better
+
+Any ``nn.Module`` pair works: models with ``features(x)`` (every space here) give k1/k2/k3
+directly; for other models say which modules produce them, e.g.
+``Proxy.from_string(f, features={"k2": "layer4", "k1": "layer3"})`` (``k3`` defaults to the
+model's output). Student-only inputs (``act``, ``grad``, ``weight``) come from the
+convolutions and linears, with gradients of one cross-entropy backward on ``targets``.
+
+Students run in train mode (batch statistics, as in the feature cache); the teacher runs in
+the mode it is given, so call ``teacher.eval()`` for trained weights. Scores are oriented:
+``sign`` (from ``best_proxy.json``, chosen on training architectures) is applied so that higher
+always means a better predicted student. Formulas that combine parts by rank or z-score compare
+architectures with each other, so they are scored over a population with
+:meth:`Proxy.score_many`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import primitives
+from primitives import Kind, Node, Ragged
+from primitives.errors import GpProxyError
+
+from .io import read_json
+
+__all__ = ["NASLibPredictor", "Proxy", "make_measure"]
+
+_STUDENT_ONLY = {"act", "grad", "weight"}
+
+
+class Proxy:
+    def __init__(self, formula: str | Node, sign: int = 1, seed: int = 0,
+                 features: Mapping[str, str] | None = None,
+                 input_kinds: Mapping[str, Kind] | None = None) -> None:
+        self.node = primitives.canonicalize(
+            formula if isinstance(formula, Node) else primitives.parse(formula, input_kinds))
+        if primitives.infer_kind(self.node, input_kinds) is not Kind.SCORE:
+            raise GpProxyError(f"formula {self.node} does not give a score")
+        self.sign = 1 if sign >= 0 else -1
+        self.seed = seed
+        self.feature_modules = dict(features or {})
+        self.inputs = {n.name for n in self.node.walk() if not n.args}
+        self.cross_arch = any(primitives.get(n.name).cross_arch for n in self.node.walk())
+
+    def __repr__(self) -> str:
+        return f"Proxy({str(self.node)!r}, sign={self.sign:+d})"
+
+    @classmethod
+    def from_string(cls, formula: str, **kwargs: Any) -> Proxy:
+        return cls(formula, **kwargs)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> Proxy:
+        """From a run directory or its ``best_proxy.json`` (formula and its sign)."""
+        p = Path(path)
+        best = read_json(p / "best_proxy.json" if p.is_dir() else p)
+        return cls(best["formula"], sign=int(best.get("sign") or 1), **kwargs)
+
+    # ------------------------------------------------------------------ features ----------
+    def _features(self, model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+        feats = getattr(model, "features", None)
+        if callable(feats) and not self.feature_modules:
+            return dict(feats(x))
+        names = dict(self.feature_modules)
+        modules = dict(model.named_modules())
+        captured: dict[str, Tensor] = {}
+        handles = []
+        for key, mod_name in names.items():
+            if mod_name not in modules:
+                raise GpProxyError(f"feature {key}: the model has no module {mod_name!r}")
+            handles.append(modules[mod_name].register_forward_hook(
+                lambda m, i, o, key=key: captured.__setitem__(key, o)))
+        try:
+            out = model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        captured.setdefault("k3", out)
+        return captured
+
+    def _side(self, model: nn.Module, x: Tensor, targets: Tensor | None, student: bool
+              ) -> dict[str, Any]:
+        model = copy.deepcopy(model)
+        if student:  # random-init students use batch statistics, as in the feature cache;
+            model.train()  # the teacher keeps the mode it was given (eval when trained)
+        needs_layers = student and bool(self.inputs & _STUDENT_ONLY)
+        if not needs_layers:
+            with torch.no_grad():
+                feats = self._features(model, x)
+            return {k: v.detach().unsqueeze(0) for k, v in feats.items()}
+        if "grad" in self.inputs and targets is None:
+            raise GpProxyError("this formula reads gradients: pass targets (class labels)")
+        layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+        acts: list[Tensor] = [torch.empty(0)] * len(layers)
+        hooks = [m.register_forward_hook(
+            lambda mod, i, o, k=k: acts.__setitem__(k, o.detach())) for k, m in enumerate(layers)]
+        try:
+            model.zero_grad(set_to_none=True)
+            feats = self._features(model, x)
+            if targets is not None:
+                F.cross_entropy(feats["k3"], targets).backward()
+        finally:
+            for h in hooks:
+                h.remove()
+        env: dict[str, Any] = {k: v.detach().unsqueeze(0) for k, v in feats.items()}
+        weights = [m.weight.detach() for m in layers]
+        grads = [m.weight.grad.detach() if m.weight.grad is not None else torch.zeros_like(w)
+                 for m, w in zip(layers, weights, strict=True)]
+        env["act"] = Ragged.from_layers(Kind.ASET, [acts])
+        env["weight"] = Ragged.from_layers(Kind.WSET, [weights])
+        env["grad"] = Ragged.from_layers(Kind.WSET, [grads])
+        return env
+
+    # ------------------------------------------------------------------ scoring -----------
+    def _raw(self, node: Node, teacher_env: dict[str, Any], student_env: dict[str, Any]
+             ) -> Tensor:
+        out = primitives.evaluate(node, student_env, teacher_env, seed=self.seed)
+        assert isinstance(out, Tensor)
+        return out
+
+    def score(self, teacher: nn.Module, student: nn.Module, inputs: Tensor,
+              targets: Tensor | None = None) -> float:
+        """The oriented score of one student (higher = predicted better)."""
+        if self.cross_arch:
+            raise GpProxyError(f"{self.node} ranks architectures against each other; "
+                               "use score_many(teacher, students, inputs, targets)")
+        t_env = self._side(teacher, inputs, None, student=False)
+        s_env = self._side(student, inputs, targets, student=True)
+        return self.sign * float(self._raw(self.node, t_env, s_env)[0])
+
+    def score_many(self, teacher: nn.Module, students: Iterable[nn.Module], inputs: Tensor,
+                   targets: Tensor | None = None) -> list[float]:
+        """Oriented scores of a population (required for rank/z-combined formulas)."""
+        t_env = self._side(teacher, inputs, None, student=False)
+        envs = [self._side(s, inputs, targets, student=True) for s in students]
+
+        def vector(node: Node) -> Tensor:
+            if primitives.get(node.name).cross_arch:
+                return primitives.apply(node.name, *(vector(a) for a in node.args))  # type: ignore[return-value]
+            return torch.stack([self._raw(node, t_env, e)[0].double() for e in envs])
+
+        return [self.sign * float(v) for v in vector(self.node)]
+
+
+def make_measure(proxy: Proxy, teacher: nn.Module) -> Callable[..., float]:
+    """A zero-cost-style ``measure(net, inputs, targets, **kwargs) -> float`` bound to a teacher
+    (the shape of the measure functions NAS zero-cost libraries register)."""
+
+    def measure(net: nn.Module, inputs: Tensor, targets: Tensor | None = None,
+                **_: Any) -> float:
+        return proxy.score(teacher, net, inputs, targets)
+
+    measure.__name__ = f"gp_proxy_{abs(hash(str(proxy.node))) % 10**8}"
+    return measure
+
+
+class NASLibPredictor:
+    """A NASLib-style zero-cost predictor: ``query(graph_or_model, dataloader) -> float``.
+
+    ``graph_or_model`` is an ``nn.Module`` or any object with a ``.model``/``.to_pytorch()``
+    giving one; the first batch of ``dataloader`` (or ``inputs``/``targets`` given here) is
+    the probe batch.
+    """
+
+    def __init__(self, proxy: Proxy, teacher: nn.Module, inputs: Tensor | None = None,
+                 targets: Tensor | None = None) -> None:
+        self.proxy, self.teacher, self.inputs, self.targets = proxy, teacher, inputs, targets
+
+    def query(self, graph_or_model: Any, dataloader: Iterable[Any] | None = None) -> float:
+        model = graph_or_model
+        if not isinstance(model, nn.Module):
+            to_torch = getattr(model, "to_pytorch", None)
+            model = to_torch() if callable(to_torch) else getattr(model, "model", None)
+        if not isinstance(model, nn.Module):
+            raise GpProxyError("query needs an nn.Module (or an object exposing one)")
+        x, y = self.inputs, self.targets
+        if dataloader is not None:
+            x, y = next(iter(dataloader))
+        if x is None:
+            raise GpProxyError("query needs a dataloader or probe inputs")
+        return self.proxy.score(self.teacher, model, x, y)

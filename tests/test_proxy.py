@@ -1,0 +1,116 @@
+"""The plug-in API: Proxy, adapters, and agreement with the batched evaluator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gp_proxy.cache import CacheConfig, load_cache
+from gp_proxy.evaluator import Evaluator
+from gp_proxy.io import save_tensors
+from gp_proxy.proxy import NASLibPredictor, Proxy, make_measure
+from gp_proxy.spaces import get_space
+from primitives import GpProxyError
+
+ARCHS = ["w8-d111-k3", "w12-d211-k5", "w16-d121-k3"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    folder = tmp_path_factory.mktemp("proxy")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 1, 14, 14, generator=g)
+    y = torch.randint(0, 10, (8,), generator=g)
+    save_tensors(folder / "probe.safetensors", {"images": x, "labels": y})
+    space = get_space("fmnist-cnn")
+    teacher = space.build_teacher(seed=0)
+    save_tensors(folder / "teacher.safetensors", teacher.state_dict())
+    cache = load_cache(folder / "cache", CacheConfig(
+        "fmnist-cnn", "resnet-t", str(folder / "probe.safetensors"),
+        str(folder / "teacher.safetensors"), 0, act_samples=8), ARCHS)
+    teacher.eval()
+    return space, teacher, x, y, cache
+
+
+@pytest.mark.parametrize("formula", ["sp_dist(k2)", "kl_t4(k3)",
+                                     "mean_layers(fro_norm(mul(grad,weight)))",
+                                     "rank_add(mse(mm(k1)),sum_layers(l1_norm(act)))"])
+def test_proxy_agrees_with_the_batched_evaluator(setup, formula: str) -> None:  # type: ignore[no-untyped-def]
+    space, teacher, x, y, cache = setup
+    want = Evaluator(cache, device="cpu").evaluate([formula])[0].scores
+    got = Proxy.from_string(formula).score_many(teacher, [space.build(a) for a in ARCHS], x, y)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_single_score_sign_and_errors(setup) -> None:  # type: ignore[no-untyped-def]
+    space, teacher, x, y, _ = setup
+    student = space.build(ARCHS[0])
+    plus = Proxy.from_string("kl_t4(k3)").score(teacher, student, x)
+    minus = Proxy("kl_t4(k3)", sign=-1).score(teacher, student, x)
+    assert plus == pytest.approx(-minus)
+    with pytest.raises(GpProxyError, match="score_many"):
+        Proxy.from_string("rank_add(kl_t4(k3),sum_layers(l1_norm(act)))").score(
+            teacher, student, x, y)
+    with pytest.raises(GpProxyError, match="pass targets"):
+        Proxy.from_string("mean_layers(fro_norm(grad))").score(teacher, student, x)
+
+
+def test_arbitrary_models_by_module_names() -> None:
+    def net(width: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10))
+
+    torch.manual_seed(0)
+    teacher, student = net(16), net(4)
+    x = torch.randn(6, 1, 8, 8)
+    proxy = Proxy.from_string("sp_dist(k2)", features={"k2": "3"})
+    value = proxy.score(teacher, student, x)
+    assert value > 0 and proxy.score(teacher, teacher, x) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(GpProxyError, match="no module 'layer9'"):
+        Proxy.from_string("sp_dist(k2)", features={"k2": "layer9"}).score(teacher, student, x)
+
+
+def test_load_from_a_run_directory_and_adapters(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    space, teacher, x, y, _ = setup
+    (tmp_path / "best_proxy.json").write_text(json.dumps({"formula": "kl_t4(k3)", "sign": -1}))
+    proxy = Proxy.load(tmp_path)
+    assert proxy.sign == -1
+    student = space.build(ARCHS[1])
+    direct = proxy.score(teacher, student, x, y)
+    assert make_measure(proxy, teacher)(student, x, y) == direct
+    predictor = NASLibPredictor(proxy, teacher)
+    assert predictor.query(student, [(x, y)]) == direct
+
+    class Graph:  # NASLib graphs expose their network
+        model = student
+
+    assert predictor.query(Graph(), [(x, y)]) == direct
+    with pytest.raises(GpProxyError, match=r"nn\.Module"):
+        predictor.query(object(), [(x, y)])
+
+
+def test_readme_example_runs() -> None:
+    """The README's plug-in example, executed as written."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    code = text.split("<!-- example -->")[1].split("<!-- /example -->")[0]
+    code = code.split("```python")[1].split("```")[0]
+    import contextlib
+    import io
+    import os
+
+    buf = io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        with contextlib.redirect_stdout(buf):
+            exec(compile(code, "README example", "exec"), {})  # our own README, not user input
+    finally:
+        os.chdir(cwd)
+    assert "#params" in buf.getvalue()
