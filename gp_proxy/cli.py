@@ -355,6 +355,75 @@ def compare_cmd(
         _out.print(f"wrote {out / 'compare.csv'} and {out / 'compare.png'}")
 
 
+@app.command("search")
+def search_cmd(
+    proxy: Annotated[str, typer.Option(help="formula, run directory, or baseline (params, flops, "
+                                            "diswot, a zero-cost name)")],
+    benchmark: Annotated[Path, typer.Option(help="benchmark folder: space, teacher, probe")
+                         ] = Path("benchmarks/fmnist"),
+    strategy: Annotated[str, typer.Option(help="evolution, random or exhaustive")] = "evolution",
+    iterations: Annotated[int, typer.Option(help="children (evolution) or samples (random)")
+                          ] = 200,
+    population: Annotated[int, typer.Option(help="evolution population")] = 20,
+    sample: Annotated[int, typer.Option(help="evolution tournament size")] = 5,
+    max_params: Annotated[int | None, typer.Option(help="budget: at most this many params")
+                          ] = None,
+    max_flops: Annotated[int | None, typer.Option(help="budget: at most this many MACs")] = None,
+    seed: Annotated[int, typer.Option(help="search seed")] = 0,
+    top_k: Annotated[int, typer.Option(help="how many students to keep")] = 5,
+    out: Annotated[Path | None, typer.Option(help="write the result as JSON")] = None,
+) -> None:
+    """Search students without training, with a proxy as fitness, under a budget."""
+    import time
+
+    from rich.progress import Progress
+
+    from .benchmark import load_benchmark
+    from .io import atomic_write_json, load_tensors
+    from .proxy import Proxy
+    from .search import baseline_scorer, formula_scorer, search
+    from .spaces import get_space
+    from .zerocost import ZERO_COST
+
+    bench = load_benchmark(benchmark)
+    space = get_space(bench.space)
+    teacher = space.build_teacher(bench.teacher, seed=0)
+    teacher.load_state_dict(load_tensors(bench.folder / "teacher.safetensors"))
+    teacher.eval()
+    probe = load_tensors(bench.folder / "probe.safetensors")
+    x, y = probe["images"], probe["labels"].long()
+    if proxy in ("params", "flops", "diswot", *ZERO_COST):
+        scorer = baseline_scorer(proxy, space, space.build_teacher(bench.teacher, seed=0)
+                                 if proxy == "diswot" else teacher, x, y)
+        label = proxy
+    else:
+        p = Proxy.load(proxy) if Path(proxy).exists() else Proxy.from_string(proxy)
+        scorer = formula_scorer(p, space, teacher, x, y, seed=seed)
+        label = str(p.node)
+    t0 = time.perf_counter()
+    total = iterations if strategy != "exhaustive" else 1
+    with Progress(console=_out) as progress:
+        task = progress.add_task(f"search ({strategy})", total=total)
+        top = search(space, scorer, strategy, iterations, population, sample, max_params,
+                     max_flops, seed, top_k,
+                     on_step=lambda i, c: progress.update(task, completed=i))
+        progress.update(task, completed=total)
+    seconds = time.perf_counter() - t0
+    table = Table(title=f"top {len(top)} students by {label[:60]} "
+                        f"(params <= {max_params}, MACs <= {max_flops})")
+    for col in ("rank", "student", "proxy score", "#params", "MACs"):
+        table.add_column(col)
+    for i, c in enumerate(top, 1):
+        table.add_row(str(i), c.spec, f"{c.score:+.5g}", f"{c.params:,}", f"{c.flops:,}")
+    _out.print(table)
+    _out.print(f"{seconds:.1f} s")
+    if out is not None:
+        atomic_write_json(out, {"proxy": label, "strategy": strategy, "seed": seed,
+                                "max_params": max_params, "max_flops": max_flops,
+                                "seconds": seconds, "benchmark": str(benchmark),
+                                "top": [c.__dict__ for c in top]})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning project errors into one line and exit code 2."""
     try:

@@ -140,18 +140,38 @@ class Proxy:
         s_env = self._side(student, inputs, targets, student=True)
         return self.sign * float(self._raw(self.node, t_env, s_env)[0])
 
-    def score_many(self, teacher: nn.Module, students: Iterable[nn.Module], inputs: Tensor,
-                   targets: Tensor | None = None) -> list[float]:
-        """Oriented scores of a population (required for rank/z-combined formulas)."""
+    def part_scores(self, teacher: nn.Module, students: Iterable[nn.Module], inputs: Tensor,
+                    targets: Tensor | None = None) -> dict[str, Tensor]:
+        """Raw per-student scores of each part below the rank/z combiners (by formula text)."""
         t_env = self._side(teacher, inputs, None, student=False)
         envs = [self._side(s, inputs, targets, student=True) for s in students]
+        parts: dict[str, Tensor] = {}
+
+        def collect(node: Node) -> None:
+            if primitives.get(node.name).cross_arch:
+                for a in node.args:
+                    collect(a)
+            elif node.text not in parts:
+                parts[node.text] = torch.stack([self._raw(node, t_env, e)[0].double()
+                                                for e in envs])
+
+        collect(self.node)
+        return parts
+
+    def combine(self, parts: Mapping[str, Tensor]) -> list[float]:
+        """Oriented scores from part scores (the combiners rank over the students given)."""
 
         def vector(node: Node) -> Tensor:
             if primitives.get(node.name).cross_arch:
                 return primitives.apply(node.name, *(vector(a) for a in node.args))  # type: ignore[return-value]
-            return torch.stack([self._raw(node, t_env, e)[0].double() for e in envs])
+            return parts[node.text]
 
         return [self.sign * float(v) for v in vector(self.node)]
+
+    def score_many(self, teacher: nn.Module, students: Iterable[nn.Module], inputs: Tensor,
+                   targets: Tensor | None = None) -> list[float]:
+        """Oriented scores of a population (required for rank/z-combined formulas)."""
+        return self.combine(self.part_scores(teacher, students, inputs, targets))
 
 
 def make_measure(proxy: Proxy, teacher: nn.Module) -> Callable[..., float]:

@@ -1,0 +1,150 @@
+"""Training-free student search: a proxy picks students under a params/FLOPs budget.
+
+Strategies: regularised evolution (Real et al. 2019: tournament of ``sample`` from a
+population of ``population``, mutate the winner, the oldest ages out), uniform random search,
+and exhaustive ranking for spaces small enough to enumerate. Fitness is any scorer mapping a
+list of specs to scores (higher = better): a formula (:func:`formula_scorer`), a zero-cost
+proxy, DisWOT, #params or FLOPs (:func:`baseline_scorer`). Rank-combined formulas are scored
+against a fixed, seeded reference sample of the space, so a candidate's score does not depend
+on which other candidates happen to be scored with it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from primitives.errors import GpProxyError
+
+from .proxy import Proxy
+from .spaces import SearchSpace, count_flops, count_params
+from .zerocost import ZERO_COST, diswot, zero_cost
+
+__all__ = ["Candidate", "Scorer", "baseline_scorer", "formula_scorer", "search"]
+
+Scorer = Callable[[list[str]], list[float]]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    spec: str
+    score: float
+    params: int
+    flops: int
+
+
+def formula_scorer(proxy: Proxy, space: SearchSpace, teacher: nn.Module, x: Tensor,
+                   y: Tensor | None, reference: int = 32, seed: int = 0,
+                   init_seed: int = 0) -> Scorer:
+    ref: dict[str, Tensor] = {}
+    if proxy.cross_arch:
+        rng = random.Random(seed + 1)
+        specs = list(dict.fromkeys(space.sample(rng) for _ in range(reference)))
+        ref = proxy.part_scores(teacher, [space.build(s, init_seed) for s in specs], x, y)
+
+    def score(specs: list[str]) -> list[float]:
+        parts = proxy.part_scores(teacher, [space.build(s, init_seed) for s in specs], x, y)
+        if not ref:
+            return proxy.combine(parts)
+        merged = {k: torch.cat([ref[k], v]) for k, v in parts.items()}
+        return proxy.combine(merged)[len(next(iter(ref.values()))):]
+
+    return score
+
+
+def baseline_scorer(name: str, space: SearchSpace, teacher: nn.Module | None, x: Tensor,
+                    y: Tensor, init_seed: int = 0) -> Scorer:
+    if name == "params":
+        return lambda specs: [float(space.params(s)) for s in specs]
+    if name == "flops":
+        return lambda specs: [float(space.flops(s)) for s in specs]
+    if name == "diswot":
+        if teacher is None:
+            raise GpProxyError("diswot needs a teacher")
+        return lambda specs: [diswot(teacher, space.build(s, init_seed), x, y) for s in specs]
+    if name in ZERO_COST:
+        return lambda specs: [zero_cost(name, space.build(s, init_seed), x, y) for s in specs]
+    raise GpProxyError(f"unknown baseline {name!r}")
+
+
+def _budget_ok(space: SearchSpace, spec: str, max_params: int | None, max_flops: int | None,
+               memo: dict[str, tuple[int, int]]) -> bool:
+    if spec not in memo:
+        model = space.build(spec)
+        memo[spec] = (count_params(model), count_flops(model, space.input_shape))
+    p, f = memo[spec]
+    return (max_params is None or p <= max_params) and (max_flops is None or f <= max_flops)
+
+
+def search(space: SearchSpace, scorer: Scorer, strategy: str = "evolution",
+           iterations: int = 200, population: int = 20, sample: int = 5,
+           max_params: int | None = None, max_flops: int | None = None, seed: int = 0,
+           top_k: int = 5, on_step: Callable[[int, Candidate], None] | None = None
+           ) -> list[Candidate]:
+    """The ``top_k`` best distinct students found that fit the budget."""
+    rng = random.Random(seed)
+    sizes: dict[str, tuple[int, int]] = {}
+    scores: dict[str, float] = {}
+
+    def fits(spec: str) -> bool:
+        return _budget_ok(space, spec, max_params, max_flops, sizes)
+
+    def scored(specs: list[str]) -> list[float]:
+        new = [s for s in dict.fromkeys(specs) if s not in scores]
+        for s, v in zip(new, scorer(new) if new else [], strict=True):
+            scores[s] = v
+        return [scores[s] for s in specs]
+
+    def sample_fitting(tries: int = 10_000) -> str:
+        for _ in range(tries):
+            s = space.sample(rng)
+            if fits(s):
+                return s
+        raise GpProxyError(f"no architecture of {space.name} fits the budget "
+                           f"(params <= {max_params}, FLOPs <= {max_flops}) in {tries} samples")
+
+    if strategy == "exhaustive":
+        pool = [s for s in space.enumerate() if fits(s)]
+        if not pool:
+            raise GpProxyError(f"no architecture of {space.name} fits the budget")
+        scored(pool)
+    elif strategy == "random":
+        pool = [sample_fitting() for _ in range(iterations)]
+        for i, s in enumerate(pool):
+            scored([s])
+            if on_step:
+                on_step(i + 1, _cand(s, scores, sizes))
+    elif strategy == "evolution":
+        ages: deque[str] = deque()
+        for s in (sample_fitting() for _ in range(population)):
+            ages.append(s)
+        scored(list(ages))
+        for i in range(iterations):
+            contenders = [ages[rng.randrange(len(ages))] for _ in range(sample)]
+            parent = max(contenders, key=lambda s: scores[s])
+            child = parent
+            for _ in range(100):
+                child = space.mutate(parent, rng)
+                if fits(child):
+                    break
+            if not fits(child):
+                child = sample_fitting()
+            scored([child])
+            ages.append(child)
+            ages.popleft()
+            if on_step:
+                on_step(i + 1, _cand(max(scores, key=scores.__getitem__), scores, sizes))
+    else:
+        raise GpProxyError(f"unknown strategy {strategy!r}; choose evolution, random or "
+                           "exhaustive")
+    best = sorted(scores, key=lambda s: (-scores[s], s))[:top_k]
+    return [_cand(s, scores, sizes) for s in best]
+
+
+def _cand(spec: str, scores: dict[str, float], sizes: dict[str, tuple[int, int]]) -> Candidate:
+    return Candidate(spec, scores[spec], *sizes[spec])
