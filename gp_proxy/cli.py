@@ -424,6 +424,60 @@ def search_cmd(
                                 "top": [c.__dict__ for c in top]})
 
 
+@app.command("distill")
+def distill_cmd(
+    student: Annotated[str, typer.Option(help="student spec of the benchmark's space")],
+    out: Annotated[Path, typer.Option(help="run directory (resumes if it holds a checkpoint)")],
+    benchmark: Annotated[Path, typer.Option(help="benchmark folder: space and teacher")
+                         ] = Path("benchmarks/fmnist"),
+    data: Annotated[Path | None, typer.Option(help="folder with the Fashion-MNIST IDX files")
+                    ] = None,
+    losses: Annotated[str, typer.Option(help="name=weight,... from kd, fitnet, at, sp, rkd, pkt, "
+                                             "ickd, dkd, formula")] = "kd=0.9",
+    formula: Annotated[str | None, typer.Option(help="formula (or run dir) for the 'formula' "
+                                                     "loss")] = None,
+    ce_weight: Annotated[float, typer.Option(help="weight of cross-entropy")] = 0.1,
+    epochs: Annotated[int, typer.Option(help="epochs")] = 10,
+    train_size: Annotated[int, typer.Option(help="training images (the benchmark's subset)")
+                          ] = 5000,
+    seed: Annotated[int, typer.Option(help="seed of initialisation and data order")] = 0,
+) -> None:
+    """Distil a student from the benchmark's teacher; checkpoints every epoch and resumes."""
+    from .bench import BenchConfig, _train_subset
+    from .benchmark import load_benchmark
+    from .data import Split, load_fashion_mnist
+    from .distill import DistillConfig, distill
+    from .io import load_tensors, read_json
+    from .spaces import get_space
+
+    weights: dict[str, float] = {}
+    for item in filter(None, losses.split(",")):
+        name, sep, w = item.partition("=")
+        try:
+            weights[name.strip()] = float(w) if sep else 1.0
+        except ValueError:
+            raise GpProxyError(f"--losses: {item!r} is not name=weight") from None
+    if formula is not None and Path(formula).exists():
+        path = Path(formula)
+        formula = read_json(path / "best_proxy.json" if path.is_dir() else path)["formula"]
+    bench = load_benchmark(benchmark)
+    space = get_space(bench.space)
+    teacher = space.build_teacher(bench.teacher, seed=0)
+    teacher.load_state_dict(load_tensors(bench.folder / "teacher.safetensors"))
+    train_all = load_fashion_mnist(data, "train")
+    test = load_fashion_mnist(data, "test")
+    bcfg = BenchConfig.from_json(read_json(bench.folder / "config.json"))
+    idx, _ = _train_subset(train_all, min(train_size, len(train_all)), bcfg.subset_seed)
+    train = Split(train_all.images[idx], train_all.labels[idx])
+    cfg = DistillConfig(epochs=epochs, ce_weight=ce_weight, losses=weights, formula=formula,
+                        seed=seed)
+    model = space.build(student, seed=seed)
+    metrics = distill(model, teacher, train, test, cfg, out,
+                      on_epoch=lambda e, loss: _out.print(f"epoch {e}/{epochs}: loss {loss:.4f}"))
+    _out.print(f"{student}: test accuracy {100 * metrics['test_acc']:.2f} % "
+               f"({metrics['train_seconds']:.0f} s); run directory {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning project errors into one line and exit code 2."""
     try:

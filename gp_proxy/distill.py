@@ -1,0 +1,150 @@
+"""Distil a student from a teacher with any mix of registered losses; resumable per epoch.
+
+Loss = ``ce_weight`` · CE(student, labels) + Σ weight_l · loss_l(student feats, teacher feats).
+The run directory holds ``config.json``, ``checkpoint.safetensors`` + ``checkpoint.json``
+(student, loss-module and optimizer tensors; epoch, data-order RNG state; written atomically
+after every epoch) and ``metrics.json`` at the end. A killed run resumes from its last epoch
+and ends with bit-identical weights to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from primitives.errors import GpProxyError
+
+from .data import Split
+from .io import atomic_write_json, load_tensors, read_json, save_tensors
+from .losses import build_loss
+from .spaces import FeatureNet
+from .train import evaluate_accuracy
+
+__all__ = ["DistillConfig", "distill"]
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    epochs: int = 10
+    lr: float = 0.05
+    batch_size: int = 128
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    ce_weight: float = 0.1
+    losses: dict[str, float] = field(default_factory=lambda: {"kd": 0.9})
+    temperature: float = 4.0
+    formula: str | None = None
+    seed: int = 0
+
+
+def _shapes(student: FeatureNet, teacher: FeatureNet, x: torch.Tensor
+            ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    modes = student.training, teacher.training
+    student.eval()  # a shape probe must not move BatchNorm running statistics
+    teacher.eval()
+    with torch.no_grad():
+        fs, ft = student.features(x[:2]), teacher.features(x[:2])
+    student.train(modes[0])
+    teacher.train(modes[1])
+    return {k: (tuple(fs[k].shape), tuple(ft[k].shape)) for k in fs}
+
+
+def _build_losses(losses: nn.ModuleDict, cfg: DistillConfig,
+                  shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> None:
+    for name, weight in cfg.losses.items():
+        if weight == 0:
+            continue
+        kw: dict[str, Any] = {}
+        if name == "kd":
+            kw["temperature"] = cfg.temperature
+        if name == "formula":
+            if not cfg.formula:
+                raise GpProxyError("loss 'formula' needs a formula")
+            kw["formula"] = cfg.formula
+        losses[name] = build_loss(name, shapes, **kw)
+
+
+def distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split,
+            cfg: DistillConfig, run_dir: str | os.PathLike[str],
+            on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg_json = asdict(cfg)
+    if (run / "config.json").exists() and read_json(run / "config.json") != cfg_json:
+        raise GpProxyError(f"{run}: holds a distillation with other settings")
+    atomic_write_json(run / "config.json", cfg_json)
+    shapes = _shapes(student, teacher, train.images)
+    losses = nn.ModuleDict()
+    with torch.random.fork_rng():  # regressors (FitNet, ICKD) start from the run's seed alone
+        torch.manual_seed(cfg.seed)
+        _build_losses(losses, cfg, shapes)
+    params = list(student.parameters()) + list(losses.parameters())
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                          weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(cfg.seed)
+    start, history, seconds = 0, [], 0.0
+    if (run / "checkpoint.json").exists():
+        state = read_json(run / "checkpoint.json")
+        tensors = load_tensors(run / "checkpoint.safetensors")
+        student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
+        losses.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("loss.")})
+        opt_state = opt.state_dict()
+        opt_state["state"] = {int(k[4:]): {"momentum_buffer": v}
+                              for k, v in tensors.items() if k.startswith("opt.")}
+        opt.load_state_dict(opt_state)
+        g.set_state(tensors["rng"])
+        start, history, seconds = state["epoch"], state["history"], state["seconds"]
+    teacher.eval()
+    n = len(train)
+    steps = math.ceil(n / cfg.batch_size)
+    total = cfg.epochs * steps
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        student.train()
+        order = torch.randperm(n, generator=g)
+        loss_sum = 0.0
+        for b, i in enumerate(range(0, n, cfg.batch_size)):
+            step = epoch * steps + b
+            for group in opt.param_groups:
+                group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
+            idx = order[i:i + cfg.batch_size]
+            x, y = train.images[idx], train.labels[idx]
+            with torch.no_grad():
+                ft = teacher.features(x)
+            fs = student.features(x)
+            loss = cfg.ce_weight * F.cross_entropy(fs["k3"], y)
+            for name, module in losses.items():
+                loss = loss + cfg.losses[name] * module(fs, ft, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.item()) * len(idx)
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"distillation diverged at epoch {epoch + 1}")
+        seconds += time.perf_counter() - t0
+        history.append(loss_sum / n)
+        tensors = {f"student.{k}": v for k, v in student.state_dict().items()}
+        tensors.update({f"loss.{k}": v for k, v in losses.state_dict().items()})
+        opt_state = opt.state_dict()["state"]
+        tensors.update({f"opt.{k}": s["momentum_buffer"] for k, s in opt_state.items()
+                        if s.get("momentum_buffer") is not None})
+        tensors["rng"] = g.get_state()
+        save_tensors(run / "checkpoint.safetensors", tensors)
+        atomic_write_json(run / "checkpoint.json", {"epoch": epoch + 1, "history": history,
+                                                   "seconds": seconds})
+        if on_epoch is not None:
+            on_epoch(epoch + 1, history[-1])
+    acc = evaluate_accuracy(student, test.images, test.labels)
+    metrics = {"test_acc": acc, "train_loss": history, "train_seconds": seconds,
+               "epochs": cfg.epochs, "losses": cfg.losses}
+    atomic_write_json(run / "metrics.json", metrics)
+    return metrics
