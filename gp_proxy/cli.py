@@ -478,6 +478,50 @@ def distill_cmd(
                f"({metrics['train_seconds']:.0f} s); run directory {out}")
 
 
+@app.command("pipeline")
+def pipeline_cmd(
+    out: Annotated[Path, typer.Option(help="report folder")],
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="key=value campaign overrides (when --proxy is not given)")] = None,
+    proxy: Annotated[str | None, typer.Option(help="run directory or formula (default: evolve "
+                                                   "one now)")] = None,
+    benchmark: Annotated[Path, typer.Option(help="benchmark folder")] = Path("benchmarks/fmnist"),
+    data: Annotated[Path | None, typer.Option(help="folder with the Fashion-MNIST IDX files")
+                    ] = None,
+    max_params: Annotated[int | None, typer.Option(help="budget: params")] = None,
+    max_flops: Annotated[int | None, typer.Option(help="budget: MACs")] = None,
+    strategy: Annotated[str, typer.Option(help="exhaustive, evolution or random")
+                        ] = "exhaustive",
+    iterations: Annotated[int, typer.Option(help="search iterations (evolution, random)")] = 200,
+    seeds: Annotated[str, typer.Option(help="distillation seeds, comma-separated")] = "0,1,2",
+    epochs: Annotated[int, typer.Option(help="distillation epochs")] = 10,
+) -> None:
+    """Proxy → search under a budget → distil → report, against #params, DisWOT and random."""
+    import time
+
+    from .benchmark import load_benchmark
+    from .data import load_fashion_mnist
+    from .pipeline import PipelineConfig, load_proxy, run_pipeline, training_split
+
+    bench = load_benchmark(benchmark)
+    t0 = time.perf_counter()
+    if proxy is None:
+        from .campaign import Campaign
+        from .config import load_config
+
+        cfg = load_config(None, [f"benchmark={benchmark}", *(overrides or [])])
+        Campaign(cfg, out / "campaign").run()
+        proxy = str(out / "campaign")
+    p = load_proxy(proxy)
+    proxy_seconds = time.perf_counter() - t0
+    train = training_split(bench, load_fashion_mnist(data, "train"))
+    test = load_fashion_mnist(data, "test")
+    pcfg = PipelineConfig(max_params, max_flops, strategy, iterations,
+                          seeds=tuple(int(s) for s in seeds.split(",") if s), epochs=epochs)
+    run_pipeline(p, proxy_seconds, bench, train, test, pcfg, out)
+    _out.print((out / "report.md").read_text(), markup=False, highlight=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning project errors into one line and exit code 2."""
     try:

@@ -133,3 +133,28 @@ def test_distill_cli_on_fake_idx_files(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(argv) == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 1
     assert main([*argv[:-4], "--losses", "kd=oops"]) == 2
+
+
+def test_pipeline_report_on_a_tiny_benchmark(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from gp_proxy.cli import main
+
+    from .test_bench_and_data import _fake_fmnist
+    from .tiny_benchmark import make_tiny_benchmark
+
+    data = tmp_path / "idx"
+    data.mkdir()
+    _fake_fmnist(data, 60, gz=True)
+    bench = make_tiny_benchmark(tmp_path / "bench", n_archs=8)
+    out = tmp_path / "pipe"
+    code = main(["pipeline", "--out", str(out), "--proxy", "sp_dist(k2)", "--benchmark",
+                 str(bench), "--data", str(data), "--max-params", "60000", "--seeds", "0,1",
+                 "--epochs", "1", "--strategy", "random", "--iterations", "6"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["results"]) == {"discovered proxy", "#params", "DisWOT", "random",
+                                      "ground-truth best"}
+    for r in report["results"].values():
+        assert r["params"] <= 60000 and len(r["kd_acc_per_seed"]) == 2
+    assert report["results"]["ground-truth best"]["ground_truth_rank_within_budget"] == 1
+    assert "| selector |" in (out / "report.md").read_text()
