@@ -7,13 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import Tensor
 
 from primitives.errors import GpProxyError
 
 from .cache import CacheConfig, FeatureCache, load_cache
+from .data import Split
 from .groundtruth import GroundTruth, load_ground_truth
-from .io import read_json
-from .spaces import get_space
+from .io import load_tensors, read_json
+from .spaces import FeatureNet, get_space
 
 __all__ = ["Benchmark", "load_benchmark"]
 
@@ -26,6 +28,25 @@ class Benchmark:
     truth: GroundTruth
     params: np.ndarray
     flops: np.ndarray
+
+    def trained_teacher(self) -> FeatureNet:
+        """The benchmark's teacher with its committed weights, in eval mode."""
+        teacher = get_space(self.space).build_teacher(self.teacher, seed=0)
+        teacher.load_state_dict(load_tensors(self.folder / "teacher.safetensors"))
+        return teacher.eval()
+
+    def probe(self) -> tuple[Tensor, Tensor]:
+        """The committed probe batch: images and integer labels."""
+        p = load_tensors(self.folder / "probe.safetensors")
+        return p["images"], p["labels"].long()
+
+    def training_split(self, train_all: Split) -> Split:
+        """The fixed training subset the ground truth was trained on."""
+        from .bench import BenchConfig, _train_subset
+
+        cfg = BenchConfig.from_json(read_json(self.folder / "config.json"))
+        idx, _ = _train_subset(train_all, min(cfg.train_size, len(train_all)), cfg.subset_seed)
+        return Split(train_all.images[idx], train_all.labels[idx])
 
     def cache(self, cache_dir: str, teacher_init: str = "trained", init_seed: int = 0,
               act_samples: int = 16) -> FeatureCache:

@@ -379,7 +379,7 @@ def search_cmd(
     from rich.progress import Progress
 
     from .benchmark import load_benchmark
-    from .io import atomic_write_json, load_tensors
+    from .io import atomic_write_json
     from .proxy import Proxy
     from .search import baseline_scorer, formula_scorer, search
     from .spaces import get_space
@@ -387,11 +387,8 @@ def search_cmd(
 
     bench = load_benchmark(benchmark)
     space = get_space(bench.space)
-    teacher = space.build_teacher(bench.teacher, seed=0)
-    teacher.load_state_dict(load_tensors(bench.folder / "teacher.safetensors"))
-    teacher.eval()
-    probe = load_tensors(bench.folder / "probe.safetensors")
-    x, y = probe["images"], probe["labels"].long()
+    teacher = bench.trained_teacher()
+    x, y = bench.probe()
     if proxy in ("params", "flops", "diswot", *ZERO_COST):
         scorer = baseline_scorer(proxy, space, space.build_teacher(bench.teacher, seed=0)
                                  if proxy == "diswot" else teacher, x, y)
@@ -443,11 +440,10 @@ def distill_cmd(
     seed: Annotated[int, typer.Option(help="seed of initialisation and data order")] = 0,
 ) -> None:
     """Distil a student from the benchmark's teacher; checkpoints every epoch and resumes."""
-    from .bench import BenchConfig, _train_subset
     from .benchmark import load_benchmark
     from .data import Split, load_fashion_mnist
     from .distill import DistillConfig, distill
-    from .io import load_tensors, read_json
+    from .io import read_json
     from .spaces import get_space
 
     weights: dict[str, float] = {}
@@ -462,13 +458,11 @@ def distill_cmd(
         formula = read_json(path / "best_proxy.json" if path.is_dir() else path)["formula"]
     bench = load_benchmark(benchmark)
     space = get_space(bench.space)
-    teacher = space.build_teacher(bench.teacher, seed=0)
-    teacher.load_state_dict(load_tensors(bench.folder / "teacher.safetensors"))
-    train_all = load_fashion_mnist(data, "train")
+    teacher = bench.trained_teacher()
+    train = bench.training_split(load_fashion_mnist(data, "train"))
+    if train_size < len(train):
+        train = Split(train.images[:train_size], train.labels[:train_size])
     test = load_fashion_mnist(data, "test")
-    bcfg = BenchConfig.from_json(read_json(bench.folder / "config.json"))
-    idx, _ = _train_subset(train_all, min(train_size, len(train_all)), bcfg.subset_seed)
-    train = Split(train_all.images[idx], train_all.labels[idx])
     cfg = DistillConfig(epochs=epochs, ce_weight=ce_weight, losses=weights, formula=formula,
                         seed=seed)
     model = space.build(student, seed=seed)
@@ -501,7 +495,7 @@ def pipeline_cmd(
 
     from .benchmark import load_benchmark
     from .data import load_fashion_mnist
-    from .pipeline import PipelineConfig, load_proxy, run_pipeline, training_split
+    from .pipeline import PipelineConfig, load_proxy, run_pipeline
 
     bench = load_benchmark(benchmark)
     t0 = time.perf_counter()
@@ -514,7 +508,7 @@ def pipeline_cmd(
         proxy = str(out / "campaign")
     p = load_proxy(proxy)
     proxy_seconds = time.perf_counter() - t0
-    train = training_split(bench, load_fashion_mnist(data, "train"))
+    train = bench.training_split(load_fashion_mnist(data, "train"))
     test = load_fashion_mnist(data, "test")
     pcfg = PipelineConfig(max_params, max_flops, strategy, iterations,
                           seeds=tuple(int(s) for s in seeds.split(",") if s), epochs=epochs)

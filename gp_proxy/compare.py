@@ -25,7 +25,7 @@ from .benchmark import Benchmark
 from .cache import FeatureCache
 from .evaluator import Evaluator
 from .fitness import Splits, tau_in_params_bins
-from .io import atomic_write_json, load_tensors, read_json
+from .io import atomic_write_json, read_json
 from .rank import kendall_tau, spearman_rho
 from .spaces import get_space
 from .zerocost import ZERO_COST, diswot, zero_cost
@@ -49,8 +49,7 @@ def _file(cache: FeatureCache, root: str, name: str) -> Path:
 
 def _model_scores(bench: Benchmark, name: str) -> np.ndarray:
     space = get_space(bench.space)
-    probe = load_tensors(bench.folder / "probe.safetensors")
-    x, y = probe["images"], probe["labels"].long()
+    x, y = bench.probe()
     teacher = None
     if name == "diswot":
         teacher = space.build_teacher(bench.teacher, seed=0)  # random-init, as in DisWOT

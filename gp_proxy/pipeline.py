@@ -17,11 +17,10 @@ from typing import Any
 
 from primitives.errors import GpProxyError
 
-from .bench import BenchConfig, _train_subset
 from .benchmark import Benchmark
 from .data import Split
 from .distill import DistillConfig, distill
-from .io import atomic_write_json, atomic_write_text, load_tensors, read_json
+from .io import atomic_write_json, atomic_write_text
 from .proxy import Proxy
 from .search import baseline_scorer, formula_scorer, search
 from .spaces import get_space
@@ -43,11 +42,8 @@ class PipelineConfig:
 def run_pipeline(proxy: Proxy, proxy_seconds: float, bench: Benchmark, train: Split,
                  test: Split, cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     space = get_space(bench.space)
-    teacher = space.build_teacher(bench.teacher, seed=0)
-    teacher.load_state_dict(load_tensors(bench.folder / "teacher.safetensors"))
-    teacher.eval()
-    probe = load_tensors(bench.folder / "probe.safetensors")
-    x, y = probe["images"], probe["labels"].long()
+    teacher = bench.trained_teacher()
+    x, y = bench.probe()
     budget = {"max_params": cfg.max_params, "max_flops": cfg.max_flops}
     selectors: dict[str, Any] = {
         "discovered proxy": formula_scorer(proxy, space, teacher, x, y, seed=cfg.search_seed),
@@ -118,12 +114,6 @@ def _markdown(r: dict[str, Any]) -> str:
                      f"{rank if rank is not None else 'n/a'} | {v['search_seconds']:.1f} | "
                      f"{v['distill_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
-
-
-def training_split(bench: Benchmark, train_all: Split) -> Split:
-    bcfg = BenchConfig.from_json(read_json(bench.folder / "config.json"))
-    idx, _ = _train_subset(train_all, min(bcfg.train_size, len(train_all)), bcfg.subset_seed)
-    return Split(train_all.images[idx], train_all.labels[idx])
 
 
 def load_proxy(spec: str) -> Proxy:
