@@ -82,6 +82,7 @@ def parse(text: str, input_kinds: Mapping[str, Kind] | None = None) -> Node:
         raise FormulaError("empty formula", text, 0)
 
     i = 0
+    positions: dict[int, int] = {}
 
     def expect(value: str) -> None:
         nonlocal i
@@ -115,12 +116,17 @@ def parse(text: str, input_kinds: Mapping[str, Kind] | None = None) -> Node:
                     continue
                 expect(")")
                 break
-        return Node(tok, tuple(args)), at
+        made = Node(tok, tuple(args))
+        positions[id(made)] = at
+        return made, at
 
     root, _ = node()
     if i != len(tokens):
         raise FormulaError(f"unexpected {tokens[i][1]!r} after the formula", text, tokens[i][2])
-    _check_tree(root, text, input_kinds)
+    try:
+        infer_kind(root, input_kinds)
+    except _TypeFailure as failure:
+        raise FormulaError(failure.message, text, positions.get(id(failure.node))) from None
     return root
 
 
@@ -128,35 +134,6 @@ def _close_names(name: str) -> list[str]:
     import difflib
 
     return difflib.get_close_matches(name, list(REGISTRY), n=3, cutoff=0.6)
-
-
-def _check_tree(root: Node, text: str, input_kinds: Mapping[str, Kind] | None) -> Kind:
-    """Type-check with positions for errors: re-derive each node's offset from the text."""
-    offsets = _offsets(root)
-    try:
-        return infer_kind(root, input_kinds)
-    except _TypeFailure as failure:
-        raise FormulaError(failure.message, text, offsets.get(id(failure.node))) from None
-
-
-def _offsets(root: Node) -> dict[int, int]:
-    out: dict[int, int] = {}
-    pos = 0
-
-    def visit(n: Node) -> None:
-        nonlocal pos
-        out[id(n)] = pos
-        pos += len(n.name)
-        if n.args:
-            pos += 1
-            for j, a in enumerate(n.args):
-                if j:
-                    pos += 1
-                visit(a)
-            pos += 1
-
-    visit(root)
-    return out
 
 
 class _TypeFailure(GpProxyError):

@@ -194,3 +194,10 @@ def test_instinct_formula_matches_a_loop() -> None:
     for a, (ga, wa) in enumerate(zip(grads, weights, strict=True)):
         want = sum(torch.linalg.vector_norm(g * w).item() for g, w in zip(ga, wa, strict=True))
         assert got[a].item() == pytest.approx(want / len(ga), rel=1e-5)
+
+
+def test_error_positions_point_into_the_text_as_typed() -> None:
+    text = "  l1 (  mask( k3 ) )"
+    with pytest.raises(FormulaError) as info:
+        parse(text)
+    assert info.value.position == text.index("mask")
