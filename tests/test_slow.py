@@ -37,5 +37,5 @@ def test_real_fashion_mnist_student_learns(tmp_path: Path) -> None:
         pytest.skip("apt-get install dataset-fashion-mnist to run this check")
     train, test = load_fashion_mnist(split="train"), load_fashion_mnist(split="test")
     model = get_space("fmnist-cnn").build("w8-d111-k3", seed=0)
-    train_classifier(model, train.images[:2000], train.labels[:2000], Recipe(epochs=2), seed=0)
+    train_classifier(model, train.images[:5000], train.labels[:5000], Recipe(epochs=4), seed=0)
     assert evaluate_accuracy(model, test.images, test.labels) > 0.6
