@@ -125,19 +125,21 @@ def _report(best: dict[str, Any]) -> None:
 
     base = best["baselines"]
     arch = best["architectures"]
-    table = Table(title=f"best proxy on {best['benchmark']} ({arch['train']} train / "
-                        f"{arch['test']} held-out architectures, target {best['target']})")
+    _out.print(f"best formula: {best['formula']}", markup=False, highlight=False)
+    table = Table(title=f"{best['benchmark']}: {arch['train']} train / {arch['test']} held-out "
+                        f"architectures, target {best['target']}; scores oriented by their sign "
+                        "on the training split")
     for col in ("proxy", "τ train", "τ held-out", "ρ held-out", "τ k-fold", "τ in params bins"):
         table.add_column(col)
-    rows = [(best["formula"], best)] + [(f"#{k}" if k == "params" else k.upper(), v)
-                                         for k, v in base.items()]
+    rows = [("best formula", best)] + [(f"#{k}" if k == "params" else k.upper(), v)
+                                       for k, v in base.items()]
     for name, m in rows:
-        table.add_row(name, f(m.get("train_tau")), f(m.get("test_tau")), f(m.get("test_rho")),
+        table.add_row(name, f(m.get("fitness")), f(m.get("test_tau")), f(m.get("test_rho")),
                       f(m.get("kfold_tau")), f(m.get("test_tau_in_params_bins")))
     _out.print(table)
     verdict = "beats" if best["beats_params_on_held_out"] else "does NOT beat"
-    _out.print(f"The best formula {verdict} #params on the held-out architectures "
-               f"(sign {best['sign']:+d} chosen on the training split).")
+    _out.print(f"The best formula {verdict} #params on the {arch['test']} held-out architectures "
+               f"(held-out τ; sign {best['sign']:+d} chosen on the training split).")
 
 
 @app.command("evolve")

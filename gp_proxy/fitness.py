@@ -4,7 +4,8 @@ Sign convention: a proxy score is oriented by the sign of its Kendall τ on the 
 architectures (many distances are lower-is-better); fitness is the oriented τ, i.e. |τ_train|,
 and every held-out number is computed on the oriented score, so the sign is never peeked at
 from held-out data. ``tau_in_params_bins`` is the pair-weighted mean τ within quantile bins of
-#params: a size statistic scores ~0 there, a real proxy does not.
+#params: it removes the coarse size differences between bins, so a proxy that only separates
+small from large networks loses most of its τ there.
 """
 
 from __future__ import annotations
