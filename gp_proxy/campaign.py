@@ -359,7 +359,7 @@ class Campaign:
             atomic_write_text(self.run_dir / name, buf.getvalue())
         best = hof[0] if hof else self.best()
         node = primitives.parse(best.formula, self.cache.feature_kinds)
-        out = {**best.to_json(), "latex": primitives.to_latex(node),
+        out = {**best.to_json(), **self._anatomy(node), "latex": primitives.to_latex(node),
                "sympy": str(primitives.to_sympy(node)),
                "baselines": {k: v.to_json() for k, v in self.baselines.items()},
                "architectures": {"total": len(self.y), "train": len(self.splits.train),
@@ -371,6 +371,34 @@ class Campaign:
                    and best.assessment.test_tau > self.baselines["params"].test_tau)}
         atomic_write_json(self.run_dir / "best_proxy.json", out)
         return out
+
+    def _anatomy(self, node: primitives.Node) -> dict[str, Any]:
+        """How much of a formula is a size statistic, and what each combined part does.
+
+        ``kendall_with_params``: τ between the formula's scores and #params over all
+        architectures. ``parts``: for rank/z combinations, each part's status and held-out τ
+        (a constant part contributes nothing: the formula reduces to the other part).
+        """
+        from .rank import kendall_tau
+
+        texts = [node.text] + ([a.text for a in node.args] if node.op.cross_arch else [])
+        results = self.evaluator.evaluate(texts)
+        info: dict[str, Any] = {}
+        whole = results[0]
+        if whole.scores is not None:
+            info["kendall_with_params"] = _num(kendall_tau(whole.scores, self.bench.params))
+        parts = []
+        for res in results[1:]:
+            entry: dict[str, Any] = {"formula": res.formula, "status": res.status}
+            if res.ok and res.scores is not None:
+                a = assess(res.scores, self.y, self.bench.params, self.splits)
+                entry.update({"test_tau": _num(a.test_tau), "sign": a.sign,
+                              "kendall_with_params": _num(kendall_tau(res.scores,
+                                                                      self.bench.params))})
+            parts.append(entry)
+        if parts:
+            info["parts"] = parts
+        return info
 
     # ------------------------------------------------------------------ driver ------------
     def _should_stop(self) -> str | None:

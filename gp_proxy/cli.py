@@ -137,6 +137,17 @@ def _report(best: dict[str, Any]) -> None:
         table.add_row(name, f(m.get("fitness")), f(m.get("test_tau")), f(m.get("test_rho")),
                       f(m.get("kfold_tau")), f(m.get("test_tau_in_params_bins")))
     _out.print(table)
+    if best.get("kendall_with_params") is not None:
+        _out.print(f"Kendall τ between the best formula and #params (all architectures): "
+                   f"{best['kendall_with_params']:+.3f}")
+    for part in best.get("parts", []):
+        if part["status"] != "ok":
+            _out.print(f"  part {part['formula']}: {part['status']} (it contributes nothing)",
+                       markup=False, highlight=False)
+        else:
+            _out.print(f"  part {part['formula']}: held-out τ {part['test_tau']:+.3f}, "
+                       f"τ with #params {part['kendall_with_params']:+.3f}", markup=False,
+                       highlight=False)
     verdict = "beats" if best["beats_params_on_held_out"] else "does NOT beat"
     _out.print(f"The best formula {verdict} #params on the {arch['test']} held-out architectures "
                f"(held-out τ; sign {best['sign']:+d} chosen on the training split).")

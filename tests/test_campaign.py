@@ -75,6 +75,9 @@ def test_same_seed_same_hall_of_fame(bench: Path, tmp_path: Path) -> None:
     assert set(first["baselines"]) == {"params", "flops"}
     best = json.loads((tmp_path / "a" / "best_proxy.json").read_text())
     assert best["architectures"]["test"] >= 3 and "latex" in best
+    # the anatomy of a combined formula: how size-like it is, and what each part does
+    assert -1 <= best["kendall_with_params"] <= 1
+    assert len(best["parts"]) == 2 and all("status" in p for p in best["parts"])
 
 
 @pytest.mark.parametrize("scheme", ["steady", "generational"])
