@@ -45,8 +45,8 @@ from .cache import FeatureCache
 
 __all__ = ["STATUSES", "EvalResult", "Evaluator", "count_statuses"]
 
-STATUSES = ("ok", "nan", "inf", "constant", "shape_error", "kind_error", "parse_error",
-            "runtime_error")
+STATUSES = ("ok", "nan", "inf", "constant", "constant_part", "shape_error", "kind_error",
+            "parse_error", "runtime_error")
 
 
 @dataclass
@@ -246,6 +246,14 @@ class Evaluator:
                 if bad is not None:
                     results.append(EvalResult(text, *bad))
                     continue
+                if len(sub) > 1:  # a rank/z combination whose part is constant is that other
+                    flat = next((t for t in sub if torch.isfinite(vectors[t]).all()
+                                 and float(vectors[t].max() - vectors[t].min()) == 0.0), None)
+                    if flat is not None:
+                        results.append(EvalResult(
+                            text, "constant_part", f"part {flat} is the same for every "
+                            "architecture, so the combination reduces to its other part"))
+                        continue
                 try:
                     scores = self._combine(n, vectors).numpy()
                 except (GpProxyError, RuntimeError) as exc:

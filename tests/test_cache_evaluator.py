@@ -92,6 +92,12 @@ def test_statuses_name_the_cause(cache) -> None:  # type: ignore[no-untyped-def]
     assert "smaller than" in bad[3].reason
 
 
+def test_a_combination_with_a_constant_part_is_flagged(cache) -> None:  # type: ignore[no-untyped-def]
+    r = Evaluator(cache, device="cpu").evaluate(
+        ["rank_add(sp_dist(k2),mean_layers(dist_l1(weight,weight)))"])[0]
+    assert r.status == "constant_part" and "mean_layers(dist_l1(weight,weight))" in r.reason
+
+
 def test_deterministic_across_evaluators(cache) -> None:  # type: ignore[no-untyped-def]
     a = Evaluator(cache, device="cpu", seed=3).evaluate(["sp_dist(mask(k1))"])[0].scores
     b = Evaluator(cache, device="cpu", seed=3).evaluate(["sp_dist(mask(k1))"])[0].scores
