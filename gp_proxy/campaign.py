@@ -111,8 +111,10 @@ class Campaign:
         self.stagnant = 0
         self.best_history: list[float] = []
         self.baselines = {
-            "params": assess(self.bench.params, self.y, self.bench.params, self.splits),
-            "flops": assess(self.bench.flops, self.y, self.bench.params, self.splits),
+            "params": assess(self.bench.params, self.y, self.bench.params, self.splits,
+                             config.fitness),
+            "flops": assess(self.bench.flops, self.y, self.bench.params, self.splits,
+                            config.fitness),
         }
 
     # ------------------------------------------------------------------ fitness -----------
@@ -132,7 +134,8 @@ class Campaign:
                 fitness = FAILED
                 status, reason = res.status, res.reason
                 if res.ok and res.scores is not None:
-                    a = assess(res.scores, self.y, self.bench.params, self.splits)
+                    a = assess(res.scores, self.y, self.bench.params, self.splits,
+                               self.config.fitness)
                     if math.isfinite(a.fitness):
                         fitness = a.fitness
                     else:
@@ -468,7 +471,7 @@ class Campaign:
 
 def _assessment(d: dict[str, Any]) -> Assessment | None:
     keys = ("sign", "fitness", "train_tau", "test_tau", "test_rho", "kfold_tau",
-            "test_tau_in_params_bins")
+            "test_tau_in_params_bins", "train_tau_in_params_bins")
     if any(k not in d for k in keys):
         return None
     vals = {k: (float("nan") if d[k] is None else d[k]) for k in keys}

@@ -134,7 +134,8 @@ def _report(best: dict[str, Any]) -> None:
     rows = [("best formula", best)] + [(f"#{k}" if k == "params" else k.upper(), v)
                                        for k, v in base.items()]
     for name, m in rows:
-        table.add_row(name, f(m.get("fitness")), f(m.get("test_tau")), f(m.get("test_rho")),
+        train = None if m.get("train_tau") is None else m["sign"] * m["train_tau"]
+        table.add_row(name, f(train), f(m.get("test_tau")), f(m.get("test_rho")),
                       f(m.get("kfold_tau")), f(m.get("test_tau_in_params_bins")))
     _out.print(table)
     if best.get("kendall_with_params") is not None:

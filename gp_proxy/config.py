@@ -36,6 +36,7 @@ class CampaignConfig(BaseModel):
     max_evaluations: int | None = Field(None, ge=1)
     max_seconds: float | None = Field(None, gt=0)
     target_fitness: float | None = None
+    fitness: Literal["tau", "tau_params_bins"] = "tau"
     stagnation: int | None = Field(None, ge=1)
     seed: int = 0
     init_min_height: int = Field(2, ge=1)

@@ -73,17 +73,23 @@ class Assessment:
     test_rho: float
     kfold_tau: float  # mean over folds of held-out τ with the sign from the other folds
     test_tau_in_params_bins: float
+    train_tau_in_params_bins: float = float("nan")
 
     def to_json(self) -> dict[str, float]:
         return {k: (None if isinstance(v, float) and np.isnan(v) else v)  # type: ignore[misc]
                 for k, v in asdict(self).items()}
 
 
-def assess(scores: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits
-           ) -> Assessment:
+def assess(scores: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
+           metric: str = "tau") -> Assessment:
+    """Orient by the training sign and report; ``metric`` picks what ``fitness`` is:
+    ``tau`` (Kendall on training architectures) or ``tau_params_bins`` (Kendall within #params
+    bins on training architectures, which rewards ranking beyond network size)."""
     s = np.asarray(scores, dtype=np.float64)
     tr, te = splits.train, splits.test
     tau_tr = kendall_tau(s[tr], y[tr])
+    if metric == "tau_params_bins":
+        tau_tr = tau_in_params_bins(s[tr], y[tr], params[tr])
     sign = -1 if tau_tr < 0 else 1
     o = sign * s
     fold_taus = []
@@ -92,6 +98,7 @@ def assess(scores: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits
         t_rest = kendall_tau(s[rest], y[rest])
         fs = -1 if t_rest < 0 else 1
         fold_taus.append(kendall_tau(fs * s[f], y[f]))
-    return Assessment(sign, sign * tau_tr, tau_tr, kendall_tau(o[te], y[te]),
+    return Assessment(sign, sign * tau_tr, kendall_tau(s[tr], y[tr]), kendall_tau(o[te], y[te]),
                       spearman_rho(o[te], y[te]), float(np.nanmean(fold_taus)),
-                      tau_in_params_bins(o[te], y[te], params[te]))
+                      tau_in_params_bins(o[te], y[te], params[te]),
+                      tau_in_params_bins(o[tr], y[tr], params[tr]))

@@ -225,3 +225,14 @@ def test_compare_table_csv_chart_and_cached_scores(bench: Path, tmp_path: Path,
     assert [p.stat().st_mtime_ns for p in cached] == stamps
     assert main(["compare", "l1(k2)", "--benchmark", str(bench), "--cache-dir",
                  str(cache)]) == 2
+
+
+def test_fitness_within_params_bins(bench: Path, tmp_path: Path) -> None:
+    cfg = load_config(None, _cfg(bench, tmp_path / "cache", generations=1,
+                                 fitness="tau_params_bins"))
+    c = Campaign(cfg, tmp_path / "bins")
+    c.run()
+    best = json.loads((tmp_path / "bins" / "best_proxy.json").read_text())
+    assert best["fitness"] == pytest.approx(best["train_tau_in_params_bins"])
+    with pytest.raises(ConfigError, match="fitness"):
+        load_config(None, ["fitness=spearman"])
