@@ -64,7 +64,9 @@ def load_benchmark(folder: str | os.PathLike[str], target: str = "kd_mean") -> B
             raise GpProxyError(f"{path}: not a benchmark folder (missing {name})")
     cfg = read_json(path / "config.json")
     space = get_space(cfg["space"])
+    header = (path / "ground_truth.csv").read_text().split("\n", 1)[0].split(",")
+    extra = tuple(c for c in ("kd_mean", "ce_mean") if c in header and c != target)
     truth = load_ground_truth(path / "ground_truth.csv", space, target,
-                              numeric=("params", "flops"))
+                              numeric=("params", "flops", *extra))
     return Benchmark(path, cfg["space"], cfg.get("teacher", "resnet-t"), truth,
                      truth.columns["params"], truth.columns["flops"])

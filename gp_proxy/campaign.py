@@ -378,7 +378,7 @@ class Campaign:
     def _anatomy(self, node: primitives.Node) -> dict[str, Any]:
         """How much of a formula is a size statistic, and what each combined part does.
 
-        ``kendall_with_params``: τ between the formula's scores and #params over all
+        ``kendall_with_params``: τ between the formula's oriented scores and #params over all
         architectures. ``parts``: for rank/z combinations, each part's status and held-out τ
         (a constant part contributes nothing: the formula reduces to the other part).
         """
@@ -388,16 +388,19 @@ class Campaign:
         results = self.evaluator.evaluate(texts)
         info: dict[str, Any] = {}
         whole = results[0]
-        if whole.scores is not None:
-            info["kendall_with_params"] = _num(kendall_tau(whole.scores, self.bench.params))
+        if whole.scores is not None:  # on the oriented score (sign chosen on training archs)
+            sign = assess(whole.scores, self.y, self.bench.params, self.splits,
+                          self.config.fitness).sign
+            info["kendall_with_params"] = _num(sign * kendall_tau(whole.scores,
+                                                                  self.bench.params))
         parts = []
         for res in results[1:]:
             entry: dict[str, Any] = {"formula": res.formula, "status": res.status}
             if res.ok and res.scores is not None:
                 a = assess(res.scores, self.y, self.bench.params, self.splits)
                 entry.update({"test_tau": _num(a.test_tau), "sign": a.sign,
-                              "kendall_with_params": _num(kendall_tau(res.scores,
-                                                                      self.bench.params))})
+                              "kendall_with_params": _num(a.sign * kendall_tau(
+                                  res.scores, self.bench.params))})
             parts.append(entry)
         if parts:
             info["parts"] = parts
