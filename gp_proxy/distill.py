@@ -27,7 +27,7 @@ from .data import Split
 from .io import atomic_write_json, load_tensors, read_json, save_tensors
 from .losses import build_loss
 from .spaces import FeatureNet
-from .train import evaluate_accuracy
+from .train import cosine_lr, evaluate_accuracy, sgd
 
 __all__ = ["DistillConfig", "distill"]
 
@@ -88,8 +88,7 @@ def distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split,
         torch.manual_seed(cfg.seed)
         _build_losses(losses, cfg, shapes)
     params = list(student.parameters()) + list(losses.parameters())
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-                          weight_decay=cfg.weight_decay)
+    opt = sgd(params, cfg.lr, cfg.momentum, cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     start, history, seconds = 0, [], 0.0
     if (run / "checkpoint.json").exists():
@@ -114,8 +113,7 @@ def distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split,
         loss_sum = 0.0
         for b, i in enumerate(range(0, n, cfg.batch_size)):
             step = epoch * steps + b
-            for group in opt.param_groups:
-                group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
+            cosine_lr(opt, cfg.lr, step, total)
             idx = order[i:i + cfg.batch_size]
             x, y = train.images[idx], train.labels[idx]
             with torch.no_grad():

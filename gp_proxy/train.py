@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Recipe", "evaluate_accuracy", "hinton_kd_loss", "predict_logits", "train_classifier"]
+__all__ = ["Recipe", "cosine_lr", "evaluate_accuracy", "hinton_kd_loss", "predict_logits",
+           "sgd", "train_classifier"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,19 @@ class Recipe:
     augment: bool = False
     temperature: float = 4.0
     alpha: float = 0.9  # weight of the KD term; 1 - alpha on cross-entropy
+
+
+def sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float
+        ) -> torch.optim.SGD:
+    """The recipe's optimiser: SGD with Nesterov momentum and weight decay."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True,
+                           weight_decay=weight_decay)
+
+
+def cosine_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int) -> None:
+    """Set the learning rate of ``step`` of ``total`` on a cosine schedule from ``base``."""
+    for group in opt.param_groups:
+        group["lr"] = 0.5 * base * (1 + math.cos(math.pi * step / total))
 
 
 def hinton_kd_loss(student: Tensor, teacher: Tensor, labels: Tensor, temperature: float,
@@ -80,8 +94,7 @@ def train_classifier(model: nn.Module, images: Tensor, labels: Tensor, recipe: R
     if recipe.augment and teacher_logits is not None:
         raise ValueError("precomputed teacher logits do not match augmented images")
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                          nesterov=True, weight_decay=recipe.weight_decay)
+    opt = sgd(model.parameters(), recipe.lr, recipe.momentum, recipe.weight_decay)
     n = len(images)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     total = recipe.epochs * steps_per_epoch
@@ -97,8 +110,7 @@ def train_classifier(model: nn.Module, images: Tensor, labels: Tensor, recipe: R
             x, y = images[idx], labels[idx]
             if recipe.augment:
                 x = _augment(x, g)
-            for group in opt.param_groups:
-                group["lr"] = 0.5 * recipe.lr * (1 + math.cos(math.pi * step / total))
+            cosine_lr(opt, recipe.lr, step, total)
             out = model(x)
             if teacher_logits is None:
                 loss = F.cross_entropy(out, y)
