@@ -119,19 +119,19 @@ def _progress_callback(total: int):  # type: ignore[no-untyped-def]
     return progress, on_generation
 
 
-def _report(best: dict[str, Any]) -> None:
+def _report(best: dict[str, Any], label: str = "best formula") -> None:
     def f(x: float | None) -> str:
         return "  n/a" if x is None else f"{x:+.3f}"
 
     base = best["baselines"]
     arch = best["architectures"]
-    _out.print(f"best formula: {best['formula']}", markup=False, highlight=False)
+    _out.print(f"{label}: {best['formula']}", markup=False, highlight=False)
     table = Table(title=f"{best['benchmark']}: {arch['train']} train / {arch['test']} held-out "
                         f"architectures, target {best['target']}; scores oriented by their sign "
                         "on the training split")
     for col in ("proxy", "τ train", "τ held-out", "ρ held-out", "τ k-fold", "τ in params bins"):
         table.add_column(col)
-    rows = [("best formula", best)] + [(f"#{k}" if k == "params" else k.upper(), v)
+    rows = [(label, best)] + [(f"#{k}" if k == "params" else k.upper(), v)
                                        for k, v in base.items()]
     for name, m in rows:
         train = None if m.get("train_tau") is None else m["sign"] * m["train_tau"]
@@ -139,7 +139,7 @@ def _report(best: dict[str, Any]) -> None:
                       f(m.get("kfold_tau")), f(m.get("test_tau_in_params_bins")))
     _out.print(table)
     if best.get("kendall_with_params") is not None:
-        _out.print(f"Kendall τ between the best formula and #params (all architectures): "
+        _out.print(f"Kendall τ between the {label} and #params (all architectures): "
                    f"{best['kendall_with_params']:+.3f}")
     for part in best.get("parts", []):
         if part["status"] != "ok":
@@ -150,7 +150,7 @@ def _report(best: dict[str, Any]) -> None:
                        f"τ with #params {part['kendall_with_params']:+.3f}", markup=False,
                        highlight=False)
     verdict = "beats" if best["beats_params_on_held_out"] else "does NOT beat"
-    _out.print(f"The best formula {verdict} #params on the {arch['test']} held-out architectures "
+    _out.print(f"The {label} {verdict} #params on the {arch['test']} held-out architectures "
                f"(held-out τ; sign {best['sign']:+d} chosen on the training split).")
 
 
@@ -278,7 +278,8 @@ def inspect(
 
 @app.command("score")
 def score(
-    formula: Annotated[str, typer.Argument(help="formula to evaluate")],
+    formula: Annotated[str, typer.Argument(
+        help="formula to evaluate, or a reported Auto-DAS proxy name (see `compare --help`)")],
     benchmark: Annotated[Path, typer.Option(help="benchmark folder")] = Path("benchmarks/fmnist"),
     target: Annotated[str, typer.Option(help="ground-truth column")] = "kd_mean",
     cache_dir: Annotated[Path, typer.Option(help="feature cache folder")
@@ -290,7 +291,11 @@ def score(
     from .benchmark import load_benchmark
     from .evaluator import Evaluator
     from .fitness import assess, make_splits
+    from .rank import kendall_tau
+    from .reported import REPORTED
 
+    if formula in REPORTED:
+        formula = REPORTED[formula].formula
     bench = load_benchmark(benchmark, target)
     cache = bench.cache(str(cache_dir), teacher_init)
     res = Evaluator(cache, seed=seed).evaluate([formula])[0]
@@ -305,16 +310,19 @@ def score(
             "architectures": {"total": len(bench.truth.y), "train": len(splits.train),
                               "test": len(splits.test)},
             "benchmark": str(benchmark), "target": target,
-            "beats_params_on_held_out": rows["formula"].test_tau > rows["params"].test_tau}
-    _report(best)
+            "beats_params_on_held_out": rows["formula"].test_tau > rows["params"].test_tau,
+            "kendall_with_params": kendall_tau(rows["formula"].sign * res.scores, bench.params)}
+    _report(best, "formula")
 
 
 @app.command("compare")
 def compare_cmd(
     proxies: Annotated[list[str] | None, typer.Argument(
         help="baseline names (params, flops, grad_norm, snip, grasp, fisher, synflow, jacov, "
-             "nwot, zen, plain, l2_norm, diswot, or a ground-truth column), formulas, or run "
-             "directories (default: every baseline)")] = None,
+             "nwot, zen, plain, l2_norm, diswot, a ground-truth column, or a reported Auto-DAS "
+             "proxy: autodas-resnet, autodas-resnet-interaction, autodas-resnet-instinct, "
+             "autodas-nb201-instinct, autodas-vit-instinct), formulas, or run directories "
+             "(default: every baseline and reported proxy)")] = None,
     benchmark: Annotated[Path, typer.Option(help="benchmark folder")] = Path("benchmarks/fmnist"),
     target: Annotated[str, typer.Option(help="ground-truth column")] = "kd_mean",
     cache_dir: Annotated[Path, typer.Option(help="feature cache folder")
@@ -330,11 +338,12 @@ def compare_cmd(
     from .benchmark import load_benchmark
     from .compare import compare, plot, rows_to_json
     from .fitness import make_splits
+    from .reported import REPORTED
     from .zerocost import ZERO_COST
 
     bench = load_benchmark(benchmark, target)
     cache = bench.cache(str(cache_dir))
-    items = list(proxies or ["params", "flops", *ZERO_COST, "diswot"])
+    items = list(proxies or ["params", "flops", *ZERO_COST, "diswot", *REPORTED])
     for size in ("params", "flops"):
         if size not in items:
             items.insert(0, size)
@@ -343,7 +352,7 @@ def compare_cmd(
     table = Table(title=f"{benchmark} ({len(splits.train)} train / {len(splits.test)} held-out "
                         f"architectures, target {target}; sign chosen on train)")
     for col in ("proxy", "τ train", "τ held-out [95% CI]", "ρ held-out", "r held-out",
-                "P@10% held-out", "τ params-bins held-out"):
+                "P@10% held-out", "τ params-bins held-out", "τ with #params"):
         table.add_column(col)
 
     def f(x: float | None) -> str:
@@ -355,8 +364,11 @@ def compare_cmd(
                       f"{f(m.get('test_tau'))} [{f(m.get('test_tau_lo'))}, "
                       f"{f(m.get('test_tau_hi'))}]", f(m.get("test_rho")),
                       f(m.get("test_pearson")), f(m.get("test_p_at_10")),
-                      f(m.get("test_tau_params_bins")))
+                      f(m.get("test_tau_params_bins")), f(m.get("tau_with_params")))
     _out.print(table)
+    for r in rows:
+        if r.note:
+            _out.print(f"{r.name}: not evaluated: {r.note}")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         data = rows_to_json(rows)

@@ -27,6 +27,7 @@ from .evaluator import Evaluator
 from .fitness import Splits, tau_in_params_bins
 from .io import atomic_write_json, read_json
 from .rank import kendall_tau, spearman_rho
+from .reported import REPORTED
 from .spaces import get_space
 from .zerocost import ZERO_COST, diswot, zero_cost
 
@@ -40,6 +41,7 @@ class ProxyRow:
     name: str
     kind: str
     metrics: dict[str, float]
+    note: str = ""
 
 
 def _file(cache: FeatureCache, root: str, name: str) -> Path:
@@ -70,6 +72,11 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
             np.asarray(bench.truth.columns[item], dtype=float)
     if item in bench.truth.columns and item != bench.truth.target:
         return item, "column", np.asarray(bench.truth.columns[item], dtype=float)
+    if item in REPORTED:
+        name = item
+        item = REPORTED[item].formula
+        _, _, scores = resolve_scores(item, bench, cache, cache_root, seed)
+        return name, "reported", scores
     path = Path(item)
     if path.is_dir() or path.suffix == ".json":
         best = path / "best_proxy.json" if path.is_dir() else path
@@ -104,7 +111,8 @@ def _metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
         return {"sign": float("nan")}
     sign = -1.0 if kendall_tau(s[tr], y[tr]) < 0 else 1.0
     o = sign * s
-    out = {"sign": sign}
+    # how much of the proxy is model size: Kendall τ of the oriented scores with #params
+    out = {"sign": sign, "tau_with_params": kendall_tau(o, params)}
     for part, idx in (("train", tr), ("test", te)):
         out[f"{part}_tau"] = kendall_tau(o[idx], y[idx])
         out[f"{part}_rho"] = spearman_rho(o[idx], y[idx])
@@ -122,17 +130,30 @@ def _metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
 
 def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root: str,
             splits: Splits, bootstrap: int = 1000, seed: int = 0) -> list[ProxyRow]:
+    """One row per proxy. A formula that parses but cannot be evaluated on this benchmark
+    (for example teacher and student features of different shapes) gives a row with its
+    status as the note instead of stopping the table; a malformed formula still raises."""
+    from primitives.formula import parse
+
     y = bench.truth.y
     rows = []
     for item in items:
-        name, kind, scores = resolve_scores(item, bench, cache, cache_root, seed)
+        try:
+            name, kind, scores = resolve_scores(item, bench, cache, cache_root, seed)
+        except GpProxyError as err:
+            formula = REPORTED[item].formula if item in REPORTED else item
+            if item in SIZE or item in ZERO_COST or item == "diswot" or Path(item).exists():
+                raise
+            parse(formula)  # a malformed formula is the user's error: raise it
+            rows.append(ProxyRow(item, "failed", {}, str(err)))
+            continue
         rows.append(ProxyRow(name, kind, _metrics(scores, y, bench.params, splits,
                                                   bootstrap, seed)))
     return rows
 
 
 def rows_to_json(rows: list[ProxyRow]) -> list[dict[str, Any]]:
-    return [{"proxy": r.name, "kind": r.kind, **r.metrics} for r in rows]
+    return [{"proxy": r.name, "kind": r.kind, **r.metrics, "note": r.note} for r in rows]
 
 
 def plot(rows: list[ProxyRow], path: Path) -> None:

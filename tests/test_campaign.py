@@ -223,8 +223,41 @@ def test_compare_table_csv_chart_and_cached_scores(bench: Path, tmp_path: Path,
     stamps = [p.stat().st_mtime_ns for p in cached]
     assert main(argv) == 0  # re-run reads the cached score vectors
     assert [p.stat().st_mtime_ns for p in cached] == stamps
-    assert main(["compare", "l1(k2)", "--benchmark", str(bench), "--cache-dir",
+    # a formula that parses but is undefined here (teacher and student k2 of different
+    # channel counts) is a row with its status; a malformed formula is an error
+    capsys.readouterr()
+    assert main(["compare", "l1(k2)", "autodas-resnet", "autodas-resnet-instinct",
+                 "--benchmark", str(bench), "--cache-dir", str(cache), "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "l1(k2): not evaluated: " in out and "shape_error" in out
+    assert "autodas-resnet: not evaluated" in out
+    assert "autodas-resnet-instinct: not evaluated" not in out
+    assert main(["compare", "l1(k2", "--benchmark", str(bench), "--cache-dir",
                  str(cache)]) == 2
+
+
+def test_reported_autodas_formulas_parse_and_instincts_run_everywhere(bench: Path,
+                                                                      tmp_path: Path) -> None:
+    from gp_proxy.benchmark import load_benchmark
+    from gp_proxy.compare import compare
+    from gp_proxy.fitness import make_splits
+    from gp_proxy.reported import REPORTED
+    from primitives.formula import check, parse
+
+    for r in REPORTED.values():
+        check(r.formula)
+        parse(r.formula)
+    b = load_benchmark(bench, "kd_mean")
+    cache = b.cache(str(tmp_path / "cache"))
+    names = [n for n in REPORTED if n.endswith("instinct")]
+    rows = compare(names, b, cache, str(tmp_path / "cache"), make_splits(len(b.truth.y)),
+                   bootstrap=10)
+    for row in rows:
+        assert row.kind == "reported" and not row.note
+        assert -1 <= row.metrics["test_tau"] <= 1
+    # the ResNet instinct is nearly a size statistic: it ranks like #params
+    res = next(r for r in rows if r.name == "autodas-resnet-instinct")
+    assert res.metrics["tau_with_params"] > 0.8
 
 
 def test_fitness_within_params_bins(bench: Path, tmp_path: Path) -> None:
@@ -236,3 +269,21 @@ def test_fitness_within_params_bins(bench: Path, tmp_path: Path) -> None:
     assert best["fitness"] == pytest.approx(best["train_tau_in_params_bins"])
     with pytest.raises(ConfigError, match="fitness"):
         load_config(None, ["fitness=spearman"])
+
+
+def test_score_command_prints_formula_next_to_baselines(bench: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    from gp_proxy.cli import main
+
+    cache = str(tmp_path / "cache")
+    assert main(["score", "autodas-resnet-instinct", "--benchmark", str(bench),
+                 "--cache-dir", cache]) == 0
+    out = capsys.readouterr().out
+    assert "formula: sum_layers(fro_norm(logsoftmax(grad)))" in out
+    assert "#params" in out and "FLOPS" in out and "held-out" in out
+    assert "Kendall τ between the formula and #params" in out
+    assert main(["score", "sum_layers(fro_norm(logsoftmax(grad))", "--benchmark", str(bench),
+                 "--cache-dir", cache]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "position" in err
