@@ -11,6 +11,10 @@ one :class:`EvalResult` per formula with a status and the score vector over arch
 - The batch is evaluated chunk-major (all formulas on one chunk, then the next), so subtrees
   shared across the batch are computed once per chunk while the memo (keyed by canonical
   subtree string, within ``memo_bytes``) holds only one chunk's intermediates.
+- Score vectors of per-architecture parts (the subtrees below rank/z combiners) and their
+  failures are kept across calls (within ``root_bytes``): offspring that inherit a whole
+  interaction or instinct part from an evaluated parent reuse it for free. Like the memo, this
+  is switched off by ``memoize=False``; results are identical either way.
 - Stochastic ops draw from a generator seeded by (seed, subtree), identical on both sides.
 - A formula that fails on one architecture fails as a whole; the first cause is recorded.
 """
@@ -80,7 +84,8 @@ def _nbytes(v: Value) -> int:
 class Evaluator:
     def __init__(self, cache: FeatureCache, chunk_size: int | None = None,
                  device: str | None = None, memo_bytes: int = 512 << 20, seed: int = 0,
-                 memoize: bool = True, chunk_bytes: int = 8 << 20) -> None:
+                 memoize: bool = True, chunk_bytes: int = 8 << 20,
+                 root_bytes: int = 64 << 20) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.kinds = dict(cache.feature_kinds)
         self.n = len(cache.students)
@@ -92,6 +97,10 @@ class Evaluator:
         self._memo: OrderedDict[tuple[str, int], Value] = OrderedDict()
         self._memo_size = 0
         self.memo_hits = 0
+        self.root_bytes = root_bytes
+        # part text -> its float64 score vector over all architectures, or its failure
+        self._parts: OrderedDict[str, Tensor | tuple[str, str]] = OrderedDict()
+        self.part_hits = 0
 
     def _make_chunks(self, cache: FeatureCache, size: int | None, chunk_bytes: int
                      ) -> list[_Chunk]:
@@ -136,6 +145,14 @@ class Evaluator:
             _, old = self._memo.popitem(last=False)
             self._memo_size -= _nbytes(old)
         return value
+
+    def _keep_part(self, text: str, value: Tensor | tuple[str, str]) -> None:
+        if not self.memoize:
+            return
+        self._parts[text] = value
+        budget = max(1, self.root_bytes // (8 * self.n))  # entries of n float64 values
+        while len(self._parts) > budget:
+            self._parts.popitem(last=False)
 
     def clear_memo(self) -> None:
         self._memo.clear()
@@ -218,13 +235,26 @@ class Evaluator:
         for n in nodes:
             if n is not None:
                 self._score_roots(n, roots)
-        vectors = {t: torch.empty(self.n, dtype=torch.float64) for t in roots}
+        vectors: dict[str, Tensor] = {}
         root_error: dict[str, tuple[str, str]] = {}
+        for t in roots:
+            known = self._parts.get(t) if self.memoize else None
+            if known is None:
+                vectors[t] = torch.empty(self.n, dtype=torch.float64)
+                continue
+            self._parts.move_to_end(t)
+            self.part_hits += 1
+            if isinstance(known, Tensor):
+                vectors[t] = known
+            else:
+                root_error[t] = known
+        todo = {t: r for t, r in roots.items() if t not in root_error and
+                not (self.memoize and isinstance(self._parts.get(t), Tensor))}
         try:
             with torch.no_grad():
-                for chunk in self.chunks:
+                for chunk in self.chunks if todo else ():
                     where = torch.from_numpy(chunk.index)
-                    for text, root in roots.items():
+                    for text, root in todo.items():
                         if text in root_error:
                             continue
                         try:
@@ -234,6 +264,8 @@ class Evaluator:
                         except (GpProxyError, RuntimeError) as exc:
                             root_error[text] = self._failure(exc)
                     self._drop_student_memo()
+            for text in todo:
+                self._keep_part(text, root_error.get(text, vectors[text]))
             results = []
             for i, n in enumerate(nodes):
                 text = str(formulas[i])
@@ -255,7 +287,7 @@ class Evaluator:
                             "architecture, so the combination reduces to its other part"))
                         continue
                 try:
-                    scores = self._combine(n, vectors).numpy()
+                    scores = self._combine(n, vectors).numpy().copy()
                 except (GpProxyError, RuntimeError) as exc:
                     results.append(EvalResult(text, *self._failure(exc)))
                     continue

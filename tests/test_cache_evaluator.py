@@ -82,6 +82,34 @@ def test_memoisation_does_not_change_scores_and_hits(cache) -> None:  # type: ig
             np.testing.assert_array_equal(x.scores, y.scores)
 
 
+def test_parts_are_reused_across_calls_without_changing_results(cache) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(1)
+    ps = build_pset("both", misaligned=cache.misaligned())
+    parents = [str(ps.to_node(ps.random_tree(rng, 2, 5))) for _ in range(20)]
+    kids = [f"rank_sub(sp_dist(k2),{p.split(',', 1)[1][:-1]})" if p.startswith("rank_") else p
+            for p in parents] + ["rank_add(l1(k2),sum_layers(l1_norm(weight)))"]
+    ev = Evaluator(cache, device="cpu")
+    ev.evaluate(parents + ["l1(k2)"])
+    hits = ev.part_hits
+    got = ev.evaluate(kids)
+    assert ev.part_hits > hits  # inherited parts (and a known failure) were not recomputed
+    ref = Evaluator(cache, device="cpu", memoize=False).evaluate(kids)
+    for x, y in zip(got, ref, strict=True):
+        assert (x.status, x.reason) == (y.status, y.reason)
+        if x.scores is not None:
+            np.testing.assert_array_equal(x.scores, y.scores)
+    assert got[-1].status == "shape_error"
+    # callers may modify the scores they get without touching the kept parts
+    one = ev.evaluate(["sp_dist(k2)"])[0]
+    assert one.scores is not None
+    one.scores *= -1
+    np.testing.assert_array_equal(ev.evaluate(["sp_dist(k2)"])[0].scores, -one.scores)
+    # the store is bounded: a budget of 2 parts keeps only the 2 most recent
+    small = Evaluator(cache, device="cpu", root_bytes=2 * 8 * len(cache.students))
+    small.evaluate(["sp_dist(k2)", "sp_dist(k1)", "sp_dist(k3)"])
+    assert list(small._parts) == ["sp_dist(k1)", "sp_dist(k3)"]
+
+
 def test_statuses_name_the_cause(cache) -> None:  # type: ignore[no-untyped-def]
     ev = Evaluator(cache, device="cpu")
     bad = ev.evaluate(["l1(k2)", "l1(mm(k9))", "l1(mm(k2)", "mse(local_s4(multi_scale_r2(k2)))",
