@@ -515,12 +515,16 @@ def pipeline_cmd(
     iterations: Annotated[int, typer.Option(help="search iterations (evolution, random)")] = 200,
     seeds: Annotated[str, typer.Option(help="distillation seeds, comma-separated")] = "0,1,2",
     epochs: Annotated[int, typer.Option(help="distillation epochs")] = 10,
+    held_out_only: Annotated[bool, typer.Option(
+        "--held-out-only", help="choose every student among the proxy campaign's held-out "
+                                "architectures (needs a run directory)")] = False,
 ) -> None:
     """Proxy → search under a budget → distil → report, against #params, DisWOT and random."""
     import time
 
     from .benchmark import load_benchmark
     from .data import load_fashion_mnist
+    from .io import read_json
     from .pipeline import PipelineConfig, load_proxy, run_pipeline
 
     bench = load_benchmark(benchmark)
@@ -534,10 +538,22 @@ def pipeline_cmd(
         proxy = str(out / "campaign")
     p = load_proxy(proxy)
     proxy_seconds = time.perf_counter() - t0
+    among = None
+    if held_out_only:
+        split_file = Path(proxy) / "splits.json"
+        if not split_file.exists():
+            raise GpProxyError(f"--held-out-only needs a campaign run directory with "
+                               f"splits.json; {proxy} has none")
+        test_idx = read_json(split_file)["test"]
+        if max(test_idx, default=-1) >= len(bench.truth.archs):
+            raise GpProxyError(f"{split_file}: held-out indices beyond the {len(bench.truth.archs)}"
+                               f" architectures of {benchmark}; was it made on this benchmark?")
+        among = tuple(bench.truth.archs[i] for i in test_idx)
     train = bench.training_split(load_fashion_mnist(data, "train"))
     test = load_fashion_mnist(data, "test")
     pcfg = PipelineConfig(max_params, max_flops, strategy, iterations,
-                          seeds=tuple(int(s) for s in seeds.split(",") if s), epochs=epochs)
+                          seeds=tuple(int(s) for s in seeds.split(",") if s), epochs=epochs,
+                          among=among)
     run_pipeline(p, proxy_seconds, bench, train, test, pcfg, out)
     _out.print((out / "report.md").read_text(), markup=False, highlight=False)
 

@@ -86,7 +86,11 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
     kind = "zero-cost" if item in ZERO_COST or item == "diswot" else "formula"
     file = _file(cache, cache_root, f"{kind}:{item}:{seed}")
     if file.exists():
-        return item, kind, np.asarray(read_json(file)["scores"], dtype=float)
+        kept = read_json(file)
+        # a vector saved for another architecture list (a benchmark that grew) is stale
+        if kept.get("archs") == list(bench.truth.archs):
+            return item, kind, np.asarray(
+                [float("nan") if v is None else v for v in kept["scores"]], dtype=float)
     if kind == "zero-cost":
         scores = _model_scores(bench, item)
     else:

@@ -37,6 +37,8 @@ class PipelineConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int = 10
     search_seed: int = 0
+    # restrict every selector to these architectures (e.g. the proxy campaign's held-out ones)
+    among: tuple[str, ...] | None = None
 
 
 def run_pipeline(proxy: Proxy, proxy_seconds: float, bench: Benchmark, train: Split,
@@ -55,10 +57,13 @@ def run_pipeline(proxy: Proxy, proxy_seconds: float, bench: Benchmark, train: Sp
     for name, scorer in selectors.items():
         t0 = time.perf_counter()
         top = search(space, scorer, cfg.strategy, cfg.iterations, max_params=cfg.max_params,
-                     max_flops=cfg.max_flops, seed=cfg.search_seed, top_k=1)
+                     max_flops=cfg.max_flops, seed=cfg.search_seed, top_k=1,
+                     candidates=cfg.among)
         chosen[name] = {"arch": top[0].spec, "search_seconds": time.perf_counter() - t0}
     rng = random.Random(cfg.search_seed)
-    fits = [a for a in bench.truth.archs if _fits(space, a, **budget)]
+    among = set(cfg.among) if cfg.among is not None else None
+    fits = [a for a in bench.truth.archs
+            if _fits(space, a, **budget) and (among is None or a in among)]
     if not fits:
         raise GpProxyError("no ground-truth architecture fits the budget")
     chosen["random"] = {"arch": rng.choice(fits), "search_seconds": 0.0}
@@ -86,7 +91,13 @@ def run_pipeline(proxy: Proxy, proxy_seconds: float, bench: Benchmark, train: Sp
     report = {"proxy": str(proxy.node), "sign": proxy.sign, "proxy_seconds": proxy_seconds,
               "budget": budget, "strategy": cfg.strategy, "seeds": list(cfg.seeds),
               "epochs": cfg.epochs, "architectures_within_budget": len(fits),
-              "benchmark": str(bench.folder), "results": results}
+              "benchmark": str(bench.folder), "results": results,
+              "candidates": "all" if cfg.among is None else f"{len(cfg.among)} given "
+                            "architectures (the proxy campaign's held-out split)",
+              # what the one seeded random draw stands for: a uniform pick within budget
+              "random_expectation": {
+                  "ground_truth_kd_mean": statistics.fmean(truth[a] for a in fits),
+                  "rank_within_budget": (len(fits) + 1) / 2}}
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", _markdown(report))
     return report
@@ -101,6 +112,7 @@ def _markdown(r: dict[str, Any]) -> str:
     lines = [f"# Pipeline report: {r['benchmark']}", "",
              f"Proxy `{r['proxy']}` (sign {r['sign']:+d}); budget {r['budget']}; "
              f"{r['architectures_within_budget']} ground-truth architectures within budget; "
+             f"candidates: {r.get('candidates', 'all')}; "
              f"search `{r['strategy']}`; KD recipe of the benchmark, {r['epochs']} epochs, "
              f"seeds {r['seeds']}; proxy stage {r['proxy_seconds']:.1f} s.", "",
              "| selector | student | #params | MACs | KD accuracy (mean ± std over seeds) | "
@@ -113,6 +125,12 @@ def _markdown(r: dict[str, Any]) -> str:
                      f"{v['kd_acc_mean']:.2f} ± {v['kd_acc_std']:.2f} | {gt} | "
                      f"{rank if rank is not None else 'n/a'} | {v['search_seconds']:.1f} | "
                      f"{v['distill_seconds']:.0f} |")
+    e = r.get("random_expectation")
+    if e:
+        lines += ["", f"The `random` row is one seeded draw. A uniformly random pick within budget "
+                      f"has, in expectation, ground-truth KD mean {e['ground_truth_kd_mean']:.2f} "
+                      f"and rank {e['rank_within_budget']:.1f} of "
+                      f"{r['architectures_within_budget']}."]
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -84,9 +84,12 @@ def _budget_ok(space: SearchSpace, spec: str, max_params: int | None, max_flops:
 def search(space: SearchSpace, scorer: Scorer, strategy: str = "evolution",
            iterations: int = 200, population: int = 20, sample: int = 5,
            max_params: int | None = None, max_flops: int | None = None, seed: int = 0,
-           top_k: int = 5, on_step: Callable[[int, Candidate], None] | None = None
-           ) -> list[Candidate]:
-    """The ``top_k`` best distinct students found that fit the budget."""
+           top_k: int = 5, on_step: Callable[[int, Candidate], None] | None = None,
+           candidates: Sequence[str] | None = None) -> list[Candidate]:
+    """The ``top_k`` best distinct students found that fit the budget; with ``candidates``
+    (exhaustive only) among those architectures instead of the whole space."""
+    if candidates is not None and strategy != "exhaustive":
+        raise GpProxyError("a candidate list needs strategy 'exhaustive'")
     rng = random.Random(seed)
     sizes: dict[str, tuple[int, int]] = {}
     scores: dict[str, float] = {}
@@ -109,7 +112,8 @@ def search(space: SearchSpace, scorer: Scorer, strategy: str = "evolution",
                            f"(params <= {max_params}, FLOPs <= {max_flops}) in {tries} samples")
 
     if strategy == "exhaustive":
-        pool = [s for s in space.enumerate() if fits(s)]
+        pool = [s for s in (space.enumerate() if candidates is None else candidates)
+                if fits(s)]
         if not pool:
             raise GpProxyError(f"no architecture of {space.name} fits the budget")
         scored(pool)

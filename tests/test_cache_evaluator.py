@@ -89,7 +89,7 @@ def test_parts_are_reused_across_calls_without_changing_results(cache) -> None: 
     kids = [f"rank_sub(sp_dist(k2),{p.split(',', 1)[1][:-1]})" if p.startswith("rank_") else p
             for p in parents] + ["rank_add(l1(k2),sum_layers(l1_norm(weight)))"]
     ev = Evaluator(cache, device="cpu")
-    ev.evaluate(parents + ["l1(k2)"])
+    ev.evaluate([*parents, "l1(k2)"])
     hits = ev.part_hits
     got = ev.evaluate(kids)
     assert ev.part_hits > hits  # inherited parts (and a known failure) were not recomputed

@@ -223,6 +223,12 @@ def test_compare_table_csv_chart_and_cached_scores(bench: Path, tmp_path: Path,
     stamps = [p.stat().st_mtime_ns for p in cached]
     assert main(argv) == 0  # re-run reads the cached score vectors
     assert [p.stat().st_mtime_ns for p in cached] == stamps
+    # a vector kept for another architecture list (the benchmark grew) is recomputed
+    stale = json.loads(cached[0].read_text())
+    stale["archs"], stale["scores"] = stale["archs"][:-1], stale["scores"][:-1]
+    cached[0].write_text(json.dumps(stale))
+    assert main(argv) == 0
+    assert len(json.loads(cached[0].read_text())["scores"]) == len(stale["scores"]) + 1
     # a formula that parses but is undefined here (teacher and student k2 of different
     # channel counts) is a row with its status; a malformed formula is an error
     capsys.readouterr()

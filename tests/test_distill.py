@@ -158,3 +158,30 @@ def test_pipeline_report_on_a_tiny_benchmark(tmp_path: Path,
         assert r["params"] <= 60000 and len(r["kd_acc_per_seed"]) == 2
     assert report["results"]["ground-truth best"]["ground_truth_rank_within_budget"] == 1
     assert "| selector |" in (out / "report.md").read_text()
+    import csv as _csv
+
+    with (bench / "ground_truth.csv").open() as fh:
+        accs = [float(r["kd_mean"]) for r in _csv.DictReader(fh) if int(r["params"]) <= 60000]
+    e = report["random_expectation"]
+    assert e["ground_truth_kd_mean"] == pytest.approx(sum(accs) / len(accs))
+    assert e["rank_within_budget"] == (len(accs) + 1) / 2
+    assert "in expectation" in (out / "report.md").read_text()
+    # every selector restricted to a campaign's held-out architectures
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best_proxy.json").write_text(json.dumps({"formula": "sp_dist(k2)", "sign": 1}))
+    (run / "splits.json").write_text(json.dumps({"train": [0, 1, 2, 3, 4], "test": [5, 6, 7]}))
+    held = out.parent / "held"
+    code = main(["pipeline", "--out", str(held), "--proxy", str(run), "--benchmark", str(bench),
+                 "--data", str(data), "--seeds", "0", "--epochs", "1", "--held-out-only"])
+    assert code == 0, capsys.readouterr().err
+    with (bench / "ground_truth.csv").open() as fh:
+        archs = [r["arch"] for r in _csv.DictReader(fh)]
+    rep = json.loads((held / "report.json").read_text())
+    assert {r["arch"] for r in rep["results"].values()} <= set(archs[5:])
+    assert rep["architectures_within_budget"] == 3 and "held-out" in rep["candidates"]
+    (run / "splits.json").write_text(json.dumps({"train": [0], "test": [99]}))
+    assert main(["pipeline", "--out", str(held), "--proxy", str(run), "--benchmark",
+                 str(bench), "--data", str(data), "--held-out-only"]) == 2
+    assert main(["pipeline", "--out", str(held), "--proxy", "sp_dist(k2)", "--benchmark",
+                 str(bench), "--data", str(data), "--held-out-only"]) == 2

@@ -27,6 +27,16 @@ def test_exhaustive_params_search_respects_the_budget() -> None:
     assert all(c.params <= budget for c in top)
 
 
+def test_exhaustive_search_among_given_candidates_only() -> None:
+    among = [s for s in SPACE.enumerate() if s.startswith("w8-")][:10]
+    top = search(SPACE, baseline_scorer("params", SPACE, None, X, Y), "exhaustive",
+                 max_params=60_000, top_k=20, candidates=among)
+    fitting = sorted((SPACE.params(s), s) for s in among if SPACE.params(s) <= 60_000)
+    assert [c.spec for c in top] == [s for _, s in fitting[::-1]]
+    with pytest.raises(GpProxyError, match="exhaustive"):
+        search(SPACE, baseline_scorer("params", SPACE, None, X, Y), "random", candidates=among)
+
+
 def test_evolution_is_seeded_and_finds_good_students_under_a_flops_budget() -> None:
     scorer = baseline_scorer("params", SPACE, None, X, Y)
     kw = {"iterations": 60, "population": 10, "sample": 3, "max_flops": 2_000_000, "top_k": 3}
