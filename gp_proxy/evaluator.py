@@ -45,6 +45,7 @@ from primitives import (
 )
 from primitives.values import Value
 
+from .allocator import tune_allocator
 from .cache import FeatureCache
 
 __all__ = ["STATUSES", "EvalResult", "Evaluator", "count_statuses"]
@@ -87,6 +88,8 @@ class Evaluator:
                  memoize: bool = True, chunk_bytes: int = 8 << 20,
                  root_bytes: int = 64 << 20) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cpu":
+            tune_allocator()
         self.kinds = dict(cache.feature_kinds)
         self.n = len(cache.students)
         self.seed = seed

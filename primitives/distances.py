@@ -16,7 +16,9 @@ are averaged over the probe batch. Fixes relative to the published listing:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +51,29 @@ def _check(s: Tensor, t: Tensor) -> None:
 def _check_samples(s: Tensor, t: Tensor) -> None:
     if s.shape[1] != t.shape[1]:
         raise ShapeError(f"student has {s.shape[1]} samples, teacher {t.shape[1]}")
+
+
+_TEACHER_TERMS: dict[tuple[str, int], tuple[weakref.ref[Tensor], int, Any]] = {}
+
+
+def _teacher_term(tag: str, t: Tensor, fn: Callable[[Tensor], Any]) -> Any:
+    """``fn(t)``, computed once per teacher tensor object (and in-place version).
+
+    The evaluator computes a subtree's teacher side once and compares it with one chunk of
+    students after another; the teacher-only terms of a distance (its softmax, entropy, gram,
+    norms) would otherwise be recomputed for every chunk. Entries die with the tensor.
+    Tensors that need gradients are never cached.
+    """
+    if t.requires_grad:
+        return fn(t)
+    key = (tag, id(t))
+    hit = _TEACHER_TERMS.get(key)
+    if hit is not None and hit[0]() is t and hit[1] == t._version:
+        return hit[2]
+    value = fn(t)
+    _TEACHER_TERMS[key] = (weakref.ref(t, lambda _r, k=key: _TEACHER_TERMS.pop(k, None)),
+                           t._version, value)
+    return value
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -84,12 +109,21 @@ def smooth_l1(s: Tensor, t: Tensor) -> Tensor:
     return _mean_per_arch(torch.where(d < 1.0, 0.5 * d * d, d - 0.5))
 
 
+def _probs(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """softmax of x over dim and Σ p log p over dim (the negative entropy)."""
+    log_p = torch.log_softmax(x, dim=dim)
+    p = log_p.exp()
+    return p, (p * log_p).sum(dim=dim)
+
+
 def _kl(temperature: float) -> Callable[[Tensor, Tensor], Tensor]:
     def fn(s: Tensor, t: Tensor) -> Tensor:
         _check(s, t)
+        pt, neg_entropy = _teacher_term(f"kl{temperature}", t, lambda t: _probs(
+            _flat(t) / temperature, dim=2))
         log_ps = torch.log_softmax(_flat(s) / temperature, dim=2)
-        log_pt = torch.log_softmax(_flat(t) / temperature, dim=2)
-        kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=2)
+        # KL(pT ‖ pS) = Σ pT log pT − Σ pT log pS; the first sum is the teacher's alone
+        kl = neg_entropy - (pt * log_ps).sum(dim=2)
         return temperature**2 * kl.mean(dim=1)
     fn.__doc__ = f"T² · mean_i KL(softmax(T_i/T) ‖ softmax(S_i/T)), T={temperature}"
     return fn
@@ -102,13 +136,18 @@ def cosine(s: Tensor, t: Tensor) -> Tensor:
     return 1.0 - F.cosine_similarity(fs, ft, dim=2, eps=_EPS).mean(dim=1)
 
 
+def _centred(x: Tensor) -> tuple[Tensor, Tensor]:
+    f = _flat(x) - _flat(x).mean(dim=2, keepdim=True)
+    return f, torch.linalg.vector_norm(f, dim=2)
+
+
 def pearson(s: Tensor, t: Tensor) -> Tensor:
     """1 − mean_i corr(S_i, T_i) (flattened per sample; a constant vector has correlation 0)"""
     _check(s, t)
     fs = _flat(s) - _flat(s).mean(dim=2, keepdim=True)
-    ft = _flat(t) - _flat(t).mean(dim=2, keepdim=True)
+    ft, norm_t = _teacher_term("pearson", t, _centred)
     num = (fs * ft).sum(dim=2)
-    den = torch.linalg.vector_norm(fs, dim=2) * torch.linalg.vector_norm(ft, dim=2)
+    den = torch.linalg.vector_norm(fs, dim=2) * norm_t
     return 1.0 - (num / den.clamp_min(_EPS)).mean(dim=1)
 
 
@@ -132,7 +171,8 @@ def sp_dist(s: Tensor, t: Tensor) -> Tensor:
     different channel counts and map sizes (only the sample counts must match).
     """
     _check_samples(s, t)
-    return torch.linalg.vector_norm(_gram_normalised(s) - _gram_normalised(t), dim=(1, 2))
+    gt = _teacher_term("sp", t, _gram_normalised)
+    return torch.linalg.vector_norm(_gram_normalised(s) - gt, dim=(1, 2))
 
 
 def _channel_gram_normalised(x: Tensor) -> Tensor:
@@ -144,7 +184,7 @@ def _channel_gram_normalised(x: Tensor) -> Tensor:
 def ickd_dist(s: Tensor, t: Tensor) -> Tensor:
     """Auto-KD Eq. 3: mean_i ‖Ĝ_T,i − Ĝ_S,i‖_F with per-sample channel grams Ĝ normalised"""
     _check(s, t)
-    d = _channel_gram_normalised(s) - _channel_gram_normalised(t)
+    d = _channel_gram_normalised(s) - _teacher_term("ickd", t, _channel_gram_normalised)
     return torch.linalg.vector_norm(d, dim=(2, 3)).mean(dim=1)
 
 
@@ -152,10 +192,10 @@ def _cwd(temperature: float) -> Callable[[Tensor, Tensor], Tensor]:
     def fn(s: Tensor, t: Tensor) -> Tensor:
         _check(s, t)
         fs = s.reshape(s.shape[0], s.shape[1], s.shape[2], -1)
-        ft = t.reshape(t.shape[0], t.shape[1], t.shape[2], -1)
+        pt, neg_entropy = _teacher_term(f"cwd{temperature}", t, lambda t: _probs(
+            t.reshape(t.shape[0], t.shape[1], t.shape[2], -1) / temperature, dim=3))
         log_ps = torch.log_softmax(fs / temperature, dim=3)
-        log_pt = torch.log_softmax(ft / temperature, dim=3)
-        kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=3)
+        kl = neg_entropy - (pt * log_ps).sum(dim=3)
         return temperature**2 * kl.mean(dim=(1, 2))
     fn.__doc__ = (f"Auto-KD Eq. 4 / CWD: T² · mean over samples and channels of "
                   f"KL over positions, T={temperature}")

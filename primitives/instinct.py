@@ -42,6 +42,20 @@ def segment_sum(r: Ragged, x: Tensor) -> Tensor:
     return torch.segment_reduce(x, "sum", lengths=r.lengths, unsafe=True)
 
 
+def segment_sum_of(r: Ragged, fn: Callable[..., Tensor], *xs: Tensor) -> Tensor:
+    """Sum of ``fn(*xs)`` within each segment. For long segments ``fn`` runs slice by slice,
+    so its full-size temporaries never exist: each layer's slice stays in the CPU cache."""
+    if _long(r):
+        parts = zip(*(torch.split(x, r.lengths_list) for x in xs), strict=True)
+        return torch.stack([fn(*p).sum() for p in parts])
+    return segment_sum(r, fn(*xs))
+
+
+def _per_slice(r: Ragged, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``fn`` applied to each segment's contiguous slice of ``x``, concatenated."""
+    return torch.cat([fn(t) for t in torch.split(x, r.lengths_list)])
+
+
 def _per_element(r: Ragged, per_segment: Tensor) -> Tensor:
     """Broadcast one value per segment to the segment's elements."""
     return torch.repeat_interleave(per_segment, r.lengths, output_size=r.values.numel())
@@ -62,8 +76,15 @@ def _segment_max(r: Ragged, x: Tensor) -> Tensor:
     return init.scatter_reduce(0, r.segment, x, reduce="amax", include_self=True)
 
 
+def _znorm_slice(t: Tensor) -> Tensor:
+    c = t - t.mean()
+    return c / (torch.sqrt((c * c).mean()) + _EPS)
+
+
 def _znorm(r: Ragged) -> Ragged:
     x = r.values
+    if _long(r):
+        return r.with_values(_per_slice(r, _znorm_slice, x))
     mean = _per_element(r, segment_mean(r, x))
     centred = x - mean
     std = _per_element(r, torch.sqrt(segment_mean(r, centred * centred)))
@@ -71,6 +92,8 @@ def _znorm(r: Ragged) -> Ragged:
 
 
 def _log_softmax_values(r: Ragged, x: Tensor) -> Tensor:
+    if _long(r):
+        return _per_slice(r, lambda t: torch.log_softmax(t, dim=0), x)
     shifted = x - _per_element(r, _segment_max(r, x))
     return shifted - _per_element(r, torch.log(segment_sum(r, shifted.exp())))
 
@@ -104,9 +127,9 @@ def _to_lval(r: Ragged, per_segment: Tensor) -> Ragged:
 
 
 for _name, _stat, _doc, _tex in (
-    ("l1_norm", lambda r: segment_sum(r, r.values.abs()), "Σ|x| of each layer",
+    ("l1_norm", lambda r: segment_sum_of(r, torch.abs, r.values), "Σ|x| of each layer",
      r"\left\|{0}\right\|_{{1}}"),
-    ("fro_norm", lambda r: torch.sqrt(segment_sum(r, r.values * r.values)),
+    ("fro_norm", lambda r: torch.sqrt(segment_sum_of(r, torch.square, r.values)),
      "Frobenius norm of each layer", r"\left\|{0}\right\|_{{F}}"),
     ("mean", lambda r: segment_mean(r, r.values), "mean of each layer",
      r"\overline{{{0}}}"),
@@ -163,16 +186,29 @@ def _huber(d: Tensor) -> Tensor:
     return torch.where(d < 1.0, 0.5 * d * d, d - 0.5)
 
 
+def _kl_terms(x: Tensor, y: Tensor) -> Tensor:
+    lx, ly = torch.log_softmax(x, dim=0), torch.log_softmax(y, dim=0)
+    return lx.exp() * (lx - ly)
+
+
 def _layer_kl(r: Ragged, x: Tensor, y: Tensor) -> Tensor:
+    if _long(r):  # softmax over each layer's slice: its log-softmax is the slice's own
+        return segment_sum_of(r, _kl_terms, x, y)
     lx, ly = _log_softmax_values(r, x), _log_softmax_values(r, y)
     return segment_sum(r, lx.exp() * (lx - ly))
 
 
+def _segment_mean_of(r: Ragged, fn: Callable[..., Tensor], *xs: Tensor) -> Tensor:
+    return segment_sum_of(r, fn, *xs) / _segment_count(r)
+
+
 for _name, _k, _comm, _doc in (
-    ("dist_l1", lambda r, x, y: segment_mean(r, (x - y).abs()), True, "mean |x − y| per layer"),
-    ("dist_l2", lambda r, x, y: segment_mean(r, (x - y) ** 2), True, "mean (x − y)² per layer"),
-    ("dist_smooth_l1", lambda r, x, y: segment_mean(r, _huber(x - y)), True,
-     "mean Huber(x − y), beta 1, per layer"),
+    ("dist_l1", lambda r, x, y: _segment_mean_of(r, lambda a, b: (a - b).abs(), x, y), True,
+     "mean |x − y| per layer"),
+    ("dist_l2", lambda r, x, y: _segment_mean_of(r, lambda a, b: (a - b) ** 2, x, y), True,
+     "mean (x − y)² per layer"),
+    ("dist_smooth_l1", lambda r, x, y: _segment_mean_of(r, lambda a, b: _huber(a - b), x, y),
+     True, "mean Huber(x − y), beta 1, per layer"),
     ("dist_kl", _layer_kl, False,
      "KL(softmax(x) ‖ softmax(y)) over the elements of each layer"),
 ):

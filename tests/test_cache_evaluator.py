@@ -184,3 +184,21 @@ def test_assess_orients_by_training_sign_only() -> None:
     assert tau_in_params_bins(params[splits.test], params[splits.test], params[splits.test]) > 0
     noise = assess(rng.normal(size=60), y, params, splits)
     assert abs(noise.test_tau) < 0.4
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc only")
+def test_allocator_tuning_applies_once_and_can_be_switched_off() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("from gp_proxy.allocator import tune_allocator as t; "
+            "print(t(), t())")
+    env = {**os.environ, "GP_PROXY_MALLOC_TUNING": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["True", "True"]
+    env["GP_PROXY_MALLOC_TUNING"] = "0"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "False"]

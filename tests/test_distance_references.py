@@ -198,3 +198,62 @@ def test_long_and_short_segment_paths_agree() -> None:
             np.testing.assert_allclose(sm.values[start:start + t.numel()].double().numpy(),
                                        (t.double() - lse).numpy(), rtol=1e-4, atol=1e-5)
             start += t.numel()
+
+
+def test_every_instinct_op_gives_the_same_on_the_long_and_short_paths(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generated from the registry: each per-layer op on long layers (slice loops) equals the
+    same op forced onto the segment_reduce path."""
+    from primitives import instinct
+    from primitives.registry import ops
+
+    g = torch.Generator().manual_seed(3)
+    layers = [[torch.randn(n, generator=g) for n in (3000, 1500, 4100)],
+              [torch.randn(n, generator=g) for n in (2000, 1200)]]
+    r = Ragged.from_layers(Kind.WSET, layers)
+    r2 = r.with_values(torch.randn(r.values.shape, generator=g))
+    assert instinct._long(r)
+    checked = 0
+    for op in ops("instinct"):
+        for sig in op.signatures:
+            if sig.inputs[0] is not Kind.WSET:
+                continue
+            args = (r,) if len(sig.inputs) == 1 else (r, r2)
+            long_out = apply(op.name, *args)
+            with monkeypatch.context() as m:
+                m.setattr(instinct, "_LONG_SEGMENTS", 1 << 40)
+                assert not instinct._long(r)
+                short_out = apply(op.name, *args)
+            np.testing.assert_allclose(long_out.values.double().numpy(),
+                                       short_out.values.double().numpy(), rtol=2e-4, atol=2e-4,
+                                       err_msg=op.name)
+            checked += 1
+    assert checked >= 14
+
+
+def test_teacher_terms_are_reused_per_tensor_and_never_stale() -> None:
+    import gc
+
+    import torch
+
+    from primitives import apply
+    from primitives import distances as d
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(1, 4, 3, 5, 5, generator=g)
+    s = torch.randn(2, 4, 3, 5, 5, generator=g)
+    fresh = {n: apply(n, s, t.clone()) for n in ("kl_t4", "cwd_t1", "sp_dist", "ickd_dist",
+                                                  "pearson")}
+    for n, v in fresh.items():
+        torch.testing.assert_close(apply(n, s, t), v)  # computes and keeps t's terms
+        torch.testing.assert_close(apply(n, s, t), v)  # reuses them
+    assert any(k[1] == id(t) for k in d._TEACHER_TERMS)
+    t.mul_(2)  # an in-place change bumps the version: the kept terms are not used
+    torch.testing.assert_close(apply("kl_t4", s, t), apply("kl_t4", s, t.clone()))
+    tid = id(t)
+    del t
+    gc.collect()
+    assert not any(k[1] == tid for k in d._TEACHER_TERMS)
+    tg = torch.randn(1, 4, 3, 5, 5, generator=g, requires_grad=True)
+    apply("kl_t4", s, tg).sum().backward()
+    assert tg.grad is not None and not any(k[1] == id(tg) for k in d._TEACHER_TERMS)
