@@ -71,8 +71,11 @@ def _teacher_term(tag: str, t: Tensor, fn: Callable[[Tensor], Any]) -> Any:
     if hit is not None and hit[0]() is t and hit[1] == t._version:
         return hit[2]
     value = fn(t)
-    _TEACHER_TERMS[key] = (weakref.ref(t, lambda _r, k=key: _TEACHER_TERMS.pop(k, None)),
-                           t._version, value)
+
+    def forget(_ref: weakref.ref[Tensor], k: tuple[str, int] = key) -> None:
+        _TEACHER_TERMS.pop(k, None)
+
+    _TEACHER_TERMS[key] = (weakref.ref(t, forget), t._version, value)
     return value
 
 
