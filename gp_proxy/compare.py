@@ -3,12 +3,14 @@
 Every proxy's score vector is oriented by its sign on the training architectures (as in
 campaigns), then reported on training and held-out architectures: Kendall τ, Spearman ρ,
 Pearson r, precision at the top 10 %, τ within #params bins, and a bootstrap 95 % interval of
-the held-out τ. Score vectors are cached as JSON next to the feature cache, so a re-run is
+the held-out τ. Score vectors are cached as JSON next to the feature cache (keyed by the proxy
+and a hash of the code they depend on, checked against the architecture list), so a re-run is
 instant.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -44,8 +46,22 @@ class ProxyRow:
     note: str = ""
 
 
+@functools.cache
+def _code_version() -> str:
+    """Hash of the code a score vector depends on: kept vectors from older code are stale."""
+    import primitives
+
+    from . import evaluator, zerocost
+
+    h = hashlib.sha1()
+    files = sorted(Path(primitives.__file__).parent.glob("*.py"))
+    for f in [*files, Path(evaluator.__file__), Path(zerocost.__file__)]:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def _file(cache: FeatureCache, root: str, name: str) -> Path:
-    digest = hashlib.sha1(name.encode()).hexdigest()[:16]
+    digest = hashlib.sha1(f"{_code_version()}:{name}".encode()).hexdigest()[:16]
     return Path(root) / cache.key / "scores" / f"{digest}.json"
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import primitives
+from gp_proxy.benchmark import load_benchmark
 from gp_proxy.campaign import Campaign
 from gp_proxy.config import ConfigError, load_config
 from gp_proxy.gp.pset import build_pset
@@ -223,6 +224,15 @@ def test_compare_table_csv_chart_and_cached_scores(bench: Path, tmp_path: Path,
     stamps = [p.stat().st_mtime_ns for p in cached]
     assert main(argv) == 0  # re-run reads the cached score vectors
     assert [p.stat().st_mtime_ns for p in cached] == stamps
+    # vectors kept by other code live under another name, so they are never read
+    from gp_proxy import compare as cmp
+
+    name = "formula:sp_dist(k2):0"
+    b = load_benchmark(bench, "kd_mean")
+    here = cmp._file(b.cache(str(cache)), str(cache), name)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(cmp, "_code_version", lambda: "other-code")
+        assert cmp._file(b.cache(str(cache)), str(cache), name) != here
     # a vector kept for another architecture list (the benchmark grew) is recomputed
     stale = json.loads(cached[0].read_text())
     stale["archs"], stale["scores"] = stale["archs"][:-1], stale["scores"][:-1]
