@@ -368,6 +368,9 @@ class Campaign:
                "architectures": {"total": len(self.y), "train": len(self.splits.train),
                                  "test": len(self.splits.test)},
                "benchmark": str(self.bench.folder), "target": self.config.target,
+               # stochastic ops (mask, drop) draw from (seed, subtree): scoring the formula
+               # again needs the campaign's seed
+               "seed": self.config.seed,
                "generations": self.generation, "evaluations": self.evaluations,
                "beats_params_on_held_out": bool(
                    best.assessment is not None

@@ -331,6 +331,10 @@ def compare_cmd(
                          ] = 1000,
     out: Annotated[Path | None, typer.Option(help="write CSV and a bar chart here (a folder)")
                    ] = None,
+    noise_check: Annotated[bool, typer.Option(
+        "--noise-check", help="also score every proxy with a noise probe batch and report "
+                              "Kendall τ between the two rankings (1 = ignores the data)")
+                           ] = False,
 ) -> None:
     """One table of proxies on the same train/held-out split, next to #params and FLOPs."""
     import csv
@@ -348,11 +352,13 @@ def compare_cmd(
         if size not in items:
             items.insert(0, size)
     splits = make_splits(len(bench.truth.y))
-    rows = compare(items, bench, cache, str(cache_dir), splits, bootstrap)
+    rows = compare(items, bench, cache, str(cache_dir), splits, bootstrap,
+                   noise_check=noise_check)
     table = Table(title=f"{benchmark} ({len(splits.train)} train / {len(splits.test)} held-out "
                         f"architectures, target {target}; sign chosen on train)")
     for col in ("proxy", "τ train", "τ held-out [95% CI]", "ρ held-out", "r held-out",
-                "P@10% held-out", "τ params-bins held-out", "τ with #params"):
+                "P@10% held-out", "τ params-bins held-out", "τ with #params",
+                *(["τ real vs noise data"] if noise_check else [])):
         table.add_column(col)
 
     def f(x: float | None) -> str:
@@ -364,7 +370,8 @@ def compare_cmd(
                       f"{f(m.get('test_tau'))} [{f(m.get('test_tau_lo'))}, "
                       f"{f(m.get('test_tau_hi'))}]", f(m.get("test_rho")),
                       f(m.get("test_pearson")), f(m.get("test_p_at_10")),
-                      f(m.get("test_tau_params_bins")), f(m.get("tau_with_params")))
+                      f(m.get("test_tau_params_bins")), f(m.get("tau_with_params")),
+                      *([f(m.get("tau_real_vs_noise"))] if noise_check else []))
     _out.print(table)
     for r in rows:
         if r.note:

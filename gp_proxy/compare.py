@@ -27,7 +27,8 @@ from .benchmark import Benchmark
 from .cache import FeatureCache
 from .evaluator import Evaluator
 from .fitness import Splits, tau_in_params_bins
-from .io import atomic_write_json, read_json
+from .io import atomic_write_json, load_tensors, read_json, save_tensors
+from .proxy import read_best
 from .rank import kendall_tau, spearman_rho
 from .reported import REPORTED
 from .spaces import get_space
@@ -65,9 +66,27 @@ def _file(cache: FeatureCache, root: str, name: str) -> Path:
     return Path(root) / cache.key / "scores" / f"{digest}.json"
 
 
-def _model_scores(bench: Benchmark, name: str) -> np.ndarray:
-    space = get_space(bench.space)
+def noise_probe(bench: Benchmark, root: str) -> Path:
+    """A probe file like the benchmark's, but of seeded Gaussian noise with the real batch's
+    mean and std, and random labels: what a proxy sees when the data carries no information."""
     x, y = bench.probe()
+    digest = hashlib.sha1((bench.folder / "probe.safetensors").read_bytes()).hexdigest()[:12]
+    path = Path(root) / f"noise-probe-{digest}.safetensors"
+    if not path.exists():
+        g = torch.Generator().manual_seed(20261122)
+        images = torch.randn(x.shape, generator=g) * x.std() + x.mean()
+        labels = torch.randint(0, int(y.max()) + 1, y.shape, generator=g)
+        save_tensors(path, {"images": images, "labels": labels})
+    return path
+
+
+def _model_scores(bench: Benchmark, name: str, probe: Path | None = None) -> np.ndarray:
+    space = get_space(bench.space)
+    if probe is None:
+        x, y = bench.probe()
+    else:
+        p = load_tensors(probe)
+        x, y = p["images"], p["labels"].long()
     teacher = None
     if name == "diswot":
         teacher = space.build_teacher(bench.teacher, seed=0)  # random-init, as in DisWOT
@@ -81,8 +100,9 @@ def _model_scores(bench: Benchmark, name: str) -> np.ndarray:
 
 
 def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root: str,
-                   seed: int = 0) -> tuple[str, str, np.ndarray]:
-    """(display name, kind, scores) for a baseline name, a run directory or a formula."""
+                   seed: int = 0, probe: Path | None = None) -> tuple[str, str, np.ndarray]:
+    """(display name, kind, scores) for a baseline name, a run directory or a formula.
+    ``probe`` (with ``cache`` built on it) replaces the benchmark's probe batch."""
     if item in SIZE:
         return f"#{item}" if item == "params" else item.upper(), "size", \
             np.asarray(bench.truth.columns[item], dtype=float)
@@ -91,14 +111,11 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
     if item in REPORTED:
         name = item
         item = REPORTED[item].formula
-        _, _, scores = resolve_scores(item, bench, cache, cache_root, seed)
+        _, _, scores = resolve_scores(item, bench, cache, cache_root, seed, probe)
         return name, "reported", scores
     path = Path(item)
     if path.is_dir() or path.suffix == ".json":
-        best = path / "best_proxy.json" if path.is_dir() else path
-        if not best.exists():
-            raise GpProxyError(f"{item}: no best_proxy.json")
-        item = read_json(best)["formula"]
+        item, _, seed = read_best(path)  # a run's formula is scored with the run's seed
     kind = "zero-cost" if item in ZERO_COST or item == "diswot" else "formula"
     file = _file(cache, cache_root, f"{kind}:{item}:{seed}")
     if file.exists():
@@ -108,7 +125,7 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
             return item, kind, np.asarray(
                 [float("nan") if v is None else v for v in kept["scores"]], dtype=float)
     if kind == "zero-cost":
-        scores = _model_scores(bench, item)
+        scores = _model_scores(bench, item, probe)
     else:
         res = Evaluator(cache, seed=seed).evaluate([item])[0]
         if not res.ok or res.scores is None:
@@ -149,10 +166,16 @@ def _metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
 
 
 def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root: str,
-            splits: Splits, bootstrap: int = 1000, seed: int = 0) -> list[ProxyRow]:
+            splits: Splits, bootstrap: int = 1000, seed: int = 0,
+            noise_check: bool = False) -> list[ProxyRow]:
     """One row per proxy. A formula that parses but cannot be evaluated on this benchmark
     (for example teacher and student features of different shapes) gives a row with its
-    status as the note instead of stopping the table; a malformed formula still raises."""
+    status as the note instead of stopping the table; a malformed formula still raises.
+
+    With ``noise_check`` every proxy is scored again with a noise probe batch
+    (:func:`noise_probe`) and ``tau_real_vs_noise`` is the Kendall τ between the two score
+    vectors over all architectures: near 1, the proxy ranks students the same whatever the
+    data — a statistic of the architecture (and its initial weights), not of knowledge."""
     from primitives.formula import parse
 
     y = bench.truth.y
@@ -167,9 +190,31 @@ def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root:
             parse(formula)  # a malformed formula is the user's error: raise it
             rows.append(ProxyRow(item, "failed", {}, str(err)))
             continue
-        rows.append(ProxyRow(name, kind, _metrics(scores, y, bench.params, splits,
-                                                  bootstrap, seed)))
+        metrics = _metrics(scores, y, bench.params, splits, bootstrap, seed)
+        if noise_check:
+            metrics["tau_real_vs_noise"] = _noise_tau(item, kind, scores, bench, cache,
+                                                      cache_root, seed)
+        rows.append(ProxyRow(name, kind, metrics))
     return rows
+
+
+def _noise_tau(item: str, kind: str, scores: np.ndarray, bench: Benchmark,
+               cache: FeatureCache, cache_root: str, seed: int) -> float:
+    if kind == "size":
+        return 1.0  # no data involved at all
+    if kind == "column":
+        return float("nan")  # ground truth: trained, not a proxy of the probe batch
+    probe = noise_probe(bench, cache_root)
+    init = "trained" if cache.config.teacher_weights else "random"
+    noisy = bench.cache(cache_root, init, cache.config.init_seed, cache.config.act_samples,
+                        str(probe))
+    try:
+        _, _, other = resolve_scores(item, bench, noisy, cache_root, seed, probe)
+    except GpProxyError:
+        return float("nan")
+    if not (np.isfinite(scores).all() and np.isfinite(other).all()):
+        return float("nan")
+    return kendall_tau(scores, other)
 
 
 def rows_to_json(rows: list[ProxyRow]) -> list[dict[str, Any]]:

@@ -40,6 +40,23 @@ __all__ = ["NASLibPredictor", "Proxy", "make_measure"]
 _STUDENT_ONLY = {"act", "grad", "weight"}
 
 
+def read_best(path: str | os.PathLike[str]) -> tuple[str, int, int]:
+    """(formula, sign, seed) of a run directory or a ``best_proxy.json``. The seed of the
+    stochastic ops is the campaign's: recorded in ``best_proxy.json``, else read from the run's
+    ``config.yaml``, else 0."""
+    p = Path(path)
+    file = p / "best_proxy.json" if p.is_dir() else p
+    if not file.exists():
+        raise GpProxyError(f"{path}: no best_proxy.json")
+    best = read_json(file)
+    seed = best.get("seed")
+    if seed is None and (file.parent / "config.yaml").exists():
+        import yaml
+
+        seed = (yaml.safe_load((file.parent / "config.yaml").read_text()) or {}).get("seed")
+    return best["formula"], int(best.get("sign") or 1), int(seed or 0)
+
+
 class Proxy:
     def __init__(self, formula: str | Node, sign: int = 1, seed: int = 0,
                  features: Mapping[str, str] | None = None,
@@ -63,10 +80,11 @@ class Proxy:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> Proxy:
-        """From a run directory or its ``best_proxy.json`` (formula and its sign)."""
-        p = Path(path)
-        best = read_json(p / "best_proxy.json" if p.is_dir() else p)
-        return cls(best["formula"], sign=int(best.get("sign") or 1), **kwargs)
+        """From a run directory or its ``best_proxy.json``: the formula, its sign and the
+        campaign's seed for stochastic ops."""
+        formula, sign, seed = read_best(path)
+        kwargs.setdefault("seed", seed)
+        return cls(formula, sign=sign, **kwargs)
 
     # ------------------------------------------------------------------ features ----------
     def _features(self, model: nn.Module, x: Tensor) -> dict[str, Tensor]:

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 import primitives
 from gp_proxy.benchmark import load_benchmark
@@ -303,3 +304,27 @@ def test_score_command_prints_formula_next_to_baselines(bench: Path, tmp_path: P
                  "--cache-dir", cache]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "position" in err
+
+
+def test_noise_check_separates_data_free_statistics_from_data_dependent_proxies(
+        bench: Path, tmp_path: Path) -> None:
+    from gp_proxy.compare import compare, noise_probe
+    from gp_proxy.fitness import make_splits
+
+    b = load_benchmark(bench, "kd_mean")
+    root = str(tmp_path / "cache")
+    cache = b.cache(root)
+    rows = compare(["params", "sum_layers(sqrt(l1_norm(weight)))", "sp_dist(k2)", "snip"], b,
+                   cache, root, make_splits(len(b.truth.y)), bootstrap=10, noise_check=True)
+    tau = {r.name: r.metrics["tau_real_vs_noise"] for r in rows}
+    assert tau["#params"] == 1.0
+    assert tau["sum_layers(sqrt(l1_norm(weight)))"] == pytest.approx(1.0)  # weights only
+    assert tau["sp_dist(k2)"] < 0.9  # a relation of the probe's samples: data-dependent
+    assert -1.0 <= tau["snip"] <= 1.0
+    probe = noise_probe(b, root)
+    x, _ = b.probe()
+    from gp_proxy.io import load_tensors
+
+    noise = load_tensors(probe)["images"]
+    assert noise.shape == x.shape and not torch.allclose(noise, x)
+    assert noise_probe(b, root) == probe  # seeded, written once

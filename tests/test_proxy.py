@@ -114,3 +114,19 @@ def test_readme_example_runs() -> None:
     finally:
         os.chdir(cwd)
     assert "#params" in buf.getvalue()
+
+
+def test_a_run_directory_brings_its_campaign_seed(tmp_path: Path) -> None:
+    """Stochastic ops draw from (seed, subtree): a run's formula must be re-scored with the
+    campaign's seed, recorded in best_proxy.json or read from config.yaml."""
+    from gp_proxy.proxy import read_best
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best_proxy.json").write_text(json.dumps({"formula": "sp_dist(drop(k2))", "sign": -1}))
+    assert read_best(run) == ("sp_dist(drop(k2))", -1, 0)
+    (run / "config.yaml").write_text("seed: 3\ngenerations: 2\n")
+    assert read_best(run) == ("sp_dist(drop(k2))", -1, 3)
+    assert Proxy.load(run).seed == 3 and Proxy.load(run, seed=5).seed == 5
+    (run / "best_proxy.json").write_text(json.dumps({"formula": "sp_dist(drop(k2))", "seed": 4}))
+    assert read_best(run / "best_proxy.json")[2] == 4
