@@ -34,7 +34,7 @@ from .spaces import FeatureNet, count_flops, count_params, get_space
 
 __all__ = ["CacheConfig", "CachedArch", "FeatureCache", "build_cache", "load_cache"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: built on one thread (bit-reproducible)
 
 
 class CacheError(GpProxyError):
@@ -158,7 +158,22 @@ def _student_tensors(model: FeatureNet, images: Tensor, labels: Tensor, act_samp
 
 def build_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[str],
                 quiet: bool = False) -> Path:
-    """Compute what is missing (or stale) for ``archs``; returns the cache folder."""
+    """Compute what is missing (or stale) for ``archs``; returns the cache folder.
+
+    Built on one torch thread: a convolution's backward sums in an order that depends on the
+    thread count, so weight gradients built on 2 threads differed from those built on 1 in the
+    7th digit, and a campaign (a chaotic process) found a different best formula from them.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _build_cache(root, config, archs, quiet)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[str],
+                 quiet: bool) -> Path:
     space = get_space(config.space)
     key = config.key()
     folder = Path(root) / key

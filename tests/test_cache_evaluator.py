@@ -202,3 +202,29 @@ def test_allocator_tuning_applies_once_and_can_be_switched_off() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_cache_bits_do_not_depend_on_the_thread_count(tmp_path: Path) -> None:
+    """Gradients from a multi-threaded convolution backward differ in the last digits from a
+    single-threaded one; the cache is always built on one thread and restores the caller's."""
+    from safetensors.torch import load_file
+
+    from gp_proxy.cache import build_cache
+
+    path = tmp_path / "probe.safetensors"
+    g = torch.Generator().manual_seed(1)
+    save_tensors(path, {"images": torch.randn(64, 1, 14, 14, generator=g),
+                        "labels": torch.randint(0, 10, (64,), generator=g)})
+    cfg = CacheConfig("fmnist-cnn", "resnet-t", str(path), act_samples=2)
+    before = torch.get_num_threads()
+    folders = []
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        folders.append(build_cache(tmp_path / f"t{threads}", cfg, ["w16-d333-k5"], quiet=True))
+        assert torch.get_num_threads() == threads
+    torch.set_num_threads(before)
+    for f in (folders[0] / "archs").glob("*.safetensors"):
+        a, b = load_file(str(f)), load_file(str(folders[1] / "archs" / f.name))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
