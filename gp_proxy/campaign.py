@@ -36,7 +36,7 @@ import primitives
 
 from .benchmark import Benchmark, load_benchmark
 from .config import CampaignConfig, ConfigError
-from .evaluator import Evaluator
+from .evaluator import EvalResult, Evaluator
 from .fitness import Assessment, Splits, assess, make_splits
 from .gp.pset import ProxySet, build_pset
 from .gp.variation import crossover, mutate
@@ -81,6 +81,16 @@ def _jsonable_state(state: tuple[Any, ...]) -> list[Any]:
 
 def _state_from_json(data: list[Any]) -> tuple[Any, ...]:
     return (data[0], tuple(data[1]), data[2])
+
+
+def _real_vs_noise(real: EvalResult, noise: EvalResult) -> float | None:
+    """Kendall τ between a formula's scores on the real and on the noise probe batch; None
+    when either is not a usable score vector (e.g. constant on noise data)."""
+    from .rank import kendall_tau
+
+    if not (real.ok and noise.ok) or real.scores is None or noise.scores is None:
+        return None
+    return _num(kendall_tau(real.scores, noise.scores))
 
 
 class Campaign:
@@ -396,18 +406,35 @@ class Campaign:
                           self.config.fitness).sign
             info["kendall_with_params"] = _num(sign * kendall_tau(whole.scores,
                                                                   self.bench.params))
+        noisy = self._noise_results(texts) if self.config.noise_check else None
+        if noisy is not None:
+            info["kendall_real_vs_noise"] = _real_vs_noise(whole, noisy[0])
         parts = []
-        for res in results[1:]:
+        for i, res in enumerate(results[1:], start=1):
             entry: dict[str, Any] = {"formula": res.formula, "status": res.status}
             if res.ok and res.scores is not None:
                 a = assess(res.scores, self.y, self.bench.params, self.splits)
                 entry.update({"test_tau": _num(a.test_tau), "sign": a.sign,
                               "kendall_with_params": _num(a.sign * kendall_tau(
                                   res.scores, self.bench.params))})
+                if noisy is not None:
+                    entry["kendall_real_vs_noise"] = _real_vs_noise(res, noisy[i])
             parts.append(entry)
         if parts:
             info["parts"] = parts
         return info
+
+    def _noise_results(self, texts: list[str]) -> list[EvalResult]:
+        """The formulas scored on the feature cache of a seeded noise probe batch."""
+        from .compare import noise_probe
+
+        c = self.config
+        probe = noise_probe(self.bench, c.cache_dir)
+        cache = self.bench.cache(c.cache_dir, c.teacher_init, c.init_seed, c.act_samples,
+                                 str(probe))
+        device = None if c.device == "auto" else c.device
+        return Evaluator(cache, c.chunk_size, device, seed=c.seed,
+                         chunk_bytes=c.chunk_bytes).evaluate(texts)
 
     # ------------------------------------------------------------------ driver ------------
     def _should_stop(self) -> str | None:

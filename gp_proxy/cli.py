@@ -119,6 +119,12 @@ def _progress_callback(total: int):  # type: ignore[no-untyped-def]
     return progress, on_generation
 
 
+def _noise_text(tau: float | None) -> str:
+    if tau is None:
+        return "n/a (not a usable ranking on noise data)"
+    return f"{tau:+.3f}" + (" (ignores the data)" if tau >= 0.99 else "")
+
+
 def _report(best: dict[str, Any], label: str = "best formula") -> None:
     def f(x: float | None) -> str:
         return "  n/a" if x is None else f"{x:+.3f}"
@@ -141,13 +147,18 @@ def _report(best: dict[str, Any], label: str = "best formula") -> None:
     if best.get("kendall_with_params") is not None:
         _out.print(f"Kendall τ between the {label} and #params (all architectures): "
                    f"{best['kendall_with_params']:+.3f}")
+    if "kendall_real_vs_noise" in best:
+        _out.print(f"Kendall τ between its rankings on the real and on a noise probe batch: "
+                   f"{_noise_text(best['kendall_real_vs_noise'])}")
     for part in best.get("parts", []):
         if part["status"] != "ok":
             _out.print(f"  part {part['formula']}: {part['status']} (it contributes nothing)",
                        markup=False, highlight=False)
         else:
+            noise = (f", real vs noise {_noise_text(part['kendall_real_vs_noise'])}"
+                     if "kendall_real_vs_noise" in part else "")
             _out.print(f"  part {part['formula']}: held-out τ {part['test_tau']:+.3f}, "
-                       f"τ with #params {part['kendall_with_params']:+.3f}", markup=False,
+                       f"τ with #params {part['kendall_with_params']:+.3f}{noise}", markup=False,
                        highlight=False)
     verdict = "beats" if best["beats_params_on_held_out"] else "does NOT beat"
     _out.print(f"The {label} {verdict} #params on the {arch['test']} held-out architectures "

@@ -63,6 +63,9 @@ class CampaignConfig(BaseModel):
     chunk_bytes: int = Field(8 << 20, ge=1)
     device: str = "auto"
     cache_dir: str = ".gp-proxy-cache"
+    # score the best formula (and its parts) again on a noise probe batch: τ near 1 between
+    # the two rankings means it ignores the data (a size or initial-weight statistic)
+    noise_check: bool = True
 
 
 def _coerce(value: str) -> Any:
