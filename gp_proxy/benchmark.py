@@ -49,10 +49,9 @@ class Benchmark:
         return Split(train_all.images[idx], train_all.labels[idx])
 
     def cache(self, cache_dir: str, teacher_init: str = "trained", init_seed: int = 0,
-              act_samples: int = 16, probe: str | None = None) -> FeatureCache:
-        """The feature cache of this benchmark; ``probe`` replaces the committed probe file."""
+              act_samples: int = 16) -> FeatureCache:
         weights = str(self.folder / "teacher.safetensors") if teacher_init == "trained" else None
-        cfg = CacheConfig(self.space, self.teacher, probe or str(self.folder / "probe.safetensors"),
+        cfg = CacheConfig(self.space, self.teacher, str(self.folder / "probe.safetensors"),
                           weights, init_seed, act_samples)
         return load_cache(cache_dir, cfg, list(self.truth.archs))
 

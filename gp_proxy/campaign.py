@@ -42,6 +42,7 @@ from .gp.pset import ProxySet, build_pset
 from .gp.variation import crossover, mutate
 from .io import atomic_write_json, atomic_write_text, read_json
 from .provenance import environment
+from .rank import kendall_tau
 
 __all__ = ["Campaign", "Record"]
 
@@ -86,8 +87,6 @@ def _state_from_json(data: list[Any]) -> tuple[Any, ...]:
 def _real_vs_noise(real: EvalResult, noise: EvalResult) -> float | None:
     """Kendall τ between a formula's scores on the real and on the noise probe batch; None
     when either is not a usable score vector (e.g. constant on noise data)."""
-    from .rank import kendall_tau
-
     if not (real.ok and noise.ok) or real.scores is None or noise.scores is None:
         return None
     return _num(kendall_tau(real.scores, noise.scores))
@@ -395,8 +394,6 @@ class Campaign:
         architectures. ``parts``: for rank/z combinations, each part's status and held-out τ
         (a constant part contributes nothing: the formula reduces to the other part).
         """
-        from .rank import kendall_tau
-
         texts = [node.text] + ([a.text for a in node.args] if node.op.cross_arch else [])
         results = self.evaluator.evaluate(texts)
         info: dict[str, Any] = {}
@@ -426,14 +423,11 @@ class Campaign:
 
     def _noise_results(self, texts: list[str]) -> list[EvalResult]:
         """The formulas scored on the feature cache of a seeded noise probe batch."""
-        from .compare import noise_probe
+        from .compare import noise_cache
 
         c = self.config
-        probe = noise_probe(self.bench, c.cache_dir)
-        cache = self.bench.cache(c.cache_dir, c.teacher_init, c.init_seed, c.act_samples,
-                                 str(probe))
-        device = None if c.device == "auto" else c.device
-        return Evaluator(cache, c.chunk_size, device, seed=c.seed,
+        cache = noise_cache(self.bench, self.cache, c.cache_dir)
+        return Evaluator(cache, c.chunk_size, str(self.evaluator.device), seed=c.seed,
                          chunk_bytes=c.chunk_bytes).evaluate(texts)
 
     # ------------------------------------------------------------------ driver ------------

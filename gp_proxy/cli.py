@@ -424,7 +424,7 @@ def search_cmd(
 
     from .benchmark import load_benchmark
     from .io import atomic_write_json
-    from .proxy import Proxy
+    from .proxy import load_proxy
     from .search import baseline_scorer, formula_scorer, search
     from .spaces import get_space
     from .zerocost import ZERO_COST
@@ -438,7 +438,7 @@ def search_cmd(
                                  if proxy == "diswot" else teacher, x, y)
         label = proxy
     else:
-        p = Proxy.load(proxy) if Path(proxy).exists() else Proxy.from_string(proxy)
+        p = load_proxy(proxy)
         scorer = formula_scorer(p, space, teacher, x, y, seed=seed)
         label = str(p.node)
     t0 = time.perf_counter()
@@ -487,7 +487,7 @@ def distill_cmd(
     from .benchmark import load_benchmark
     from .data import Split, load_fashion_mnist
     from .distill import DistillConfig, distill
-    from .io import read_json
+    from .proxy import read_best
     from .spaces import get_space
 
     weights: dict[str, float] = {}
@@ -498,8 +498,7 @@ def distill_cmd(
         except ValueError:
             raise GpProxyError(f"--losses: {item!r} is not name=weight") from None
     if formula is not None and Path(formula).exists():
-        path = Path(formula)
-        formula = read_json(path / "best_proxy.json" if path.is_dir() else path)["formula"]
+        formula = read_best(formula)[0]
     bench = load_benchmark(benchmark)
     space = get_space(bench.space)
     teacher = bench.trained_teacher()

@@ -10,6 +10,7 @@ instant.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -24,7 +25,7 @@ import torch
 from primitives.errors import GpProxyError
 
 from .benchmark import Benchmark
-from .cache import FeatureCache
+from .cache import FeatureCache, load_cache
 from .evaluator import Evaluator
 from .fitness import Splits, tau_in_params_bins
 from .io import atomic_write_json, load_tensors, read_json, save_tensors
@@ -78,6 +79,12 @@ def noise_probe(bench: Benchmark, root: str) -> Path:
         labels = torch.randint(0, int(y.max()) + 1, y.shape, generator=g)
         save_tensors(path, {"images": images, "labels": labels})
     return path
+
+
+def noise_cache(bench: Benchmark, cache: FeatureCache, root: str) -> FeatureCache:
+    """``cache``'s configuration with :func:`noise_probe` in place of the real probe batch."""
+    config = dataclasses.replace(cache.config, probe=str(noise_probe(bench, root)))
+    return load_cache(root, config, list(bench.truth.archs))
 
 
 def _model_scores(bench: Benchmark, name: str, probe: Path | None = None) -> np.ndarray:
@@ -204,12 +211,10 @@ def _noise_tau(item: str, kind: str, scores: np.ndarray, bench: Benchmark,
         return 1.0  # no data involved at all
     if kind == "column":
         return float("nan")  # ground truth: trained, not a proxy of the probe batch
-    probe = noise_probe(bench, cache_root)
-    init = "trained" if cache.config.teacher_weights else "random"
-    noisy = bench.cache(cache_root, init, cache.config.init_seed, cache.config.act_samples,
-                        str(probe))
+    noisy = noise_cache(bench, cache, cache_root)
     try:
-        _, _, other = resolve_scores(item, bench, noisy, cache_root, seed, probe)
+        _, _, other = resolve_scores(item, bench, noisy, cache_root, seed,
+                                     Path(noisy.config.probe))
     except GpProxyError:
         return float("nan")
     if not (np.isfinite(scores).all() and np.isfinite(other).all()):

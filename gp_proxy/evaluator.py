@@ -240,10 +240,12 @@ class Evaluator:
                 self._score_roots(n, roots)
         vectors: dict[str, Tensor] = {}
         root_error: dict[str, tuple[str, str]] = {}
-        for t in roots:
+        todo: dict[str, Node] = {}  # parts not kept from an earlier call
+        for t, root in roots.items():
             known = self._parts.get(t) if self.memoize else None
             if known is None:
                 vectors[t] = torch.empty(self.n, dtype=torch.float64)
+                todo[t] = root
                 continue
             self._parts.move_to_end(t)
             self.part_hits += 1
@@ -251,8 +253,6 @@ class Evaluator:
                 vectors[t] = known
             else:
                 root_error[t] = known
-        todo = {t: r for t, r in roots.items() if t not in root_error and
-                not (self.memoize and isinstance(self._parts.get(t), Tensor))}
         try:
             with torch.no_grad():
                 for chunk in self.chunks if todo else ():

@@ -21,11 +21,11 @@ from .benchmark import Benchmark
 from .data import Split
 from .distill import DistillConfig, distill
 from .io import atomic_write_json, atomic_write_text
-from .proxy import Proxy
+from .proxy import Proxy, load_proxy
 from .search import baseline_scorer, formula_scorer, search
 from .spaces import get_space
 
-__all__ = ["PipelineConfig", "run_pipeline"]
+__all__ = ["PipelineConfig", "load_proxy", "run_pipeline"]
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,4 @@ def _markdown(r: dict[str, Any]) -> str:
                       f"{r['architectures_within_budget']}."]
     return "\n".join(lines) + "\n"
 
-
-def load_proxy(spec: str) -> Proxy:
-    path = Path(spec)
-    return Proxy.load(path) if path.exists() else Proxy.from_string(spec)
 

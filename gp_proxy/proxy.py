@@ -35,7 +35,7 @@ from primitives.errors import GpProxyError
 
 from .io import read_json
 
-__all__ = ["NASLibPredictor", "Proxy", "make_measure"]
+__all__ = ["NASLibPredictor", "Proxy", "load_proxy", "make_measure", "read_best"]
 
 _STUDENT_ONLY = {"act", "grad", "weight"}
 
@@ -55,6 +55,12 @@ def read_best(path: str | os.PathLike[str]) -> tuple[str, int, int]:
 
         seed = (yaml.safe_load((file.parent / "config.yaml").read_text()) or {}).get("seed")
     return best["formula"], int(best.get("sign") or 1), int(seed or 0)
+
+
+def load_proxy(spec: str) -> Proxy:
+    """A run directory or ``best_proxy.json`` if ``spec`` is a path, else a formula string."""
+    path = Path(spec)
+    return Proxy.load(path) if path.exists() else Proxy.from_string(spec)
 
 
 class Proxy:
