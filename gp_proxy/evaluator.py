@@ -126,10 +126,8 @@ class Evaluator:
                     for k in ("k1", "k2", "k3")}
                 for name, kind, attr in (("act", Kind.ASET, "acts"), ("grad", Kind.WSET, "grads"),
                                          ("weight", Kind.WSET, "weights")):
-                    r = Ragged.from_layers(kind, [getattr(a, attr) for a in archs])
-                    inputs[name] = Ragged(kind, r.values.to(self.device),
-                                          r.segment.to(self.device), r.n_segments,
-                                          r.segment_arch.to(self.device), r.n_arch)
+                    inputs[name] = Ragged.from_layers(
+                        kind, [getattr(a, attr) for a in archs]).on(self.device)
                 chunks.append(_Chunk(len(chunks), np.asarray(idx), inputs))
         return chunks
 

@@ -26,9 +26,9 @@ from torch import Tensor
 
 from .errors import ShapeError
 from .registry import Op, Signature, register
-from .values import Kind
+from .values import Kind, recording
 
-__all__ = ["TEMPERATURES"]
+__all__ = ["TEMPERATURES", "huber"]
 
 TEMPERATURES = (1, 4, 8, 16)
 _EPS = 1e-8
@@ -90,13 +90,15 @@ def _mean_per_arch(x: Tensor) -> Tensor:
 def l1(s: Tensor, t: Tensor) -> Tensor:
     """mean |S − T|"""
     _check(s, t)
-    return _mean_per_arch((s - t).abs())
+    d = s - t
+    return _mean_per_arch(d.abs() if recording(d) else d.abs_())
 
 
 def mse(s: Tensor, t: Tensor) -> Tensor:
     """mean (S − T)²"""
     _check(s, t)
-    return _mean_per_arch((s - t) ** 2)
+    d = s - t
+    return _mean_per_arch(d**2 if recording(d) else d.pow_(2))
 
 
 def l2(s: Tensor, t: Tensor) -> Tensor:
@@ -105,11 +107,21 @@ def l2(s: Tensor, t: Tensor) -> Tensor:
     return torch.linalg.vector_norm(_flat(s) - _flat(t), dim=2).mean(dim=1)
 
 
+def huber(d: Tensor) -> Tensor:
+    """Huber(d) with beta = 1, elementwise: 0.5 d² below 1, |d| − 0.5 above."""
+    if recording(d):
+        d = d.abs()
+        return torch.where(d < 1.0, 0.5 * d * d, d - 0.5)
+    d = d.abs()
+    small = d < 1.0
+    q = (0.5 * d).mul_(d)
+    return torch.where(small, q, d.sub_(0.5), out=q)
+
+
 def smooth_l1(s: Tensor, t: Tensor) -> Tensor:
     """mean Huber(S − T) with beta = 1"""
     _check(s, t)
-    d = (s - t).abs()
-    return _mean_per_arch(torch.where(d < 1.0, 0.5 * d * d, d - 0.5))
+    return _mean_per_arch(huber(s - t))
 
 
 def _probs(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -119,14 +131,23 @@ def _probs(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     return p, (p * log_p).sum(dim=dim)
 
 
+def _scaled(x: Tensor, temperature: float) -> Tensor:
+    return x if temperature == 1.0 else x / temperature  # x / 1 is x, bit for bit
+
+
+def _cross(pt: Tensor, log_ps: Tensor, dim: int) -> Tensor:
+    """Σ pT log pS over dim (log_ps is the caller's own temporary)"""
+    return (pt * log_ps if recording(pt, log_ps) else log_ps.mul_(pt)).sum(dim=dim)
+
+
 def _kl(temperature: float) -> Callable[[Tensor, Tensor], Tensor]:
     def fn(s: Tensor, t: Tensor) -> Tensor:
         _check(s, t)
         pt, neg_entropy = _teacher_term(f"kl{temperature}", t, lambda t: _probs(
-            _flat(t) / temperature, dim=2))
-        log_ps = torch.log_softmax(_flat(s) / temperature, dim=2)
+            _scaled(_flat(t), temperature), dim=2))
+        log_ps = torch.log_softmax(_scaled(_flat(s), temperature), dim=2)
         # KL(pT ‖ pS) = Σ pT log pT − Σ pT log pS; the first sum is the teacher's alone
-        kl = neg_entropy - (pt * log_ps).sum(dim=2)
+        kl = neg_entropy - _cross(pt, log_ps, 2)
         return temperature**2 * kl.mean(dim=1)
     fn.__doc__ = f"T² · mean_i KL(softmax(T_i/T) ‖ softmax(S_i/T)), T={temperature}"
     return fn
@@ -149,8 +170,8 @@ def pearson(s: Tensor, t: Tensor) -> Tensor:
     _check(s, t)
     fs = _flat(s) - _flat(s).mean(dim=2, keepdim=True)
     ft, norm_t = _teacher_term("pearson", t, _centred)
-    num = (fs * ft).sum(dim=2)
     den = torch.linalg.vector_norm(fs, dim=2) * norm_t
+    num = (fs * ft if recording(fs, ft) else fs.mul_(ft)).sum(dim=2)
     return 1.0 - (num / den.clamp_min(_EPS)).mean(dim=1)
 
 
@@ -196,9 +217,9 @@ def _cwd(temperature: float) -> Callable[[Tensor, Tensor], Tensor]:
         _check(s, t)
         fs = s.reshape(s.shape[0], s.shape[1], s.shape[2], -1)
         pt, neg_entropy = _teacher_term(f"cwd{temperature}", t, lambda t: _probs(
-            t.reshape(t.shape[0], t.shape[1], t.shape[2], -1) / temperature, dim=3))
-        log_ps = torch.log_softmax(fs / temperature, dim=3)
-        kl = neg_entropy - (pt * log_ps).sum(dim=3)
+            _scaled(t.reshape(t.shape[0], t.shape[1], t.shape[2], -1), temperature), dim=3))
+        log_ps = torch.log_softmax(_scaled(fs, temperature), dim=3)
+        kl = neg_entropy - _cross(pt, log_ps, 3)
         return temperature**2 * kl.mean(dim=(1, 2))
     fn.__doc__ = (f"Auto-KD Eq. 4 / CWD: T² · mean over samples and channels of "
                   f"KL over positions, T={temperature}")

@@ -16,9 +16,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .distances import huber
 from .errors import ShapeError
 from .registry import Op, Signature, register
-from .values import Kind, Ragged
+from .values import Kind, Ragged, recording
 
 __all__ = ["average_ranks", "segment_mean", "segment_sum"]
 
@@ -78,7 +79,8 @@ def _segment_max(r: Ragged, x: Tensor) -> Tensor:
 
 def _znorm_slice(t: Tensor) -> Tensor:
     c = t - t.mean()
-    return c / (torch.sqrt((c * c).mean()) + _EPS)
+    std = torch.sqrt((c * c).mean()) + _EPS
+    return c / std if recording(c) else c.div_(std)
 
 
 def _znorm(r: Ragged) -> Ragged:
@@ -87,19 +89,21 @@ def _znorm(r: Ragged) -> Ragged:
         return r.with_values(_per_slice(r, _znorm_slice, x))
     mean = _per_element(r, segment_mean(r, x))
     centred = x - mean
-    std = _per_element(r, torch.sqrt(segment_mean(r, centred * centred)))
-    return r.with_values(centred / (std + _EPS))
+    std = _per_element(r, torch.sqrt(segment_mean(r, centred * centred))).add_(_EPS)
+    return r.with_values(centred / std if recording(centred) else centred.div_(std))
 
 
 def _log_softmax_values(r: Ragged, x: Tensor) -> Tensor:
     if _long(r):
         return _per_slice(r, lambda t: torch.log_softmax(t, dim=0), x)
     shifted = x - _per_element(r, _segment_max(r, x))
-    return shifted - _per_element(r, torch.log(segment_sum(r, shifted.exp())))
+    lse = _per_element(r, torch.log(segment_sum(r, shifted.exp())))
+    return shifted - lse if recording(shifted) else shifted.sub_(lse)
 
 
 def _softmax(r: Ragged) -> Ragged:
-    return r.with_values(_log_softmax_values(r, r.values).exp())
+    log_p = _log_softmax_values(r, r.values)
+    return r.with_values(log_p.exp() if recording(log_p) else log_p.exp_())
 
 
 def _logsoftmax(r: Ragged) -> Ragged:
@@ -154,7 +158,8 @@ def _binary(kernel: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Ragged, Rag
 
 
 def _protected_div(a: Tensor, b: Tensor) -> Tensor:
-    return a * b / (b * b + _EPS)
+    num, den = a * b, (b * b).add_(_EPS)
+    return num / den if recording(num, den) else num.div_(den)
 
 
 _BIN_KINDS = (Kind.WSET, Kind.ASET, Kind.LVAL)
@@ -181,21 +186,32 @@ def _layer_distance(kernel: Callable[[Ragged, Tensor, Tensor], Tensor]
     return fn
 
 
-def _huber(d: Tensor) -> Tensor:
-    d = d.abs()
-    return torch.where(d < 1.0, 0.5 * d * d, d - 0.5)
+def _abs_diff(a: Tensor, b: Tensor) -> Tensor:
+    d = a - b
+    return d.abs() if recording(d) else d.abs_()
+
+
+def _sq_diff(a: Tensor, b: Tensor) -> Tensor:
+    d = a - b
+    return d**2 if recording(d) else d.pow_(2)
 
 
 def _kl_terms(x: Tensor, y: Tensor) -> Tensor:
     lx, ly = torch.log_softmax(x, dim=0), torch.log_softmax(y, dim=0)
-    return lx.exp() * (lx - ly)
+    if recording(lx, ly):
+        return lx.exp() * (lx - ly)
+    p = lx.exp()
+    return p.mul_(lx.sub_(ly))
 
 
 def _layer_kl(r: Ragged, x: Tensor, y: Tensor) -> Tensor:
     if _long(r):  # softmax over each layer's slice: its log-softmax is the slice's own
         return segment_sum_of(r, _kl_terms, x, y)
     lx, ly = _log_softmax_values(r, x), _log_softmax_values(r, y)
-    return segment_sum(r, lx.exp() * (lx - ly))
+    if recording(lx, ly):
+        return segment_sum(r, lx.exp() * (lx - ly))
+    p = lx.exp()
+    return segment_sum(r, p.mul_(lx.sub_(ly)))
 
 
 def _segment_mean_of(r: Ragged, fn: Callable[..., Tensor], *xs: Tensor) -> Tensor:
@@ -203,11 +219,11 @@ def _segment_mean_of(r: Ragged, fn: Callable[..., Tensor], *xs: Tensor) -> Tenso
 
 
 for _name, _k, _comm, _doc in (
-    ("dist_l1", lambda r, x, y: _segment_mean_of(r, lambda a, b: (a - b).abs(), x, y), True,
+    ("dist_l1", lambda r, x, y: _segment_mean_of(r, _abs_diff, x, y), True,
      "mean |x − y| per layer"),
-    ("dist_l2", lambda r, x, y: _segment_mean_of(r, lambda a, b: (a - b) ** 2, x, y), True,
+    ("dist_l2", lambda r, x, y: _segment_mean_of(r, _sq_diff, x, y), True,
      "mean (x − y)² per layer"),
-    ("dist_smooth_l1", lambda r, x, y: _segment_mean_of(r, lambda a, b: _huber(a - b), x, y),
+    ("dist_smooth_l1", lambda r, x, y: _segment_mean_of(r, lambda a, b: huber(a - b), x, y),
      True, "mean Huber(x − y), beta 1, per layer"),
     ("dist_kl", _layer_kl, False,
      "KL(softmax(x) ‖ softmax(y)) over the elements of each layer"),

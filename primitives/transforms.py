@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .errors import ShapeError
 from .registry import Op, Signature, register
-from .values import Kind
+from .values import Kind, recording
 
 __all__: list[str] = []
 
@@ -62,22 +62,26 @@ def _crop(x: Tensor, p: int) -> Tensor:
 
 
 # ---------------------------------------------------------------- attention (FGD) ----------
+def _attention(x: Tensor, dim: int) -> Tensor:
+    """size · softmax(x / T) along dim"""
+    p = torch.softmax(x / ATT_T, dim=dim)
+    return x.shape[dim] * p if recording(p) else p.mul_(x.shape[dim])
+
+
 def _satt(x: Tensor) -> Tensor:
-    g = reduce(x.abs(), "a n c h w -> a n (h w)", "mean")
-    return g.shape[-1] * torch.softmax(g / ATT_T, dim=-1)
+    return _attention(reduce(x.abs(), "a n c h w -> a n (h w)", "mean"), -1)
 
 
 def _catt_map(x: Tensor) -> Tensor:
-    g = reduce(x.abs(), "a n c h w -> a n c", "mean")
-    return g.shape[-1] * torch.softmax(g / ATT_T, dim=-1)
+    return _attention(reduce(x.abs(), "a n c h w -> a n c", "mean"), -1)
 
 
 def _catt_axis(x: Tensor) -> Tensor:
-    return x.shape[2] * torch.softmax(x / ATT_T, dim=2)
+    return _attention(x, 2)
 
 
 def _natt(x: Tensor) -> Tensor:
-    return x.shape[1] * torch.softmax(x / ATT_T, dim=1)
+    return _attention(x, 1)
 
 
 _reg("satt", "spatial attention (FGD): HW · softmax(mean_c|F| / T) over positions, T=0.5",
@@ -246,14 +250,18 @@ def _min_max(x: Tensor) -> Tensor:
     lo = x.amin(dim=dims, keepdim=True)
     hi = x.amax(dim=dims, keepdim=True)
     span = hi - lo
-    return torch.where(span > 0, (x - lo) / span.clamp_min(NORM_EPS), torch.zeros_like(x))
+    if recording(x):
+        return torch.where(span > 0, (x - lo) / span.clamp_min(NORM_EPS), torch.zeros_like(x))
+    # the same values as the where(): a constant architecture's tensor becomes +0.0
+    return (x - lo).div_(span.clamp_min(NORM_EPS)).masked_fill_(~(span > 0), 0.0)
 
 
 def _batchnorm(x: Tensor) -> Tensor:
     dims = (1, *range(3, x.dim()))
     mean = x.mean(dim=dims, keepdim=True)
     var = x.var(dim=dims, keepdim=True, unbiased=False)
-    return (x - mean) / torch.sqrt(var + BN_EPS)
+    centred, std = x - mean, torch.sqrt(var + BN_EPS)
+    return centred / std if recording(centred, std) else centred.div_(std)
 
 
 _reg("min_max_normalize", "(x - min) / (max - min) over each architecture's tensor; 0 if constant",

@@ -27,7 +27,14 @@ from torch import Tensor
 
 from .errors import KindError, ShapeError
 
-__all__ = ["RAGGED_KINDS", "TENSOR_KINDS", "Kind", "Ragged", "Value", "kind_of"]
+__all__ = ["RAGGED_KINDS", "TENSOR_KINDS", "Kind", "Ragged", "Value", "kind_of", "recording"]
+
+
+def recording(*xs: Tensor) -> bool:
+    """Whether autograd records ops on any of ``xs``. Kernels finish in place on their own
+    fresh temporaries (same arithmetic, less memory traffic) only when it does not, because a
+    backward may need the value an in-place step overwrites."""
+    return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
 
 
 class Kind(StrEnum):
@@ -83,7 +90,11 @@ class Ragged:
 
     @cached_property
     def lengths(self) -> Tensor:
-        """Number of elements of each segment."""
+        """Number of elements of each segment (computed once per layout: values derived by
+        :meth:`with_values` ask the value they were derived from)."""
+        origin = self.__dict__.get("_layout_of")
+        if origin is not None:
+            return origin.lengths
         return torch.bincount(self.segment, minlength=self.n_segments)
 
     @cached_property
@@ -96,9 +107,22 @@ class Ragged:
             kind or self.kind, values, self.segment, self.n_segments, self.segment_arch,
             self.n_arch,
         )
-        for name in ("lengths", "lengths_list"):  # share the layout's cached lengths
+        # the layout's lengths are computed (a bincount over every element) at most once, on
+        # the value the chain started from, however long the chain of element-wise ops
+        out.__dict__["_layout_of"] = self.__dict__.get("_layout_of", self)
+        for name in ("lengths", "lengths_list"):
             if name in self.__dict__:
                 out.__dict__[name] = self.__dict__[name]
+        return out
+
+    def on(self, device: torch.device | str) -> Ragged:
+        """The same value on ``device``; lengths already known travel with it."""
+        out = Ragged(self.kind, self.values.to(device), self.segment.to(device),
+                     self.n_segments, self.segment_arch.to(device), self.n_arch)
+        if "lengths" in self.__dict__:
+            out.__dict__["lengths"] = self.lengths.to(device)
+        if "lengths_list" in self.__dict__:
+            out.__dict__["lengths_list"] = self.lengths_list
         return out
 
     def same_layout(self, other: Ragged) -> bool:
@@ -131,8 +155,12 @@ class Ragged:
             arch = torch.tensor(seg_arch, dtype=torch.long, device=device)
             return Ragged(kind, values, arch, len(per_arch),
                           torch.arange(len(per_arch), device=device), len(per_arch))
-        return Ragged(kind, torch.cat(flats), torch.cat(seg), s,
-                      torch.tensor(seg_arch, dtype=torch.long, device=device), len(per_arch))
+        out = Ragged(kind, torch.cat(flats), torch.cat(seg), s,
+                     torch.tensor(seg_arch, dtype=torch.long, device=device), len(per_arch))
+        sizes = [f.numel() for f in flats]
+        out.__dict__["lengths"] = torch.tensor(sizes, dtype=torch.long, device=device)
+        out.__dict__["lengths_list"] = sizes
+        return out
 
 
 Value = Tensor | Ragged

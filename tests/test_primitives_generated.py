@@ -79,6 +79,42 @@ def test_pure_and_deterministic(op: primitives.Op, sig: primitives.Signature) ->
     assert torch.equal(first, second)
 
 
+@pytest.mark.parametrize(("op", "sig"), CASES, ids=IDS)
+def test_in_place_and_autograd_paths_agree(op: primitives.Op, sig: primitives.Signature) -> None:
+    """Kernels finish in place on their own temporaries unless autograd records (then they
+    stay out of place): both paths must give the same bits."""
+    args = _args(op, sig)
+    with torch.no_grad():
+        fast = _flat(_call(op, args))
+    tracked = []
+    for a in args:
+        if isinstance(a, Ragged):
+            tracked.append(a.with_values(a.values.clone().requires_grad_()))
+        else:
+            tracked.append(a.clone().requires_grad_() if a.is_floating_point() else a)
+    slow = _flat(_call(op, tracked))
+    assert torch.equal(fast, slow.detach()), op.name
+
+
+_SMALL = {Kind.FMAP: (3, 4, 4, 4), Kind.SEQ: (3, 4, 5), Kind.VEC: (3, 5)}
+GRADIENT = [(op, sig) for op, sig in CASES
+            if op.differentiable and not op.stochastic and sig.inputs[0] in _SMALL]
+
+
+@pytest.mark.parametrize(("op", "sig"), GRADIENT, ids=[f"{o.name}:{s}" for o, s in GRADIENT])
+def test_differentiable_ops_pass_gradcheck(op: primitives.Op, sig: primitives.Signature) -> None:
+    """Distillation uses formulas as training losses: every op marked differentiable must
+    give correct gradients (float64, finite differences), in-place steps included."""
+    g = torch.Generator().manual_seed(5)
+    shape = (2, *_SMALL[sig.inputs[0]])
+    x = torch.randn(shape, generator=g, dtype=torch.float64).requires_grad_()
+    if op.pairwise:
+        t = torch.randn((1, *shape[1:]), generator=g, dtype=torch.float64)
+        assert torch.autograd.gradcheck(lambda s: apply(op.name, s, t), (x,))
+    else:
+        assert torch.autograd.gradcheck(lambda s: apply(op.name, s), (x,))
+
+
 STOCHASTIC = [(op, sig) for op, sig in CASES if op.stochastic]
 
 
