@@ -52,9 +52,17 @@ def segment_sum_of(r: Ragged, fn: Callable[..., Tensor], *xs: Tensor) -> Tensor:
     return segment_sum(r, fn(*xs))
 
 
-def _per_slice(r: Ragged, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """``fn`` applied to each segment's contiguous slice of ``x``, concatenated."""
-    return torch.cat([fn(t) for t in torch.split(x, r.lengths_list)])
+def _per_slice(r: Ragged, fn: Callable[..., Tensor], x: Tensor) -> Tensor:
+    """``fn`` applied to each segment's contiguous slice of ``x``, concatenated. ``fn(t, out)``
+    writes its result into ``out`` (the slice's place in the result, saving a concatenation
+    pass) or, with ``out=None`` (when autograd records), returns it."""
+    if recording(x):
+        return torch.cat([fn(t, None) for t in torch.split(x, r.lengths_list)])
+    result = torch.empty_like(x)
+    for t, o in zip(torch.split(x, r.lengths_list), torch.split(result, r.lengths_list),
+                    strict=True):
+        fn(t, o)
+    return result
 
 
 def _per_element(r: Ragged, per_segment: Tensor) -> Tensor:
@@ -77,10 +85,10 @@ def _segment_max(r: Ragged, x: Tensor) -> Tensor:
     return init.scatter_reduce(0, r.segment, x, reduce="amax", include_self=True)
 
 
-def _znorm_slice(t: Tensor) -> Tensor:
+def _znorm_slice(t: Tensor, out: Tensor | None) -> Tensor:
     c = t - t.mean()
     std = torch.sqrt((c * c).mean()) + _EPS
-    return c / std if recording(c) else c.div_(std)
+    return c / std if out is None else torch.div(c, std, out=out)
 
 
 def _znorm(r: Ragged) -> Ragged:
@@ -95,7 +103,8 @@ def _znorm(r: Ragged) -> Ragged:
 
 def _log_softmax_values(r: Ragged, x: Tensor) -> Tensor:
     if _long(r):
-        return _per_slice(r, lambda t: torch.log_softmax(t, dim=0), x)
+        return _per_slice(r, lambda t, out: torch.log_softmax(t, dim=0) if out is None
+                          else torch.log_softmax(t, dim=0, out=out), x)
     shifted = x - _per_element(r, _segment_max(r, x))
     lse = _per_element(r, torch.log(segment_sum(r, shifted.exp())))
     return shifted - lse if recording(shifted) else shifted.sub_(lse)

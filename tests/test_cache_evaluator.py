@@ -126,6 +126,25 @@ def test_a_combination_with_a_constant_part_is_flagged(cache) -> None:  # type: 
     assert r.status == "constant_part" and "mean_layers(dist_l1(weight,weight))" in r.reason
 
 
+def test_chunk_layouts_are_shared(cache) -> None:  # type: ignore[no-untyped-def]
+    """Weights and gradients of a chunk share one segment tensor (binary ops on them then skip
+    an element-by-element layout comparison), and lengths are known up front."""
+    from primitives.instinct import segment_sum
+
+    for chunk in Evaluator(cache, device="cpu").chunks:
+        grad, weight = chunk.inputs["grad"], chunk.inputs["weight"]
+        assert isinstance(grad, Ragged) and isinstance(weight, Ragged)
+        assert weight.segment is grad.segment
+        for r in (grad, weight, chunk.inputs["act"]):
+            assert isinstance(r, Ragged)
+            assert "lengths" in r.__dict__
+            assert r.lengths.tolist() == torch.bincount(r.segment).tolist()
+        derived = grad.with_values(grad.values * 2).with_values(grad.values * 3)
+        assert derived.lengths is grad.lengths  # computed once per layout
+        torch.testing.assert_close(segment_sum(derived, derived.values),
+                                   3 * segment_sum(grad, grad.values))
+
+
 def test_deterministic_across_evaluators(cache) -> None:  # type: ignore[no-untyped-def]
     a = Evaluator(cache, device="cpu", seed=3).evaluate(["sp_dist(mask(k1))"])[0].scores
     b = Evaluator(cache, device="cpu", seed=3).evaluate(["sp_dist(mask(k1))"])[0].scores
