@@ -174,7 +174,8 @@ def reference_cost(space_name: str, teacher_name: str, teacher_weights: str | No
 def cached_cost(cache: FeatureCache, formulas: list[str], device: str, chunk: int | None
                 ) -> tuple[list[float], list[str]]:
     """Seconds and status of each formula, evaluated one at a time without memoisation."""
-    ev = Evaluator(cache, chunk_size=chunk, device=device, memoize=False)
+    ev = Evaluator(cache, chunk_size=chunk, device=device, memoize=False,
+                   threads=torch.get_num_threads())
     ev.evaluate(formulas[:5])  # warm-up
     times, statuses = [], []
     for f in formulas:
@@ -263,7 +264,8 @@ def main() -> None:
             kids = offspring(parents, 50, seed=8, misaligned=mis)
             timings = {}
             for memo in (False, True):
-                ev = Evaluator(cache, chunk_size=args.chunk, device=args.device, memoize=memo)
+                ev = Evaluator(cache, chunk_size=args.chunk, device=args.device, memoize=memo,
+                               threads=args.threads)
                 # the previous generation; without memoisation nothing of it is kept, so a
                 # warm-up is enough
                 ev.evaluate(parents if memo else parents[:3])

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +34,8 @@ from primitives.errors import GpProxyError
 from .io import atomic_write_json, load_tensors, save_tensors
 from .spaces import FeatureNet, count_flops, count_params, get_space
 
-__all__ = ["CacheConfig", "CachedArch", "FeatureCache", "build_cache", "load_cache"]
+__all__ = ["CacheConfig", "CachedArch", "FeatureCache", "build_cache", "load_cache",
+           "torch_threads"]
 
 FORMAT_VERSION = 2  # 2: built on one thread (bit-reproducible)
 
@@ -164,12 +167,25 @@ def build_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[s
     thread count, so weight gradients built on 2 threads differed from those built on 1 in the
     7th digit, and a campaign (a chaotic process) found a different best formula from them.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _build_cache(root, config, archs, quiet)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block on ``n`` torch threads (``None``: leave the caller's setting), then
+    restore. Parallel kernels split their work by thread count, so the count decides the
+    order in which reductions add up: fixing it makes results independent of the machine's
+    core count."""
+    if n is None or n == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _build_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[str],

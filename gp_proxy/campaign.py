@@ -104,7 +104,7 @@ class Campaign:
         self.cache = self.bench.cache(config.cache_dir, config.teacher_init, config.init_seed,
                                       config.act_samples)
         self.evaluator = Evaluator(self.cache, config.chunk_size, device, seed=config.seed,
-                                   chunk_bytes=config.chunk_bytes)
+                                   chunk_bytes=config.chunk_bytes, threads=config.threads)
         self.ps: ProxySet = build_pset(config.grammar, config.combiner, self.cache.feature_kinds,
                                        self.cache.misaligned())
         self.y = self.bench.truth.y
@@ -428,7 +428,7 @@ class Campaign:
         c = self.config
         cache = noise_cache(self.bench, self.cache, c.cache_dir)
         return Evaluator(cache, c.chunk_size, str(self.evaluator.device), seed=c.seed,
-                         chunk_bytes=c.chunk_bytes).evaluate(texts)
+                         chunk_bytes=c.chunk_bytes, threads=c.threads).evaluate(texts)
 
     # ------------------------------------------------------------------ driver ------------
     def _should_stop(self) -> str | None:

@@ -272,8 +272,8 @@ def inspect(
     cfg = load_config(run_dir / "config.yaml")
     bench = load_benchmark(cfg.benchmark, cfg.target)
     cache = bench.cache(cfg.cache_dir, cfg.teacher_init, cfg.init_seed, cfg.act_samples)
-    res = Evaluator(cache, cfg.chunk_size, seed=cfg.seed, chunk_bytes=cfg.chunk_bytes
-                    ).evaluate([best["formula"]])[0]
+    res = Evaluator(cache, cfg.chunk_size, seed=cfg.seed, chunk_bytes=cfg.chunk_bytes,
+                    threads=cfg.threads).evaluate([best["formula"]])[0]
     if res.scores is not None:
         splits = read_json(run_dir / "splits.json")
         base = best["baselines"]["params"]

@@ -61,6 +61,10 @@ class CampaignConfig(BaseModel):
     act_samples: int = Field(16, ge=1)
     chunk_size: int | None = Field(None, ge=1)  # None: chunks of about chunk_bytes
     chunk_bytes: int = Field(8 << 20, ge=1)
+    # torch threads of a CPU evaluation (evaluator.EVAL_THREADS): fixed, because the count sets
+    # the order in which parallel reductions add up (the last bits of scores, and so the path
+    # a campaign takes)
+    threads: int = Field(2, ge=1)
     device: str = "auto"
     cache_dir: str = ".gp-proxy-cache"
     # score the best formula (and its parts) again on a noise probe batch: τ near 1 between

@@ -247,3 +247,36 @@ def test_cache_bits_do_not_depend_on_the_thread_count(tmp_path: Path) -> None:
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), k
+
+
+#: formulas whose last bits changed with the thread count before evaluations ran on a fixed
+#: count (a batched matmul and per-layer sums large enough for torch to split across threads)
+_THREAD_SENSITIVE = [
+    "rank_add(kl_t4(batchnorm(min_max_normalize(mish(k3)))),"
+    "mean_layers(znorm(sub(dist_smooth_l1(act,act),l1_norm(weight)))))",
+    "rank_add(kl_t8(mm(bmm(ickd(k2)))),mean_layers(dist_kl(relu(log(weight)),sqrt(abs(grad)))))",
+    "rank_add(kl_t16(sp(ickd(channel(k1)))),mean_layers(abs(dist_kl(abs(weight),log(grad)))))",
+]
+
+
+def test_scores_do_not_depend_on_the_callers_thread_count(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.safetensors"
+    g = torch.Generator().manual_seed(0)
+    save_tensors(probe, {"images": torch.randn(48, 1, 14, 14, generator=g),
+                         "labels": torch.randint(0, 10, (48,), generator=g)})
+    cfg = CacheConfig("fmnist-cnn", "resnet-t", str(probe), act_samples=48)
+    big = load_cache(tmp_path / "cache", cfg,
+                     ["w16-d111-k3", "w16-d211-k3", "w12-d111-k5", "w16-d123-k5"])
+    before = torch.get_num_threads()
+    scores = {}
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            scores[threads] = Evaluator(big, device="cpu").evaluate(_THREAD_SENSITIVE)
+            assert torch.get_num_threads() == threads  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(scores[1], scores[3], strict=True):
+        assert a.status == b.status != "runtime_error", (a.formula, a.reason)
+        assert a.scores is not None and b.scores is not None
+        assert a.scores.tobytes() == b.scores.tobytes(), a.formula
