@@ -103,6 +103,7 @@ class FeatureCache:
     teacher: dict[str, Tensor]
     students: list[CachedArch]
     feature_kinds: dict[str, Kind]
+    folder: Path | None = None  # where it was loaded from (workers load their share there)
 
     @property
     def archs(self) -> list[str]:
@@ -269,4 +270,4 @@ def load_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[st
             [t[f"act.{i}"] for i in range(n)], [t[f"weight.{i}"] for i in range(n)],
             [t[f"grad.{i}"] for i in range(n)], int(meta["params"]), int(meta["flops"])))
     kinds = dict(space.build(archs[0]).feature_kinds) if archs else {}
-    return FeatureCache(config, key, teacher, students, kinds)
+    return FeatureCache(config, key, teacher, students, kinds, folder)

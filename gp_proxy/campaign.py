@@ -104,7 +104,8 @@ class Campaign:
         self.cache = self.bench.cache(config.cache_dir, config.teacher_init, config.init_seed,
                                       config.act_samples)
         self.evaluator = Evaluator(self.cache, config.chunk_size, device, seed=config.seed,
-                                   chunk_bytes=config.chunk_bytes, threads=config.threads)
+                                   chunk_bytes=config.chunk_bytes, threads=config.threads,
+                                   workers=config.workers)
         self.ps: ProxySet = build_pset(config.grammar, config.combiner, self.cache.feature_kinds,
                                        self.cache.misaligned())
         self.y = self.bench.truth.y

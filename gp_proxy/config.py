@@ -65,6 +65,9 @@ class CampaignConfig(BaseModel):
     # the order in which parallel reductions add up (the last bits of scores, and so the path
     # a campaign takes)
     threads: int = Field(2, ge=1)
+    # worker processes sharing the chunks of each CPU evaluation (scores: the same bits for
+    # any number; on the 2-core development machine threads=1 workers=2 vs the default)
+    workers: int = Field(1, ge=1)
     device: str = "auto"
     cache_dir: str = ".gp-proxy-cache"
     # score the best formula (and its parts) again on a noise probe batch: τ near 1 between

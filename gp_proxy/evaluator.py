@@ -26,9 +26,15 @@ one :class:`EvalResult` per formula with a status and the score vector over arch
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import signal
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +57,7 @@ from primitives import (
 from primitives.values import Value
 
 from .allocator import tune_allocator
-from .cache import FeatureCache, torch_threads
+from .cache import CacheConfig, FeatureCache, load_cache, torch_threads
 
 __all__ = ["EVAL_THREADS", "STATUSES", "EvalResult", "Evaluator", "count_statuses"]
 
@@ -91,11 +97,39 @@ def _nbytes(v: Value) -> int:
     return t.numel() * t.element_size()
 
 
+def plan_chunks(cache: FeatureCache, size: int | None = None, chunk_bytes: int = 8 << 20
+                ) -> list[list[int]]:
+    """Architectures (positions in the cache) of each chunk: students with equal feature shapes,
+    ``size`` at a time or about ``chunk_bytes`` of features at a time."""
+    groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+    for i, s in enumerate(cache.students):
+        sig = tuple(tuple(s.features[k].shape) for k in ("k1", "k2", "k3"))
+        groups.setdefault(sig, []).append(i)
+    plan: list[list[int]] = []
+    for members in groups.values():
+        n = size
+        if n is None:
+            per_arch = sum(t.numel() * t.element_size()
+                           for t in cache.students[members[0]].features.values())
+            n = max(1, chunk_bytes // max(per_arch, 1))
+        plan.extend(members[start:start + n] for start in range(0, len(members), n))
+    return plan
+
+
 class Evaluator:
+    """Scores batches of formulas over a feature cache (see the module docstring).
+
+    ``workers > 1`` (CPU) spreads the chunks over that many worker processes, each loading
+    only its chunks' features from the cache folder and running on ``threads`` threads. Every
+    chunk is evaluated exactly as in one process, so scores are the same bits for any number
+    of workers (tested); only the thread count per process changes bits.
+    """
+
     def __init__(self, cache: FeatureCache, chunk_size: int | None = None,
                  device: str | None = None, memo_bytes: int = 512 << 20, seed: int = 0,
                  memoize: bool = True, chunk_bytes: int = 8 << 20,
-                 root_bytes: int = 64 << 20, threads: int | None = EVAL_THREADS) -> None:
+                 root_bytes: int = 64 << 20, threads: int | None = EVAL_THREADS,
+                 workers: int = 1, plan: list[list[int]] | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.threads = threads if self.device.type == "cpu" else None
         if self.device.type == "cpu":
@@ -106,7 +140,15 @@ class Evaluator:
         self.memo_bytes = memo_bytes
         self.memoize = memoize
         self.teacher = {k: v.unsqueeze(0).to(self.device) for k, v in cache.teacher.items()}
-        self.chunks = self._make_chunks(cache, chunk_size, chunk_bytes)
+        plan = plan if plan is not None else plan_chunks(cache, chunk_size, chunk_bytes)
+        self._pool: _Pool | None = None
+        if workers > 1 and self.device.type == "cpu":
+            self.chunks: list[_Chunk] = []
+            self._pool = _Pool(cache, plan, workers, dict(
+                device="cpu", memo_bytes=memo_bytes, seed=seed, memoize=memoize,
+                threads=self.threads))
+        else:
+            self.chunks = self._make_chunks(cache, plan)
         self._memo: OrderedDict[tuple[str, int], Value] = OrderedDict()
         self._memo_size = 0
         self.memo_hits = 0
@@ -115,34 +157,22 @@ class Evaluator:
         self._parts: OrderedDict[str, Tensor | tuple[str, str]] = OrderedDict()
         self.part_hits = 0
 
-    def _make_chunks(self, cache: FeatureCache, size: int | None, chunk_bytes: int
-                     ) -> list[_Chunk]:
-        groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
-        for i, s in enumerate(cache.students):
-            sig = tuple(tuple(s.features[k].shape) for k in ("k1", "k2", "k3"))
-            groups.setdefault(sig, []).append(i)
+    def _make_chunks(self, cache: FeatureCache, plan: list[list[int]]) -> list[_Chunk]:
         chunks: list[_Chunk] = []
-        for members in groups.values():
-            n = size
-            if n is None:
-                per_arch = sum(t.numel() * t.element_size()
-                               for t in cache.students[members[0]].features.values())
-                n = max(1, chunk_bytes // max(per_arch, 1))
-            for start in range(0, len(members), n):
-                idx = members[start:start + n]
-                archs = [cache.students[i] for i in idx]
-                inputs: dict[str, Value] = {
-                    k: torch.stack([a.features[k] for a in archs]).to(self.device)
-                    for k in ("k1", "k2", "k3")}
-                for name, kind, attr in (("act", Kind.ASET, "acts"), ("grad", Kind.WSET, "grads"),
-                                         ("weight", Kind.WSET, "weights")):
-                    inputs[name] = Ragged.from_layers(
-                        kind, [getattr(a, attr) for a in archs]).on(self.device)
-                grad, weight = inputs["grad"], inputs["weight"]
-                assert isinstance(grad, Ragged) and isinstance(weight, Ragged)
-                if grad.same_layout(weight):  # one segment tensor: binary ops on the two
-                    inputs["weight"] = grad.with_values(weight.values)  # skip comparing it
-                chunks.append(_Chunk(len(chunks), np.asarray(idx), inputs))
+        for idx in plan:
+            archs = [cache.students[i] for i in idx]
+            inputs: dict[str, Value] = {
+                k: torch.stack([a.features[k] for a in archs]).to(self.device)
+                for k in ("k1", "k2", "k3")}
+            for name, kind, attr in (("act", Kind.ASET, "acts"), ("grad", Kind.WSET, "grads"),
+                                     ("weight", Kind.WSET, "weights")):
+                inputs[name] = Ragged.from_layers(
+                    kind, [getattr(a, attr) for a in archs]).on(self.device)
+            grad, weight = inputs["grad"], inputs["weight"]
+            assert isinstance(grad, Ragged) and isinstance(weight, Ragged)
+            if grad.same_layout(weight):  # one segment tensor: binary ops on the two
+                inputs["weight"] = grad.with_values(weight.values)  # skip comparing it
+            chunks.append(_Chunk(len(chunks), np.asarray(idx), inputs))
         return chunks
 
     # ------------------------------------------------------------------ memo ---------------
@@ -172,6 +202,14 @@ class Evaluator:
     def clear_memo(self) -> None:
         self._memo.clear()
         self._memo_size = 0
+        if self._pool is not None:
+            self._pool.clear_memo()
+
+    def close(self) -> None:
+        """Stop the worker processes (if any); they also stop when the evaluator is garbage
+        collected or the interpreter exits."""
+        if self._pool is not None:
+            self._pool.close()
 
     # ------------------------------------------------------------------ evaluation ---------
     def _eval(self, node: Node, chunk: _Chunk | None, teacher_side: bool) -> Value:
@@ -270,19 +308,10 @@ class Evaluator:
             else:
                 root_error[t] = known
         try:
-            with torch.no_grad():
-                for chunk in self.chunks if todo else ():
-                    where = torch.from_numpy(chunk.index)
-                    for text, root in todo.items():
-                        if text in root_error:
-                            continue
-                        try:
-                            v = self._eval(root, chunk, False)
-                            assert isinstance(v, Tensor)
-                            vectors[text][where] = v.detach().to("cpu", torch.float64)
-                        except (GpProxyError, RuntimeError) as exc:
-                            root_error[text] = self._failure(exc)
-                    self._drop_student_memo()
+            if todo:
+                compute = self._pool.compute if self._pool is not None else self._compute
+                for text, (_, *failure) in compute(todo, vectors, keep_memo).items():
+                    root_error[text] = (failure[0], failure[1])
             for text in todo:
                 self._keep_part(text, root_error.get(text, vectors[text]))
             results = []
@@ -327,6 +356,139 @@ class Evaluator:
             return EvalResult(text, "constant", "every architecture has the same score", scores)
         return EvalResult(text, "ok", "", scores)
 
+    def _compute(self, todo: dict[str, Node], vectors: dict[str, Tensor], keep_memo: bool
+                 ) -> dict[str, tuple[int, str, str]]:
+        """Fill ``vectors[text]`` at this evaluator's architectures for each part of ``todo``;
+        returns each failed part's first failing chunk, status and reason."""
+        errors: dict[str, tuple[int, str, str]] = {}
+        with torch.no_grad():
+            for chunk in self.chunks:
+                where = torch.from_numpy(chunk.index)
+                for text, root in todo.items():
+                    if text in errors:
+                        continue
+                    try:
+                        v = self._eval(root, chunk, False)
+                        assert isinstance(v, Tensor)
+                        vectors[text][where] = v.detach().to("cpu", torch.float64)
+                    except (GpProxyError, RuntimeError) as exc:
+                        errors[text] = (chunk.cid, *self._failure(exc))
+                self._drop_student_memo()
+        return errors
+
     def _drop_student_memo(self) -> None:
         for key in [k for k in self._memo if k[1] != -1]:
             self._memo_size -= _nbytes(self._memo.pop(key))
+
+
+# ---------------------------------------------------------------------- worker processes ---
+_WORKER: Evaluator | None = None
+
+
+def _worker_start(root: str, config: dict[str, Any], archs: list[str], plan: list[list[int]],
+                  options: dict[str, Any]) -> None:
+    """Initialise one worker: load its architectures' features, build its chunks."""
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if options.get("threads") is not None:
+        torch.set_num_threads(options["threads"])
+    cache = load_cache(root, CacheConfig(**config), archs)
+    _WORKER = Evaluator(cache, plan=plan, **options)
+
+
+def _worker_compute(texts: list[str], keep_memo: bool
+                    ) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, str, str]]]:
+    ev = _WORKER
+    assert ev is not None
+    todo = {t: canonicalize(parse(t, ev.kinds)) for t in texts}
+    vectors = {t: torch.empty(ev.n, dtype=torch.float64) for t in texts}
+    try:
+        errors = ev._compute(todo, vectors, keep_memo)
+    finally:
+        if not keep_memo:
+            ev.clear_memo()
+    return {t: v.numpy() for t, v in vectors.items() if t not in errors}, errors
+
+
+def _worker_clear() -> None:
+    if _WORKER is not None:
+        _WORKER.clear_memo()
+
+
+@dataclass
+class _Shard:
+    chunk_ids: list[int]  # global chunk ids, in the order the worker numbers them
+    index: np.ndarray  # positions in the cache of the worker's architectures
+    executor: ProcessPoolExecutor
+
+
+class _Pool:
+    """Chunks spread over worker processes (one single-process executor each, so each
+    request reaches the worker that holds the chunks). Chunks go to the least-loaded worker,
+    largest first; the split changes nothing in the scores."""
+
+    def __init__(self, cache: FeatureCache, plan: list[list[int]], workers: int,
+                 options: dict[str, Any]) -> None:
+        if cache.folder is None:
+            raise GpProxyError("parallel evaluation needs a cache loaded from disk "
+                               "(load_cache), so that workers can load their share")
+        size = [sum(t.numel() for i in idx for t in (*cache.students[i].features.values(),
+                                                      *cache.students[i].acts))
+                for idx in plan]
+        owned: list[list[int]] = [[] for _ in range(min(workers, len(plan)))]
+        load = [0] * len(owned)
+        for cid in sorted(range(len(plan)), key=lambda c: (-size[c], c)):
+            w = min(range(len(owned)), key=lambda k: (load[k], k))
+            owned[w].append(cid)
+            load[w] += size[cid]
+        ctx = mp.get_context("spawn")
+        self.shards: list[_Shard] = []
+        for cids in owned:
+            cids.sort()
+            positions = [i for c in cids for i in plan[c]]
+            local: list[list[int]] = []
+            start = 0
+            for c in cids:
+                local.append(list(range(start, start + len(plan[c]))))
+                start += len(plan[c])
+            executor = ProcessPoolExecutor(
+                max_workers=1, mp_context=ctx, initializer=_worker_start,
+                initargs=(str(cache.folder.parent), asdict(cache.config),
+                          [cache.students[i].spec for i in positions], local, options))
+            self.shards.append(_Shard(cids, np.asarray(positions), executor))
+        self._finalizer = weakref.finalize(self, _Pool._shutdown,
+                                           [s.executor for s in self.shards])
+
+    @staticmethod
+    def _shutdown(executors: list[ProcessPoolExecutor]) -> None:
+        for ex in executors:
+            ex.shutdown(wait=False, cancel_futures=True)
+
+    def _gather(self, futures: list[Future[Any]]) -> list[Any]:
+        try:
+            return [f.result() for f in futures]
+        except BrokenProcessPool as exc:
+            raise GpProxyError(f"an evaluation worker process died ({exc}); "
+                               "try fewer workers (memory?)") from None
+
+    def compute(self, todo: dict[str, Node], vectors: dict[str, Tensor], keep_memo: bool
+                ) -> dict[str, tuple[int, str, str]]:
+        texts = list(todo)
+        outs = self._gather([s.executor.submit(_worker_compute, texts, keep_memo)
+                             for s in self.shards])
+        errors: dict[str, tuple[int, str, str]] = {}
+        for shard, (vecs, errs) in zip(self.shards, outs, strict=True):
+            where = torch.from_numpy(shard.index)
+            for text, v in vecs.items():
+                vectors[text][where] = torch.from_numpy(v)
+            for text, (local, status, reason) in errs.items():
+                cid = shard.chunk_ids[local]
+                if text not in errors or cid < errors[text][0]:  # the first chunk's cause,
+                    errors[text] = (cid, status, reason)  # as one process would record it
+        return errors
+
+    def clear_memo(self) -> None:
+        self._gather([s.executor.submit(_worker_clear) for s in self.shards])
+
+    def close(self) -> None:
+        self._finalizer()

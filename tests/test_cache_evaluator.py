@@ -280,3 +280,30 @@ def test_scores_do_not_depend_on_the_callers_thread_count(tmp_path: Path) -> Non
         assert a.status == b.status != "runtime_error", (a.formula, a.reason)
         assert a.scores is not None and b.scores is not None
         assert a.scores.tobytes() == b.scores.tobytes(), a.formula
+
+
+def test_worker_processes_give_the_same_bits_statuses_and_first_causes(cache) -> None:  # type: ignore[no-untyped-def]
+    """Chunks spread over worker processes are evaluated exactly as in one process: the same
+    score bits, statuses and (first failing chunk's) reasons, across calls, with the teacher
+    memo kept and cleared, and with parts reused from an earlier call."""
+    ps = build_pset("both", misaligned=cache.misaligned())
+    rng = random.Random(11)
+    formulas = list(dict.fromkeys(
+        str(primitives.canonicalize(ps.to_node(ps.random_tree(rng, 2, 5)))) for _ in range(60)))
+    formulas += ["l1(k1)", "rank_add(mse(k2),sum_layers(mean(act)))", "kl_t4(k3", "mean(k1)"]
+    runs = {}
+    for workers in (1, 2):
+        ev = Evaluator(cache, chunk_size=2, device="cpu", threads=1, workers=workers)
+        assert len(ev.chunks) == (4 if workers == 1 else 0)  # 7 architectures, 2 a chunk
+        try:
+            first = ev.evaluate(formulas, keep_memo=True)
+            ev.clear_memo()
+            again = ev.evaluate([*formulas[:20], "mse(k3)"])
+        finally:
+            ev.close()
+        runs[workers] = [(r.formula, r.status, r.reason,
+                          None if r.scores is None else r.scores.tobytes())
+                         for r in first + again]
+    assert runs[1] == runs[2]
+    statuses = {r[1] for r in runs[1]}
+    assert {"ok", "shape_error", "parse_error"} <= statuses, statuses

@@ -356,3 +356,17 @@ def test_noise_check_separates_data_free_statistics_from_data_dependent_proxies(
     noise = load_tensors(probe)["images"]
     assert noise.shape == x.shape and not torch.allclose(noise, x)
     assert noise_probe(b, root) == probe  # seeded, written once
+
+
+def test_worker_processes_reproduce_a_one_process_campaign(bench: Path, tmp_path: Path) -> None:
+    """``workers`` only spreads the work: same threads, same hall of fame and history."""
+    runs = {}
+    for workers in (1, 2):
+        cfg = load_config(None, _cfg(bench, tmp_path / "cache", generations=2, threads=1,
+                                     workers=workers, chunk_size=2, noise_check=False))
+        Campaign(cfg, tmp_path / f"w{workers}").run()
+        history = [json.loads(line) for line in
+                   (tmp_path / f"w{workers}" / "history.jsonl").read_text().splitlines()]
+        runs[workers] = ((tmp_path / f"w{workers}" / "hall_of_fame.csv").read_text(),
+                         [(h["best"], h["statuses"], h["median_fitness"]) for h in history])
+    assert runs[1] == runs[2]
