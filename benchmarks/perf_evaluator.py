@@ -19,12 +19,16 @@
    campaign (with memoisation, shared subtrees within the batch are computed once per chunk
    and parts inherited from the parents are reused; without it, everything is recomputed).
 4. numba vs scipy for Kendall tau-b and Spearman rho over 1,000 score vectors.
+5. using every core: the same generation (with memoisation) on one process of 1 thread, on
+   one process of N threads, and on N worker processes of 1 thread each (N = the CPU count),
+   and whether the workers' scores equal the one-process scores bit for bit.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -272,6 +276,20 @@ def main() -> None:
                 t0 = time.perf_counter()
                 ev.evaluate(kids)  # one generation's offspring, as the generational scheme does
                 timings[memo] = time.perf_counter() - t0
+            cores = os.cpu_count() or 1
+            parallel: dict[str, float] = {}
+            bits: dict[str, list[bytes | None]] = {}
+            for label, threads, workers in (("1 process x 1 thread", 1, 1),
+                                            (f"1 process x {cores} threads", cores, 1),
+                                            (f"{cores} processes x 1 thread", 1, cores)):
+                ev = Evaluator(cache, chunk_size=args.chunk, device=args.device,
+                               threads=threads, workers=workers)
+                ev.evaluate(parents)  # also starts the workers
+                t0 = time.perf_counter()
+                res = ev.evaluate(kids)
+                parallel[label] = time.perf_counter() - t0
+                ev.close()
+                bits[label] = [None if r.scores is None else r.scores.tobytes() for r in res]
             report["setups"][name] = {  # type: ignore[index]
                 "architectures": len(s["archs"]),  # type: ignore[arg-type]
                 "cache_build_seconds": s["cache_seconds"],
@@ -288,6 +306,9 @@ def main() -> None:
                 "generation_seconds_no_memo": timings[False],
                 "generation_seconds_memo": timings[True],
                 "memo_throughput_gain": timings[False] / timings[True],
+                "generation_seconds_by_parallelism": parallel,
+                "workers_equal_one_process_bits": bits["1 process x 1 thread"]
+                == bits[f"{cores} processes x 1 thread"],
             }
             print(json.dumps({name: report["setups"][name]}, indent=1,  # type: ignore[index]
                              default=str)[:2000], flush=True)
