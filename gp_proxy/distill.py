@@ -27,18 +27,13 @@ from .data import Split
 from .io import atomic_write_json, load_tensors, read_json, save_tensors
 from .losses import build_loss
 from .spaces import FeatureNet
-from .train import cosine_lr, evaluate_accuracy, sgd
+from .train import Schedule, cosine_lr, evaluate_accuracy
 
 __all__ = ["DistillConfig", "distill"]
 
 
 @dataclass(frozen=True)
-class DistillConfig:
-    epochs: int = 10
-    lr: float = 0.05
-    batch_size: int = 128
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
+class DistillConfig(Schedule):
     ce_weight: float = 0.1
     losses: dict[str, float] = field(default_factory=lambda: {"kd": 0.9})
     temperature: float = 4.0
@@ -88,7 +83,7 @@ def distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split,
         torch.manual_seed(cfg.seed)
         _build_losses(losses, cfg, shapes)
     params = list(student.parameters()) + list(losses.parameters())
-    opt = sgd(params, cfg.lr, cfg.momentum, cfg.weight_decay)
+    opt = cfg.optimizer(params)
     g = torch.Generator().manual_seed(cfg.seed)
     start, history, seconds = 0, [], 0.0
     if (run / "checkpoint.json").exists():

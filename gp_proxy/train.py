@@ -16,17 +16,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Recipe", "cosine_lr", "evaluate_accuracy", "hinton_kd_loss", "predict_logits",
-           "sgd", "train_classifier"]
+__all__ = ["Recipe", "Schedule", "cosine_lr", "evaluate_accuracy", "hinton_kd_loss",
+           "predict_logits", "sgd", "train_classifier"]
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Schedule:
+    """What a training and a distillation share: epochs and the SGD settings (subclasses add
+    their fields after these, so their ``asdict`` records keep the same keys and order)."""
+
     epochs: int = 10
     lr: float = 0.05
     batch_size: int = 128
     weight_decay: float = 5e-4
     momentum: float = 0.9
+
+    def optimizer(self, params: Iterable[nn.Parameter]) -> torch.optim.SGD:
+        return sgd(params, self.lr, self.momentum, self.weight_decay)
+
+
+@dataclass(frozen=True)
+class Recipe(Schedule):
     augment: bool = False
     temperature: float = 4.0
     alpha: float = 0.9  # weight of the KD term; 1 - alpha on cross-entropy
@@ -94,7 +104,7 @@ def train_classifier(model: nn.Module, images: Tensor, labels: Tensor, recipe: R
     if recipe.augment and teacher_logits is not None:
         raise ValueError("precomputed teacher logits do not match augmented images")
     g = torch.Generator().manual_seed(seed)
-    opt = sgd(model.parameters(), recipe.lr, recipe.momentum, recipe.weight_decay)
+    opt = recipe.optimizer(model.parameters())
     n = len(images)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     total = recipe.epochs * steps_per_epoch

@@ -185,3 +185,17 @@ def test_pipeline_report_on_a_tiny_benchmark(tmp_path: Path,
                  str(bench), "--data", str(data), "--held-out-only"]) == 2
     assert main(["pipeline", "--out", str(held), "--proxy", "sp_dist(k2)", "--benchmark",
                  str(bench), "--data", str(data), "--held-out-only"]) == 2
+
+
+def test_committed_distillation_records_match_the_current_config() -> None:
+    """A distillation resumes only if its config.json equals the settings asked for: every
+    committed pipeline run must still read as the DistillConfig the pipeline builds (so a
+    change of the config's fields or defaults cannot silently orphan them)."""
+    from dataclasses import asdict
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    records = sorted(root.glob("*/distill/*/config.json"))
+    assert len(records) >= 20
+    for path in records:
+        saved = json.loads(path.read_text())
+        assert saved == asdict(DistillConfig(epochs=saved["epochs"], seed=saved["seed"])), path
