@@ -26,11 +26,12 @@ one :class:`EvalResult` per formula with a status and the score vector over arch
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import signal
 import weakref
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -460,22 +461,25 @@ class _Pool:
                                            [s.executor for s in self.shards])
 
     @staticmethod
-    def _shutdown(executors: list[ProcessPoolExecutor]) -> None:
+    def _shutdown(executors: list[ProcessPoolExecutor], wait: bool = False) -> None:
         for ex in executors:
-            ex.shutdown(wait=False, cancel_futures=True)
+            ex.shutdown(wait=wait, cancel_futures=True)
 
-    def _gather(self, futures: list[Future[Any]]) -> list[Any]:
+    def _on_all(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        """``fn(*args)`` on every worker; a worker that died is a one-line error."""
         try:
+            futures: list[Future[Any]] = [s.executor.submit(fn, *args) for s in self.shards]
             return [f.result() for f in futures]
         except BrokenProcessPool as exc:
-            raise GpProxyError(f"an evaluation worker process died ({exc}); "
-                               "try fewer workers (memory?)") from None
+            raise GpProxyError(
+                f"an evaluation worker process died ({exc}): out of memory, or a script that "
+                "starts workers without `if __name__ == '__main__':`? Try fewer workers"
+            ) from None
 
     def compute(self, todo: dict[str, Node], vectors: dict[str, Tensor], keep_memo: bool
                 ) -> dict[str, tuple[int, str, str]]:
         texts = list(todo)
-        outs = self._gather([s.executor.submit(_worker_compute, texts, keep_memo)
-                             for s in self.shards])
+        outs = self._on_all(_worker_compute, texts, keep_memo)
         errors: dict[str, tuple[int, str, str]] = {}
         for shard, (vecs, errs) in zip(self.shards, outs, strict=True):
             where = torch.from_numpy(shard.index)
@@ -488,7 +492,12 @@ class _Pool:
         return errors
 
     def clear_memo(self) -> None:
-        self._gather([s.executor.submit(_worker_clear) for s in self.shards])
+        # best effort: called from ``finally`` clauses, where a dead worker must not hide the
+        # error being raised (the next computation reports it)
+        with contextlib.suppress(GpProxyError):
+            self._on_all(_worker_clear)
 
     def close(self) -> None:
-        self._finalizer()
+        """Stop the workers and wait until they have exited."""
+        if self._finalizer.detach() is not None:
+            _Pool._shutdown([s.executor for s in self.shards], wait=True)

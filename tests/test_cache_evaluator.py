@@ -307,3 +307,21 @@ def test_worker_processes_give_the_same_bits_statuses_and_first_causes(cache) ->
     assert runs[1] == runs[2]
     statuses = {r[1] for r in runs[1]}
     assert {"ok", "shape_error", "parse_error"} <= statuses, statuses
+
+
+def test_a_dead_worker_is_a_one_line_error(cache) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+
+    from primitives import GpProxyError
+
+    ev = Evaluator(cache, chunk_size=2, device="cpu", threads=1, workers=2)
+    try:
+        assert ev.evaluate(["mse(k3)"])[0].ok
+        assert ev._pool is not None
+        pid = next(iter(ev._pool.shards[0].executor._processes))
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(GpProxyError, match="worker process died"):
+            ev.evaluate(["l1(k3)"])
+    finally:
+        ev.close()
