@@ -28,7 +28,7 @@ from .errors import ShapeError
 from .registry import Op, Signature, register
 from .values import Kind, recording
 
-__all__ = ["TEMPERATURES", "huber"]
+__all__ = ["TEMPERATURES", "abs_diff", "huber", "sq_diff"]
 
 TEMPERATURES = (1, 4, 8, 16)
 _EPS = 1e-8
@@ -87,18 +87,28 @@ def _mean_per_arch(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).mean(dim=1)
 
 
+def abs_diff(a: Tensor, b: Tensor) -> Tensor:
+    """|a − b|, elementwise (in place on the difference unless autograd records)"""
+    d = a - b
+    return d.abs() if recording(d) else d.abs_()
+
+
+def sq_diff(a: Tensor, b: Tensor) -> Tensor:
+    """(a − b)², elementwise (in place on the difference unless autograd records)"""
+    d = a - b
+    return d**2 if recording(d) else d.pow_(2)
+
+
 def l1(s: Tensor, t: Tensor) -> Tensor:
     """mean |S − T|"""
     _check(s, t)
-    d = s - t
-    return _mean_per_arch(d.abs() if recording(d) else d.abs_())
+    return _mean_per_arch(abs_diff(s, t))
 
 
 def mse(s: Tensor, t: Tensor) -> Tensor:
     """mean (S − T)²"""
     _check(s, t)
-    d = s - t
-    return _mean_per_arch(d**2 if recording(d) else d.pow_(2))
+    return _mean_per_arch(sq_diff(s, t))
 
 
 def l2(s: Tensor, t: Tensor) -> Tensor:
@@ -109,10 +119,9 @@ def l2(s: Tensor, t: Tensor) -> Tensor:
 
 def huber(d: Tensor) -> Tensor:
     """Huber(d) with beta = 1, elementwise: 0.5 d² below 1, |d| − 0.5 above."""
-    if recording(d):
-        d = d.abs()
-        return torch.where(d < 1.0, 0.5 * d * d, d - 0.5)
     d = d.abs()
+    if recording(d):
+        return torch.where(d < 1.0, 0.5 * d * d, d - 0.5)
     small = d < 1.0
     q = (0.5 * d).mul_(d)
     return torch.where(small, q, d.sub_(0.5), out=q)
@@ -168,9 +177,9 @@ def _centred(x: Tensor) -> tuple[Tensor, Tensor]:
 def pearson(s: Tensor, t: Tensor) -> Tensor:
     """1 − mean_i corr(S_i, T_i) (flattened per sample; a constant vector has correlation 0)"""
     _check(s, t)
-    fs = _flat(s) - _flat(s).mean(dim=2, keepdim=True)
+    fs, norm_s = _centred(s)
     ft, norm_t = _teacher_term("pearson", t, _centred)
-    den = torch.linalg.vector_norm(fs, dim=2) * norm_t
+    den = norm_s * norm_t
     num = (fs * ft if recording(fs, ft) else fs.mul_(ft)).sum(dim=2)
     return 1.0 - (num / den.clamp_min(_EPS)).mean(dim=1)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .distances import huber
+from .distances import abs_diff, huber, sq_diff
 from .errors import ShapeError
 from .registry import Op, Signature, register
 from .values import Kind, Ragged, recording
@@ -195,32 +195,22 @@ def _layer_distance(kernel: Callable[[Ragged, Tensor, Tensor], Tensor]
     return fn
 
 
-def _abs_diff(a: Tensor, b: Tensor) -> Tensor:
-    d = a - b
-    return d.abs() if recording(d) else d.abs_()
-
-
-def _sq_diff(a: Tensor, b: Tensor) -> Tensor:
-    d = a - b
-    return d**2 if recording(d) else d.pow_(2)
-
-
-def _kl_terms(x: Tensor, y: Tensor) -> Tensor:
-    lx, ly = torch.log_softmax(x, dim=0), torch.log_softmax(y, dim=0)
+def _kl_from_logs(lx: Tensor, ly: Tensor) -> Tensor:
+    """exp(lx) · (lx − ly), elementwise (lx is the caller's own temporary)"""
     if recording(lx, ly):
         return lx.exp() * (lx - ly)
     p = lx.exp()
     return p.mul_(lx.sub_(ly))
 
 
+def _kl_terms(x: Tensor, y: Tensor) -> Tensor:
+    return _kl_from_logs(torch.log_softmax(x, dim=0), torch.log_softmax(y, dim=0))
+
+
 def _layer_kl(r: Ragged, x: Tensor, y: Tensor) -> Tensor:
     if _long(r):  # softmax over each layer's slice: its log-softmax is the slice's own
         return segment_sum_of(r, _kl_terms, x, y)
-    lx, ly = _log_softmax_values(r, x), _log_softmax_values(r, y)
-    if recording(lx, ly):
-        return segment_sum(r, lx.exp() * (lx - ly))
-    p = lx.exp()
-    return segment_sum(r, p.mul_(lx.sub_(ly)))
+    return segment_sum(r, _kl_from_logs(_log_softmax_values(r, x), _log_softmax_values(r, y)))
 
 
 def _segment_mean_of(r: Ragged, fn: Callable[..., Tensor], *xs: Tensor) -> Tensor:
@@ -228,9 +218,9 @@ def _segment_mean_of(r: Ragged, fn: Callable[..., Tensor], *xs: Tensor) -> Tenso
 
 
 for _name, _k, _comm, _doc in (
-    ("dist_l1", lambda r, x, y: _segment_mean_of(r, _abs_diff, x, y), True,
+    ("dist_l1", lambda r, x, y: _segment_mean_of(r, abs_diff, x, y), True,
      "mean |x − y| per layer"),
-    ("dist_l2", lambda r, x, y: _segment_mean_of(r, _sq_diff, x, y), True,
+    ("dist_l2", lambda r, x, y: _segment_mean_of(r, sq_diff, x, y), True,
      "mean (x − y)² per layer"),
     ("dist_smooth_l1", lambda r, x, y: _segment_mean_of(r, lambda a, b: huber(a - b), x, y),
      True, "mean Huber(x − y), beta 1, per layer"),
