@@ -311,8 +311,8 @@ class Evaluator:
         try:
             if todo:
                 compute = self._pool.compute if self._pool is not None else self._compute
-                for text, (_, *failure) in compute(todo, vectors, keep_memo).items():
-                    root_error[text] = (failure[0], failure[1])
+                for text, (_, status, reason) in compute(todo, vectors, keep_memo).items():
+                    root_error[text] = (status, reason)
             for text in todo:
                 self._keep_part(text, root_error.get(text, vectors[text]))
             results = []
@@ -360,7 +360,8 @@ class Evaluator:
     def _compute(self, todo: dict[str, Node], vectors: dict[str, Tensor], keep_memo: bool
                  ) -> dict[str, tuple[int, str, str]]:
         """Fill ``vectors[text]`` at this evaluator's architectures for each part of ``todo``;
-        returns each failed part's first failing chunk, status and reason."""
+        returns each failed part's first failing chunk, status and reason. (``keep_memo`` is
+        for the worker pool's version; here the caller, :meth:`evaluate`, clears the memo.)"""
         errors: dict[str, tuple[int, str, str]] = {}
         with torch.no_grad():
             for chunk in self.chunks:
