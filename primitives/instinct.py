@@ -222,7 +222,7 @@ for _name, _k, _comm, _doc in (
      "mean |x − y| per layer"),
     ("dist_l2", lambda r, x, y: _segment_mean_of(r, sq_diff, x, y), True,
      "mean (x − y)² per layer"),
-    ("dist_smooth_l1", lambda r, x, y: _segment_mean_of(r, lambda a, b: huber(a - b), x, y),
+    ("dist_smooth_l1", lambda r, x, y: _segment_mean_of(r, huber, x, y),
      True, "mean Huber(x − y), beta 1, per layer"),
     ("dist_kl", _layer_kl, False,
      "KL(softmax(x) ‖ softmax(y)) over the elements of each layer"),

@@ -121,6 +121,28 @@ def test_distance_matches_numpy(op: primitives.Op, sig: primitives.Signature) ->
         assert got[a].item() == pytest.approx(want, rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_huber_equals_the_step_by_step_form_bit_for_bit(dtype: torch.dtype) -> None:
+    # the fused smooth-L1 kernel replaced |d|, 0.5|d|·|d|, |d| − 0.5 and a select: committed
+    # campaigns only reproduce if it gives the same bits, at the boundary and on non-finite
+    # values too, and the same gradient
+    g = torch.Generator().manual_seed(3)
+    special = torch.tensor([0.0, -0.0, 1.0, -1.0, 0.5, 1 - 2**-20, 1 + 2**-20, 1e-40, 3e38,
+                            -3e38, float("inf"), float("-inf"), float("nan")], dtype=dtype)
+    a = torch.cat([torch.randn(20_000, generator=g, dtype=dtype) * 3, special, special])
+    b = torch.cat([torch.randn(20_000, generator=g, dtype=dtype) * 3,
+                   torch.zeros_like(special), special.flip(0)])
+    d = (a - b).abs()
+    steps = torch.where(d < 1.0, 0.5 * d * d, d - 0.5)
+    assert torch.equal(primitives.distances.huber(a, b).nan_to_num(7.0), steps.nan_to_num(7.0))
+    x = a[:20_000].clone().requires_grad_(True)
+    y = b[:20_000]
+    primitives.distances.huber(x, y).sum().backward()
+    dd = (x.detach() - y)
+    want = torch.where(dd.abs() < 1.0, dd, dd.sign())
+    assert torch.equal(x.grad, want)
+
+
 def test_identical_inputs_are_at_distance_zero() -> None:
     x = torch.randn(1, 4, 3, 5, 5, dtype=torch.float64)
     for op in DISTANCES:
