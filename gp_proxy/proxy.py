@@ -15,6 +15,11 @@ the mode it is given, so call ``teacher.eval()`` for trained weights. Scores are
 always means a better predicted student. Formulas that combine parts by rank or z-score compare
 architectures with each other, so they are scored over a population with
 :meth:`Proxy.score_many`.
+
+Scores are the same bits on any machine with the same instruction set: models run on one torch
+thread (as the feature cache is built) and the formula on ``threads`` (default 2, as the
+campaign's evaluator), whatever the caller's setting, which is restored afterwards.
+``threads=None`` leaves the caller's setting everywhere.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import primitives
 from primitives import Kind, Node, Ragged
 from primitives.errors import GpProxyError
 
+from .cache import torch_threads
+from .evaluator import EVAL_THREADS
 from .io import read_json
 
 __all__ = ["NASLibPredictor", "Proxy", "load_proxy", "make_measure", "read_best"]
@@ -66,12 +73,17 @@ def load_proxy(spec: str) -> Proxy:
 class Proxy:
     def __init__(self, formula: str | Node, sign: int = 1, seed: int = 0,
                  features: Mapping[str, str] | None = None,
-                 input_kinds: Mapping[str, Kind] | None = None) -> None:
+                 input_kinds: Mapping[str, Kind] | None = None,
+                 threads: int | None = EVAL_THREADS) -> None:
         self.node = primitives.canonicalize(
             formula if isinstance(formula, Node) else primitives.parse(formula, input_kinds))
         if primitives.infer_kind(self.node, input_kinds) is not Kind.SCORE:
             raise GpProxyError(f"formula {self.node} does not give a score")
         self.sign = 1 if sign >= 0 else -1
+        # as the campaign: models run on 1 torch thread (as the feature cache is built), the
+        # formula on ``threads`` (as the evaluator); the count sets the order reductions add up
+        # in, so fixing it gives the same bits on any machine (None: the caller's setting)
+        self.threads = threads
         self.seed = seed
         self.feature_modules = dict(features or {})
         self.inputs = {n.name for n in self.node.walk() if not n.args}
@@ -116,6 +128,11 @@ class Proxy:
 
     def _side(self, model: nn.Module, x: Tensor, targets: Tensor | None, student: bool
               ) -> dict[str, Any]:
+        with torch_threads(None if self.threads is None else 1):
+            return self._side_env(model, x, targets, student)
+
+    def _side_env(self, model: nn.Module, x: Tensor, targets: Tensor | None, student: bool
+                  ) -> dict[str, Any]:
         model = copy.deepcopy(model)
         if student:  # random-init students use batch statistics, as in the feature cache;
             model.train()  # the teacher keeps the mode it was given (eval when trained)
@@ -150,7 +167,8 @@ class Proxy:
     # ------------------------------------------------------------------ scoring -----------
     def _raw(self, node: Node, teacher_env: dict[str, Any], student_env: dict[str, Any]
              ) -> Tensor:
-        out = primitives.evaluate(node, student_env, teacher_env, seed=self.seed)
+        with torch_threads(self.threads):
+            out = primitives.evaluate(node, student_env, teacher_env, seed=self.seed)
         assert isinstance(out, Tensor)
         return out
 

@@ -130,3 +130,29 @@ def test_a_run_directory_brings_its_campaign_seed(tmp_path: Path) -> None:
     assert Proxy.load(run).seed == 3 and Proxy.load(run, seed=5).seed == 5
     (run / "best_proxy.json").write_text(json.dumps({"formula": "sp_dist(drop(k2))", "seed": 4}))
     assert read_best(run / "best_proxy.json")[2] == 4
+
+
+def test_proxy_scores_do_not_depend_on_the_callers_thread_count() -> None:
+    # a convolution's backward and the formula's large reductions add up in an order set by the
+    # thread count: the proxy runs models on 1 thread and the formula on 2, whatever the caller
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 1, 14, 14, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    space = get_space("fmnist-cnn")
+    teacher = space.build_teacher(seed=0).eval()
+    students = [space.build(a) for a in ("w16-d333-k5", "w16-d123-k5", "w12-d111-k5")]
+    formula = ("rank_add(kl_t8(mm(bmm(ickd(k2)))),"
+               "mean_layers(dist_kl(relu(log(weight)),sqrt(abs(grad)))))")
+    proxy = Proxy.from_string(formula)
+    before = torch.get_num_threads()
+    parts = {}
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            parts[threads] = proxy.part_scores(teacher, students, x, y)
+            assert torch.get_num_threads() == threads  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)
+    assert parts[1].keys() == parts[3].keys()
+    for k in parts[1]:
+        assert parts[1][k].numpy().tobytes() == parts[3][k].numpy().tobytes(), k
