@@ -15,6 +15,10 @@ one :class:`EvalResult` per formula with a status and the score vector over arch
   failures are kept across calls (within ``root_bytes``): offspring that inherit a whole
   interaction or instinct part from an evaluated parent reuse it for free. Like the memo, this
   is switched off by ``memoize=False``; results are identical either way.
+- Small student-side values (per-layer scalars, per-architecture vectors: at most 64 KiB per
+  chunk) are kept across calls too (within ``kept_bytes``, least recently used dropped
+  first), so a later generation's formula that puts a new reduction or combination over an
+  evaluated inner subtree (``fro_norm(act)``) does not read the features again.
 - Stochastic ops draw from a generator seeded by (seed, subtree), identical on both sides.
 - A formula that fails on one architecture fails as a whole; the first cause is recorded.
 - On CPU every call runs on ``threads`` torch threads (default :data:`EVAL_THREADS`), whatever
@@ -93,9 +97,21 @@ class _Chunk:
     inputs: dict[str, Value]
 
 
+#: student-side values of at most this size per chunk are kept across calls (see kept_bytes)
+_SMALL_BYTES = 64 << 10
+
+
 def _nbytes(v: Value) -> int:
     t = v.values if isinstance(v, Ragged) else v
     return t.numel() * t.element_size()
+
+
+def _compact(v: Value) -> Value:
+    """``v`` without a larger buffer behind it (a small view would keep its base alive)."""
+    t = v.values if isinstance(v, Ragged) else v
+    if t.untyped_storage().nbytes() <= _nbytes(v):
+        return v
+    return v.with_values(t.clone()) if isinstance(v, Ragged) else t.clone()
 
 
 def plan_chunks(cache: FeatureCache, size: int | None = None, chunk_bytes: int = 8 << 20
@@ -130,7 +146,8 @@ class Evaluator:
                  device: str | None = None, memo_bytes: int = 512 << 20, seed: int = 0,
                  memoize: bool = True, chunk_bytes: int = 8 << 20,
                  root_bytes: int = 64 << 20, threads: int | None = EVAL_THREADS,
-                 workers: int = 1, plan: list[list[int]] | None = None) -> None:
+                 workers: int = 1, plan: list[list[int]] | None = None,
+                 kept_bytes: int = 64 << 20) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.threads = threads if self.device.type == "cpu" else None
         if self.device.type == "cpu":
@@ -147,11 +164,19 @@ class Evaluator:
             self.chunks: list[_Chunk] = []
             self._pool = _Pool(cache, plan, workers, dict(
                 device="cpu", memo_bytes=memo_bytes, seed=seed, memoize=memoize,
-                threads=self.threads))
+                threads=self.threads, kept_bytes=kept_bytes // workers))
         else:
             self.chunks = self._make_chunks(cache, plan)
         self._memo: OrderedDict[tuple[str, int], Value] = OrderedDict()
         self._memo_size = 0
+        # small student-side values (per-layer scalars, per-architecture vectors: at most
+        # ``small_bytes`` per chunk) kept across calls within ``kept_bytes``: a later
+        # generation's formula that reuses an expensive inner subtree (``fro_norm(act)`` under
+        # a new reduction or combination) does not read the features again
+        self.kept_bytes = kept_bytes
+        self._kept: OrderedDict[tuple[str, int], Value] = OrderedDict()
+        self._kept_size = 0
+        self.kept_hits = 0
         self.memo_hits = 0
         self.root_bytes = root_bytes
         # part text -> its float64 score vector over all architectures, or its failure
@@ -187,6 +212,12 @@ class Evaluator:
             return value
         self._memo[key] = value
         self._memo_size += size
+        if key[1] != -1 and size <= _SMALL_BYTES and self.kept_bytes > 0:
+            self._kept[key] = _compact(value)
+            self._kept_size += size
+            while self._kept_size > self.kept_bytes:
+                _, old = self._kept.popitem(last=False)
+                self._kept_size -= _nbytes(old)
         while self._memo_size > self.memo_bytes:
             _, old = self._memo.popitem(last=False)
             self._memo_size -= _nbytes(old)
@@ -220,6 +251,11 @@ class Evaluator:
         if hit is not None:
             self._memo.move_to_end(key)
             self.memo_hits += 1
+            return hit
+        hit = self._kept.get(key)
+        if hit is not None:
+            self._kept.move_to_end(key)
+            self.kept_hits += 1
             return hit
         op = get(node.name)
         if op.family == "input":

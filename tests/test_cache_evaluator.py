@@ -82,6 +82,42 @@ def test_memoisation_does_not_change_scores_and_hits(cache) -> None:  # type: ig
             np.testing.assert_array_equal(x.scores, y.scores)
 
 
+def test_small_values_are_kept_across_calls_without_changing_results(cache) -> None:  # type: ignore[no-untyped-def]
+    # per-layer scalars and per-architecture vectors of one call are reused by the next: a new
+    # reduction or combination over an evaluated inner subtree does not recompute it
+    rng = random.Random(2)
+    ps = build_pset("both", misaligned=cache.misaligned())
+    parents = [str(ps.to_node(ps.random_tree(rng, 2, 5))) for _ in range(20)]
+    parents.append("rank_add(l1(k2),sum_layers(fro_norm(act)))")
+    kids = ["rank_sub(mse(k3),mean_layers(log(fro_norm(act))))",
+            "rank_add(kl_t4(k3),sum_layers(dist_l1(act,act)))",
+            *[str(ps.to_node(ps.random_tree(rng, 2, 5))) for _ in range(20)]]
+    ev = Evaluator(cache, device="cpu", chunk_size=2)
+    ev.evaluate(parents)
+    assert ev.kept_hits == 0 and ev._kept
+    got = ev.evaluate(kids)
+    assert ev.kept_hits >= len(ev.chunks)  # at least fro_norm(act) and l1(k2) on every chunk
+    ref = Evaluator(cache, device="cpu", chunk_size=2, memoize=False).evaluate(kids)
+    off = Evaluator(cache, device="cpu", chunk_size=2, kept_bytes=0)
+    off.evaluate(parents)
+    plain = off.evaluate(kids)
+    assert off.kept_hits == 0 and not off._kept
+    for x, y, z in zip(got, ref, plain, strict=True):
+        assert (x.status, x.reason) == (y.status, y.reason) == (z.status, z.reason)
+        if x.scores is not None:
+            assert x.scores.tobytes() == y.scores.tobytes() == z.scores.tobytes()  # type: ignore[union-attr]
+    # bounded, and no kept value holds on to a larger buffer
+    assert ev._kept_size == sum(v.numel() * v.element_size() if isinstance(v, torch.Tensor)
+                                else v.values.numel() * v.values.element_size()
+                                for v in ev._kept.values()) <= ev.kept_bytes
+    for v in ev._kept.values():
+        t = v if isinstance(v, torch.Tensor) else v.values
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    tiny = Evaluator(cache, device="cpu", chunk_size=2, kept_bytes=64)
+    tiny.evaluate(parents)
+    assert 0 < tiny._kept_size <= 64
+
+
 def test_parts_are_reused_across_calls_without_changing_results(cache) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(1)
     ps = build_pset("both", misaligned=cache.misaligned())
