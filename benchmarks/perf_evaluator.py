@@ -145,8 +145,9 @@ def input_bytes(formula: str, cache: FeatureCache) -> int:
 
 def reference_cost(space_name: str, teacher_name: str, teacher_weights: str | None,
                    images: torch.Tensor, labels: torch.Tensor, archs: list[str],
-                   formulas: list[str], act_samples: int) -> list[float]:
-    """Seconds per formula when every forward pass is recomputed for every formula."""
+                   formulas: list[str], act_samples: int, device: str = "cpu") -> list[float]:
+    """Seconds per formula when every forward pass is recomputed for every formula (on the
+    same device as the cached evaluator, so a CUDA run compares CUDA with CUDA)."""
     space = get_space(space_name)
     teacher = space.build_teacher(teacher_name)
     if teacher_weights:
@@ -154,7 +155,9 @@ def reference_cost(space_name: str, teacher_name: str, teacher_weights: str | No
 
         teacher.load_state_dict(load_tensors(teacher_weights))
         teacher.eval()
-    models = [space.build(a) for a in archs]
+    teacher.to(device)
+    images, labels = images.to(device), labels.to(device)
+    models = [space.build(a).to(device) for a in archs]
     kinds = models[0].feature_kinds
     times = []
     for f in formulas:
@@ -187,6 +190,8 @@ def reference_cost(space_name: str, teacher_name: str, teacher_weights: str | No
                     primitives.evaluate(node, env, tf)  # type: ignore[arg-type]
             except primitives.GpProxyError:
                 pass
+        if device == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return times
 
@@ -277,7 +282,8 @@ def main() -> None:
             ref_pick = [ref_formulas[int((i + 0.5) * len(ref_formulas) / k)] for i in range(k)]
             ref = reference_cost(name,
                                  str(s["teacher"]), s["weights"], s["images"],  # type: ignore[arg-type]
-                                 s["labels"], s["archs"], ref_pick, args.act_samples)  # type: ignore[arg-type]
+                                 s["labels"], s["archs"], ref_pick, args.act_samples,  # type: ignore[arg-type]
+                                 args.device)
             cached_of = dict(zip(ok_pop, cached, strict=True))
             floors = [input_bytes(f, cache) / bw for f in ok_pop]
             ratio_floor = [c / fl for c, fl in zip(cached, floors, strict=True) if fl > 0]
@@ -297,9 +303,9 @@ def main() -> None:
             cores = os.cpu_count() or 1
             parallel: dict[str, float] = {}
             bits: dict[str, list[bytes | None]] = {}
-            for label, threads, workers in (("1 process x 1 thread", 1, 1),
-                                            (f"1 process x {cores} threads", cores, 1),
-                                            (f"{cores} processes x 1 thread", 1, cores)):
+            layouts = (("1 process x 1 thread", 1, 1), (f"1 process x {cores} threads", cores, 1),
+                       (f"{cores} processes x 1 thread", 1, cores))
+            for label, threads, workers in layouts if args.device == "cpu" else ():
                 ev = Evaluator(cache, chunk_size=args.chunk, device=args.device,
                                threads=threads, workers=workers)
                 ev.evaluate(parents)  # also starts the workers
@@ -336,8 +342,9 @@ def main() -> None:
                 "generation_seconds_memo": timings[True],
                 "memo_throughput_gain": timings[False] / timings[True],
                 "generation_seconds_by_parallelism": parallel,
+                # CPU only (worker processes and thread counts are CPU settings)
                 "workers_equal_one_process_bits": bits["1 process x 1 thread"]
-                == bits[f"{cores} processes x 1 thread"],
+                == bits[f"{cores} processes x 1 thread"] if bits else None,
             }
             print(json.dumps({name: report["setups"][name]}, indent=1,  # type: ignore[index]
                              default=str)[:2000], flush=True)
