@@ -26,7 +26,8 @@ from primitives.errors import GpProxyError
 
 from .benchmark import Benchmark
 from .cache import FeatureCache, load_cache
-from .evaluator import Evaluator
+from .config import CampaignConfig, load_config
+from .evaluator import EVAL_THREADS, Evaluator
 from .fitness import Splits, tau_in_params_bins
 from .io import atomic_write_json, load_tensors, read_json, save_tensors
 from .proxy import read_best
@@ -35,7 +36,7 @@ from .reported import REPORTED
 from .spaces import get_space
 from .zerocost import ZERO_COST, diswot, zero_cost
 
-__all__ = ["ProxyRow", "compare", "resolve_scores"]
+__all__ = ["ProxyRow", "cache_like_run", "compare", "resolve_scores", "run_settings"]
 
 SIZE = ("params", "flops")
 
@@ -87,6 +88,29 @@ def noise_cache(bench: Benchmark, cache: FeatureCache, root: str) -> FeatureCach
     return load_cache(root, config, list(bench.truth.archs))
 
 
+_EVALUATOR_DEFAULTS: dict[str, Any] = {"chunk_size": None, "chunk_bytes": 8 << 20,
+                                       "threads": EVAL_THREADS}
+
+
+def run_settings(path: Path) -> CampaignConfig | None:
+    """The campaign configuration of a run directory (or of the folder of a
+    ``best_proxy.json``); None when it has no ``config.yaml``."""
+    file = (path if path.is_dir() else path.parent) / "config.yaml"
+    return load_config(file) if file.exists() else None
+
+
+def cache_like_run(bench: Benchmark, cache: FeatureCache, root: str, run: CampaignConfig
+                   ) -> FeatureCache:
+    """``cache`` (its benchmark and probe batch) with the run's teacher initialisation, student
+    init seed and activation samples: a formula is scored on the kind of features it was
+    evolved on (a formula from a random-teacher campaign is not scored against the trained
+    teacher)."""
+    weights = str(bench.folder / "teacher.safetensors") if run.teacher_init == "trained" else None
+    config = dataclasses.replace(cache.config, teacher_weights=weights, init_seed=run.init_seed,
+                                 act_samples=run.act_samples)
+    return cache if config == cache.config else load_cache(root, config, list(bench.truth.archs))
+
+
 def _model_scores(bench: Benchmark, name: str, probe: Path | None = None) -> np.ndarray:
     space = get_space(bench.space)
     if probe is None:
@@ -121,10 +145,20 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
         _, _, scores = resolve_scores(item, bench, cache, cache_root, seed, probe)
         return name, "reported", scores
     path = Path(item)
+    options: dict[str, Any] = {}
     if path.is_dir() or path.suffix == ".json":
         item, _, seed = read_best(path)  # a run's formula is scored with the run's seed
+        run = run_settings(path)
+        if run is not None:  # ... on features and with settings like those it evolved on
+            cache = cache_like_run(bench, cache, cache_root, run)
+            options = {"chunk_size": run.chunk_size, "chunk_bytes": run.chunk_bytes,
+                       "threads": run.threads}
     kind = "zero-cost" if item in ZERO_COST or item == "diswot" else "formula"
-    file = _file(cache, cache_root, f"{kind}:{item}:{seed}")
+    # settings that can change a score's last bits are part of its name (defaults: none, so
+    # vectors kept by earlier versions stay valid)
+    changed = {k: v for k, v in options.items() if v != _EVALUATOR_DEFAULTS[k]}
+    file = _file(cache, cache_root, f"{kind}:{item}:{seed}"
+                 + "".join(f":{k}={v}" for k, v in sorted(changed.items())))
     if file.exists():
         kept = read_json(file)
         # a vector saved for another architecture list (a benchmark that grew) is stale
@@ -134,7 +168,7 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
     if kind == "zero-cost":
         scores = _model_scores(bench, item, probe)
     else:
-        res = Evaluator(cache, seed=seed).evaluate([item])[0]
+        res = Evaluator(cache, seed=seed, **options).evaluate([item])[0]
         if not res.ok or res.scores is None:
             raise GpProxyError(f"proxy {item!r}: {res.status}: {res.reason}")
         scores = res.scores

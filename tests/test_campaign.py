@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ import primitives
 from gp_proxy.benchmark import load_benchmark
 from gp_proxy.campaign import Campaign
 from gp_proxy.config import ConfigError, load_config
+from gp_proxy.evaluator import Evaluator
 from gp_proxy.gp.pset import build_pset
 from gp_proxy.gp.variation import crossover, mutate
 
@@ -279,6 +281,38 @@ def test_compare_table_csv_chart_and_cached_scores(bench: Path, tmp_path: Path,
     assert "autodas-resnet-instinct: not evaluated" not in out
     assert main(["compare", "l1(k2", "--benchmark", str(bench), "--cache-dir",
                  str(cache)]) == 2
+
+
+def test_compare_scores_a_run_on_features_like_those_it_evolved_on(bench: Path,
+                                                                  tmp_path: Path) -> None:
+    # a run evolved with a random-init teacher, another student init seed, 2 activation
+    # samples and 1 thread is scored with those settings, not compare's defaults
+    import yaml
+
+    from gp_proxy.compare import resolve_scores
+
+    formula = "rank_add(kl_t4(k3),sum_layers(fro_norm(act)))"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"benchmark": str(bench), "teacher_init": "random", "init_seed": 3, "act_samples": 2,
+         "threads": 1, "seed": 0}))
+    (run / "best_proxy.json").write_text(json.dumps({"formula": formula, "sign": 1, "seed": 0}))
+    root = str(tmp_path / "cache")
+    b = load_benchmark(bench, "kd_mean")
+    default = b.cache(root)
+    _, _, got = resolve_scores(str(run), b, default, root)
+    like_run = b.cache(root, "random", 3, 2)
+    want = Evaluator(like_run, threads=1).evaluate([formula])[0].scores
+    assert want is not None and got.tobytes() == want.tobytes()
+    plain = Evaluator(default).evaluate([formula])[0].scores
+    assert plain is not None and not np.array_equal(plain, got)
+    # kept under its own name; read back the same
+    assert resolve_scores(str(run), b, default, root)[2].tobytes() == got.tobytes()
+    # a lone best_proxy.json (no config.yaml beside it) is scored with compare's settings
+    lone = tmp_path / "lone.json"
+    lone.write_text((run / "best_proxy.json").read_text())
+    assert resolve_scores(str(lone), b, default, root)[2].tobytes() == plain.tobytes()
 
 
 def test_reported_autodas_formulas_parse_and_instincts_run_everywhere(bench: Path,
