@@ -74,7 +74,7 @@ class Proxy:
     def __init__(self, formula: str | Node, sign: int = 1, seed: int = 0,
                  features: Mapping[str, str] | None = None,
                  input_kinds: Mapping[str, Kind] | None = None,
-                 threads: int | None = EVAL_THREADS) -> None:
+                 threads: int | None = EVAL_THREADS, act_samples: int | None = 16) -> None:
         self.node = primitives.canonicalize(
             formula if isinstance(formula, Node) else primitives.parse(formula, input_kinds))
         if primitives.infer_kind(self.node, input_kinds) is not Kind.SCORE:
@@ -84,6 +84,9 @@ class Proxy:
         # formula on ``threads`` (as the evaluator); the count sets the order reductions add up
         # in, so fixing it gives the same bits on any machine (None: the caller's setting)
         self.threads = threads
+        # ``act`` holds the activations of the first ``act_samples`` inputs, as in the feature
+        # cache (None: all of them)
+        self.act_samples = act_samples
         self.seed = seed
         self.feature_modules = dict(features or {})
         self.inputs = {n.name for n in self.node.walk() if not n.args}
@@ -98,10 +101,19 @@ class Proxy:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> Proxy:
-        """From a run directory or its ``best_proxy.json``: the formula, its sign and the
-        campaign's seed for stochastic ops."""
+        """From a run directory or its ``best_proxy.json``: the formula, its sign, the
+        campaign's seed for stochastic ops and (from the run's ``config.yaml``) its activation
+        samples and threads."""
         formula, sign, seed = read_best(path)
         kwargs.setdefault("seed", seed)
+        p = Path(path)
+        config = (p if p.is_dir() else p.parent) / "config.yaml"
+        if config.exists():
+            from .config import load_config
+
+            run = load_config(config)
+            kwargs.setdefault("act_samples", run.act_samples)
+            kwargs.setdefault("threads", run.threads)
         return cls(formula, sign=sign, **kwargs)
 
     # ------------------------------------------------------------------ features ----------
@@ -146,7 +158,8 @@ class Proxy:
         layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
         acts: list[Tensor] = [torch.empty(0)] * len(layers)
         hooks = [m.register_forward_hook(
-            lambda mod, i, o, k=k: acts.__setitem__(k, o.detach())) for k, m in enumerate(layers)]
+            lambda mod, i, o, k=k: acts.__setitem__(k, o[:self.act_samples].detach()))
+            for k, m in enumerate(layers)]
         try:
             model.zero_grad(set_to_none=True)
             feats = self._features(model, x)

@@ -156,3 +156,29 @@ def test_proxy_scores_do_not_depend_on_the_callers_thread_count() -> None:
     assert parts[1].keys() == parts[3].keys()
     for k in parts[1]:
         assert parts[1][k].numpy().tobytes() == parts[3][k].numpy().tobytes(), k
+
+
+def test_act_holds_the_first_act_samples_inputs_as_in_the_cache(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # the cache keeps each layer's activations of the first act_samples probe images; the
+    # proxy must read the same, or formulas on `act` score differently from the campaign's
+    space, teacher, x, y, cache = setup
+    cfg = CacheConfig("fmnist-cnn", "resnet-t", cache.config.probe, cache.config.teacher_weights,
+                      0, act_samples=3)
+    small = load_cache(tmp_path / "cache", cfg, ARCHS)
+    formula = "rank_add(kl_t4(k3),sum_layers(l1_norm(act)))"
+    want = Evaluator(small, device="cpu").evaluate([formula])[0].scores
+    models = [space.build(a) for a in ARCHS]
+    got = Proxy(formula, act_samples=3).part_scores(teacher, models, x, y)
+    np.testing.assert_allclose(got["sum_layers(l1_norm(act))"].numpy(),
+                               Evaluator(small, device="cpu").evaluate(
+                                   ["sum_layers(l1_norm(act))"])[0].scores, rtol=1e-5)
+    np.testing.assert_allclose(Proxy(formula, act_samples=3).score_many(teacher, models, x, y),
+                               want, rtol=1e-5)
+    every = Proxy(formula, act_samples=None).part_scores(teacher, models, x, y)
+    assert not np.allclose(every["sum_layers(l1_norm(act))"].numpy(),
+                           got["sum_layers(l1_norm(act))"].numpy(), rtol=1e-3)
+    # a run directory brings its act_samples and threads
+    (tmp_path / "best_proxy.json").write_text(json.dumps({"formula": formula, "sign": 1}))
+    (tmp_path / "config.yaml").write_text("act_samples: 3\nthreads: 1\n")
+    loaded = Proxy.load(tmp_path)
+    assert (loaded.act_samples, loaded.threads) == (3, 1)
