@@ -62,9 +62,9 @@ from primitives import Kind, Ragged  # noqa: E402
 
 
 def population(n: int, seed: int, misaligned: dict[str, frozenset[int]] | None = None,
-               grammar: str = "both") -> list[str]:
+               grammar: str = "both", kinds: dict[str, Kind] | None = None) -> list[str]:
     """Random canonical formulas from the campaign's typed generator for this cache."""
-    ps = build_pset(grammar, misaligned=misaligned)
+    ps = build_pset(grammar, input_kinds=kinds, misaligned=misaligned)
     rng = random.Random(seed)
     out: list[str] = []
     while len(out) < n:
@@ -75,10 +75,11 @@ def population(n: int, seed: int, misaligned: dict[str, frozenset[int]] | None =
 
 
 def offspring(parents: list[str], n: int, seed: int,
-              misaligned: dict[str, frozenset[int]] | None = None) -> list[str]:
-    ps = build_pset("both", misaligned=misaligned)
+              misaligned: dict[str, frozenset[int]] | None = None,
+              kinds: dict[str, Kind] | None = None) -> list[str]:
+    ps = build_pset("both", input_kinds=kinds, misaligned=misaligned)
     rng = random.Random(seed)
-    trees = [ps.to_tree(primitives.parse(p)) for p in parents]
+    trees = [ps.to_tree(primitives.parse(p, kinds)) for p in parents]
     out: list[str] = []
     while len(out) < n:
         a, b = rng.choice(trees), rng.choice(trees)
@@ -271,7 +272,8 @@ def main() -> None:
             s = setup(name, args, Path(tmp))
             cache: FeatureCache = s["cache"]  # type: ignore[assignment]
             mis = cache.misaligned()
-            ok_pop = population(args.population, seed=1, misaligned=mis)
+            kinds = cache.feature_kinds
+            ok_pop = population(args.population, seed=1, misaligned=mis, kinds=kinds)
             cached, status_of = cached_cost(cache, ok_pop, args.device, args.chunk)
             statuses = {st: status_of.count(st) for st in set(status_of)}
             ref_formulas = [f for f, _, st in sorted(zip(ok_pop, cached, status_of, strict=True),
@@ -288,8 +290,8 @@ def main() -> None:
             floors = [input_bytes(f, cache) / bw for f in ok_pop]
             ratio_floor = [c / fl for c, fl in zip(cached, floors, strict=True) if fl > 0]
             ratio_copy = [r * bw_copy / bw for r in ratio_floor]
-            parents = population(50, seed=7, misaligned=mis)
-            kids = offspring(parents, 50, seed=8, misaligned=mis)
+            parents = population(50, seed=7, misaligned=mis, kinds=kinds)
+            kids = offspring(parents, 50, seed=8, misaligned=mis, kinds=kinds)
             timings = {}
             for memo in (False, True):
                 ev = Evaluator(cache, chunk_size=args.chunk, device=args.device, memoize=memo,

@@ -15,6 +15,7 @@ from gp_proxy.evaluator import Evaluator
 from gp_proxy.fitness import assess, make_splits, tau_in_params_bins
 from gp_proxy.gp.pset import build_pset
 from gp_proxy.io import save_tensors
+from gp_proxy.spaces import get_space, space_names
 from primitives import Kind, Ragged
 
 ARCHS = ["w8-d111-k3", "w8-d211-k3", "w12-d111-k5", "w8-d123-k5", "w16-d111-k3",
@@ -39,7 +40,7 @@ def cache(probe: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignor
 
 def _naive(formula: str, cache) -> np.ndarray:  # type: ignore[no-untyped-def]
     """The reference interpreter, one architecture at a time (combiners on full vectors)."""
-    node = primitives.canonicalize(primitives.check(formula))
+    node = primitives.canonicalize(primitives.check(formula, cache.feature_kinds))
     if node.op.cross_arch:
         parts = [torch.from_numpy(_naive(str(a), cache)) for a in node.args]
         return primitives.apply(node.name, *parts).numpy()
@@ -67,9 +68,38 @@ def test_batched_equals_naive(cache, formula: str, chunk: int) -> None:  # type:
     np.testing.assert_allclose(res.scores, _naive(formula, cache), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("space_name", space_names())
+def test_every_space_caches_and_evaluates_its_typed_formulas(space_name: str,
+                                                             tmp_path: Path) -> None:
+    # spaces differ in feature kinds (seq for the ViTs) and in teacher-student widths: the
+    # campaign's typed generator, given the cache's kinds and misaligned axes, must only build
+    # formulas that evaluate, and the batched evaluator must agree with the interpreter
+    space = get_space(space_name)
+    g = torch.Generator().manual_seed(0)
+    probe = tmp_path / "probe.safetensors"
+    save_tensors(probe, {"images": torch.randn(4, *space.input_shape, generator=g),
+                         "labels": torch.randint(0, space.num_classes, (4,), generator=g)})
+    rng = random.Random(0)
+    archs = list(dict.fromkeys(space.sample(rng) for _ in range(3)))
+    cfg = CacheConfig(space_name, space.teachers()[0], str(probe), None, 0, act_samples=2)
+    cache = load_cache(tmp_path / "cache", cfg, archs)
+    ps = build_pset("both", input_kinds=cache.feature_kinds, misaligned=cache.misaligned())
+    formulas = list(dict.fromkeys(str(primitives.canonicalize(ps.to_node(ps.random_tree(
+        rng, 2, 5)))) for _ in range(40)))
+    results = Evaluator(cache, device="cpu").evaluate(formulas)
+    bad = [(r.formula, r.status, r.reason) for r in results
+           if r.status not in ("ok", "constant", "constant_part", "nan", "inf")]
+    assert not bad, bad[:3]
+    ok = [r for r in results if r.ok]
+    assert len(ok) >= 10
+    for r in ok[:6]:
+        np.testing.assert_allclose(r.scores, _naive(r.formula, cache), rtol=1e-4, atol=1e-6,
+                                   err_msg=r.formula)
+
+
 def test_memoisation_does_not_change_scores_and_hits(cache) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(0)
-    ps = build_pset("both", misaligned=cache.misaligned())
+    ps = build_pset("both", input_kinds=cache.feature_kinds, misaligned=cache.misaligned())
     formulas = [str(ps.to_node(ps.random_tree(rng, 2, 5))) for _ in range(60)]
     formulas += formulas[:10]  # exact repeats must hit the memo
     with_memo = Evaluator(cache, device="cpu")
@@ -86,7 +116,7 @@ def test_small_values_are_kept_across_calls_without_changing_results(cache) -> N
     # per-layer scalars and per-architecture vectors of one call are reused by the next: a new
     # reduction or combination over an evaluated inner subtree does not recompute it
     rng = random.Random(2)
-    ps = build_pset("both", misaligned=cache.misaligned())
+    ps = build_pset("both", input_kinds=cache.feature_kinds, misaligned=cache.misaligned())
     parents = [str(ps.to_node(ps.random_tree(rng, 2, 5))) for _ in range(20)]
     parents.append("rank_add(l1(k2),sum_layers(fro_norm(act)))")
     kids = ["rank_sub(mse(k3),mean_layers(log(fro_norm(act))))",
@@ -120,7 +150,7 @@ def test_small_values_are_kept_across_calls_without_changing_results(cache) -> N
 
 def test_parts_are_reused_across_calls_without_changing_results(cache) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(1)
-    ps = build_pset("both", misaligned=cache.misaligned())
+    ps = build_pset("both", input_kinds=cache.feature_kinds, misaligned=cache.misaligned())
     parents = [str(ps.to_node(ps.random_tree(rng, 2, 5))) for _ in range(20)]
     kids = [f"rank_sub(sp_dist(k2),{p.split(',', 1)[1][:-1]})" if p.startswith("rank_") else p
             for p in parents] + ["rank_add(l1(k2),sum_layers(l1_norm(weight)))"]
@@ -322,7 +352,7 @@ def test_worker_processes_give_the_same_bits_statuses_and_first_causes(cache) ->
     """Chunks spread over worker processes are evaluated exactly as in one process: the same
     score bits, statuses and (first failing chunk's) reasons, across calls, with the teacher
     memo kept and cleared, and with parts reused from an earlier call."""
-    ps = build_pset("both", misaligned=cache.misaligned())
+    ps = build_pset("both", input_kinds=cache.feature_kinds, misaligned=cache.misaligned())
     rng = random.Random(11)
     formulas = list(dict.fromkeys(
         str(primitives.canonicalize(ps.to_node(ps.random_tree(rng, 2, 5)))) for _ in range(60)))
