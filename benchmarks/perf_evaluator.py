@@ -3,9 +3,15 @@
     python benchmarks/perf_evaluator.py --out benchmarks/perf_cpu.json [--device cuda]
 
 1. reference vs cached: the published Auto-DAS code recomputes the teacher and every student
-   forward (and backward, for gradient statistics) for every formula. "reference" here does
-   exactly that with prebuilt models (construction excluded, which favours the reference) and
-   the reference interpreter; "cached" is the batched evaluator on the feature cache. The
+   forward (and backward, for gradient statistics) for every formula. Two references, both
+   with our models and the reference interpreter: "published loop" has the published
+   evaluation loop's structure (per formula the teacher is built; per student the student is
+   built, the teacher and the student run forward for the interaction part, the student runs
+   forward and backward again for the instinct part; its per-student garbage collection is
+   left out, in the reference's favour); "reference"
+   is the lean version of the same recomputation (models built beforehand, teacher once per
+   formula, one pass per student), which favours the reference. "cached" is the batched
+   evaluator on the feature cache. The
    reference runs on 3 formulas: the 1/6, 1/2 and 5/6 quantiles of the population by cached
    time, so the median of their speed-ups is the median formula's. Setups:
    CIFAR-ResNet depth space (64 archs, ResNet-110 teacher, batch 64 of 32x32 images; random
@@ -144,53 +150,106 @@ def input_bytes(formula: str, cache: FeatureCache) -> int:
     return total
 
 
-def reference_cost(space_name: str, teacher_name: str, teacher_weights: str | None,
-                   images: torch.Tensor, labels: torch.Tensor, archs: list[str],
-                   formulas: list[str], act_samples: int, device: str = "cpu") -> list[float]:
-    """Seconds per formula when every forward pass is recomputed for every formula (on the
-    same device as the cached evaluator, so a CUDA run compares CUDA with CUDA)."""
-    space = get_space(space_name)
-    teacher = space.build_teacher(teacher_name)
+_STUDENT_ONLY = {"act", "grad", "weight"}
+
+
+def _student_env(m: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 act_samples: int, layers: bool) -> dict[str, object]:
+    """A student's inputs as the cache holds them: k1-k3 from one forward (no gradients), or,
+    with ``layers``, also act/grad/weight from one forward and cross-entropy backward."""
+    if not layers:
+        with torch.no_grad():
+            m.train()
+            return {k: v.unsqueeze(0) for k, v in m.features(images).items()}  # type: ignore[operator]
+    from gp_proxy.cache import _student_tensors
+
+    t = _student_tensors(m, images, labels, act_samples)  # type: ignore[arg-type]
+    n = len(m.weight_layers())  # type: ignore[operator]
+    env: dict[str, object] = {k: t[k].unsqueeze(0) for k in ("k1", "k2", "k3")}
+    for name, kind in (("act", Kind.ASET), ("grad", Kind.WSET), ("weight", Kind.WSET)):
+        env[name] = Ragged.from_layers(kind, [[t[f"{name}.{i}"] for i in range(n)]])
+    return env
+
+
+def _teacher(space_name: str, teacher_name: str, teacher_weights: str | None, device: str
+             ) -> torch.nn.Module:
+    teacher = get_space(space_name).build_teacher(teacher_name)
     if teacher_weights:
         from gp_proxy.io import load_tensors
 
         teacher.load_state_dict(load_tensors(teacher_weights))
         teacher.eval()
-    teacher.to(device)
+    return teacher.to(device)
+
+
+def _evaluate_parts(node: primitives.Node, env: dict[str, object], tf: dict[str, object]
+                    ) -> None:
+    try:
+        for part in node.args if node.op.cross_arch else (node,):
+            primitives.evaluate(part, env, tf)  # type: ignore[arg-type]
+    except primitives.GpProxyError:
+        pass
+
+
+def reference_cost(space_name: str, teacher_name: str, teacher_weights: str | None,
+                   images: torch.Tensor, labels: torch.Tensor, archs: list[str],
+                   formulas: list[str], act_samples: int, device: str = "cpu") -> list[float]:
+    """Seconds per formula when every forward pass is recomputed for every formula, leanly:
+    models built beforehand, the teacher run once per formula, each student once (forward and
+    backward only when the formula reads act/grad/weight). On the same device as the cached
+    evaluator, so a CUDA run compares CUDA with CUDA."""
+    teacher = _teacher(space_name, teacher_name, teacher_weights, device)
+    space = get_space(space_name)
     images, labels = images.to(device), labels.to(device)
     models = [space.build(a).to(device) for a in archs]
     kinds = models[0].feature_kinds
     times = []
     for f in formulas:
         node = primitives.canonicalize(primitives.parse(f, kinds))
-        needs = {n.name for n in node.walk() if not n.args}
+        layers = bool({n.name for n in node.walk() if not n.args} & _STUDENT_ONLY)
         t0 = time.perf_counter()
         with torch.no_grad():
-            tf = {k: v.unsqueeze(0) for k, v in teacher.features(images).items()}
+            tf = {k: v.unsqueeze(0) for k, v in teacher.features(images).items()}  # type: ignore[operator]
         for m in models:
-            env: dict[str, object] = {}
-            if needs & {"act", "grad", "weight"}:
-                from gp_proxy.cache import _student_tensors
+            _evaluate_parts(node, _student_env(m, images, labels, act_samples, layers), tf)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return times
 
-                t = _student_tensors(m, images, labels, act_samples)
-                n = len(m.weight_layers())
-                env.update({k: t[k].unsqueeze(0) for k in ("k1", "k2", "k3")})
-                env["act"] = Ragged.from_layers(Kind.ASET, [[t[f"act.{i}"] for i in range(n)]])
-                env["grad"] = Ragged.from_layers(Kind.WSET, [[t[f"grad.{i}"] for i in range(n)]])
-                env["weight"] = Ragged.from_layers(Kind.WSET,
-                                                   [[t[f"weight.{i}"] for i in range(n)]])
-            else:
-                with torch.no_grad():
-                    m.train()
-                    env.update({k: v.unsqueeze(0) for k, v in m.features(images).items()})
-            try:
-                if node.op.cross_arch:
-                    for part in node.args:
-                        primitives.evaluate(part, env, tf)  # type: ignore[arg-type]
+
+def published_loop_cost(space_name: str, teacher_name: str, teacher_weights: str | None,
+                        images: torch.Tensor, labels: torch.Tensor, archs: list[str],
+                        formulas: list[str], act_samples: int, device: str = "cpu"
+                        ) -> list[float]:
+    """Seconds per formula of the published evaluation loop's structure (Auto-DAS,
+    ``exps/rank/*/eval_rank_jointly.py``, read for its structure): per formula the teacher is
+    built; per student the student is built, the interaction part runs the teacher and the
+    student forward, and the instinct part runs the student forward and backward again. Our
+    ops and models are used, so only the loop's structure is the published code's. Left out,
+    in the reference's favour: the published loop also runs the garbage collector after every
+    student, whose cost depends on the live objects of the process (0.1 s a call in this
+    benchmark's process, which holds the feature cache: 16 s per formula on FMNIST)."""
+    space = get_space(space_name)
+    images, labels = images.to(device), labels.to(device)
+    kinds = space.build(archs[0]).feature_kinds
+    times = []
+    for f in formulas:
+        node = primitives.canonicalize(primitives.parse(f, kinds))
+        parts = node.args if node.op.cross_arch else (node,)
+        t0 = time.perf_counter()
+        teacher = _teacher(space_name, teacher_name, teacher_weights, device)
+        for a in archs:
+            m = space.build(a).to(device)
+            for part in parts:
+                if {n.name for n in part.walk() if not n.args} & _STUDENT_ONLY:
+                    env, tf = _student_env(m, images, labels, act_samples, True), {}
                 else:
-                    primitives.evaluate(node, env, tf)  # type: ignore[arg-type]
-            except primitives.GpProxyError:
-                pass
+                    with torch.no_grad():
+                        tf = {k: v.unsqueeze(0) for k, v in teacher.features(images).items()}  # type: ignore[operator]
+                    env = _student_env(m, images, labels, act_samples, False)
+                _evaluate_parts(part, env, tf)
+            del m
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
@@ -286,6 +345,9 @@ def main() -> None:
                                  str(s["teacher"]), s["weights"], s["images"],  # type: ignore[arg-type]
                                  s["labels"], s["archs"], ref_pick, args.act_samples,  # type: ignore[arg-type]
                                  args.device)
+            published = published_loop_cost(
+                name, str(s["teacher"]), s["weights"], s["images"],  # type: ignore[arg-type]
+                s["labels"], s["archs"], ref_pick, args.act_samples, args.device)  # type: ignore[arg-type]
             cached_of = dict(zip(ok_pop, cached, strict=True))
             floors = [input_bytes(f, cache) / bw for f in ok_pop]
             ratio_floor = [c / fl for c, fl in zip(cached, floors, strict=True) if fl > 0]
@@ -327,6 +389,13 @@ def main() -> None:
                 "cached_seconds_of_reference_formulas": [cached_of[f] for f in ref_pick],
                 "speedup_median_reference_vs_cached": statistics.median(
                     r / cached_of[f] for r, f in zip(ref, ref_pick, strict=True)),
+                "published_loop_seconds": published,
+                "speedup_median_published_loop_vs_cached": statistics.median(
+                    r / cached_of[f] for r, f in zip(published, ref_pick, strict=True)),
+                "speedup_published_loop_mean_vs_population_median": statistics.mean(published)
+                / statistics.median(cached),
+                "published_loop_bound_at_copy_floor": statistics.mean(published)
+                / statistics.median(f * bw / bw_copy for f in floors),
                 # the reference cost hardly depends on the formula (forward and backward passes
                 # dominate it): its mean over the cached median of the whole population
                 "speedup_reference_mean_vs_population_median": statistics.mean(ref)
