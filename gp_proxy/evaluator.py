@@ -170,7 +170,7 @@ class Evaluator:
         self._memo: OrderedDict[tuple[str, int], Value] = OrderedDict()
         self._memo_size = 0
         # small student-side values (per-layer scalars, per-architecture vectors: at most
-        # ``small_bytes`` per chunk) kept across calls within ``kept_bytes``: a later
+        # ``_SMALL_BYTES`` per chunk) kept across calls within ``kept_bytes``: a later
         # generation's formula that reuses an expensive inner subtree (``fro_norm(act)`` under
         # a new reduction or combination) does not read the features again
         self.kept_bytes = kept_bytes
@@ -213,6 +213,9 @@ class Evaluator:
         self._memo[key] = value
         self._memo_size += size
         if key[1] != -1 and size <= _SMALL_BYTES and self.kept_bytes > 0:
+            replaced = self._kept.pop(key, None)
+            if replaced is not None:
+                self._kept_size -= _nbytes(replaced)
             self._kept[key] = _compact(value)
             self._kept_size += size
             while self._kept_size > self.kept_bytes:
