@@ -26,7 +26,7 @@ from primitives.errors import GpProxyError
 
 from .benchmark import Benchmark
 from .cache import FeatureCache, load_cache
-from .config import CampaignConfig, load_config
+from .config import CampaignConfig, run_config
 from .evaluator import EVAL_THREADS, Evaluator
 from .fitness import Splits, tau_in_params_bins
 from .io import atomic_write_json, load_tensors, read_json, save_tensors
@@ -36,7 +36,7 @@ from .reported import REPORTED
 from .spaces import get_space
 from .zerocost import ZERO_COST, diswot, zero_cost
 
-__all__ = ["ProxyRow", "cache_like_run", "compare", "resolve_scores", "run_settings"]
+__all__ = ["ProxyRow", "cache_like_run", "compare", "resolve_scores"]
 
 SIZE = ("params", "flops")
 
@@ -92,13 +92,6 @@ _EVALUATOR_DEFAULTS: dict[str, Any] = {"chunk_size": None, "chunk_bytes": 8 << 2
                                        "threads": EVAL_THREADS}
 
 
-def run_settings(path: Path) -> CampaignConfig | None:
-    """The campaign configuration of a run directory (or of the folder of a
-    ``best_proxy.json``); None when it has no ``config.yaml``."""
-    file = (path if path.is_dir() else path.parent) / "config.yaml"
-    return load_config(file) if file.exists() else None
-
-
 def cache_like_run(bench: Benchmark, cache: FeatureCache, root: str, run: CampaignConfig
                    ) -> FeatureCache:
     """``cache`` (its benchmark and probe batch) with the run's teacher initialisation, student
@@ -148,7 +141,7 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
     options: dict[str, Any] = {}
     if path.is_dir() or path.suffix == ".json":
         item, _, seed = read_best(path)  # a run's formula is scored with the run's seed
-        run = run_settings(path)
+        run = run_config(path)
         if run is not None:  # ... on features and with settings like those it evolved on
             cache = cache_like_run(bench, cache, cache_root, run)
             options = {"chunk_size": run.chunk_size, "chunk_bytes": run.chunk_bytes,

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from primitives.errors import GpProxyError
 
-__all__ = ["CampaignConfig", "ConfigError", "load_config"]
+__all__ = ["CampaignConfig", "ConfigError", "load_config", "run_config"]
 
 
 class ConfigError(GpProxyError):
@@ -122,3 +122,11 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"{where}: {key}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def run_config(path: str | os.PathLike[str]) -> CampaignConfig | None:
+    """The campaign configuration of a run directory (or of the folder of its
+    ``best_proxy.json``); None when there is no ``config.yaml`` beside it."""
+    p = Path(path)
+    file = (p if p.is_dir() else p.parent) / "config.yaml"
+    return load_config(file) if file.exists() else None

@@ -39,6 +39,7 @@ from primitives import Kind, Node, Ragged
 from primitives.errors import GpProxyError
 
 from .cache import torch_threads
+from .config import run_config
 from .evaluator import EVAL_THREADS
 from .io import read_json
 
@@ -106,12 +107,8 @@ class Proxy:
         samples and threads."""
         formula, sign, seed = read_best(path)
         kwargs.setdefault("seed", seed)
-        p = Path(path)
-        config = (p if p.is_dir() else p.parent) / "config.yaml"
-        if config.exists():
-            from .config import load_config
-
-            run = load_config(config)
+        run = run_config(path)
+        if run is not None:
             kwargs.setdefault("act_samples", run.act_samples)
             kwargs.setdefault("threads", run.threads)
         return cls(formula, sign=sign, **kwargs)
