@@ -324,7 +324,9 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]),
         "machine": {"processor": platform.processor() or platform.machine(),
                     "torch_threads": args.threads, "device": str(device),
-                    "torch": torch.__version__},
+                    "device_name": torch.cuda.get_device_name(device)
+                    if device.type == "cuda" else platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "torch": torch.__version__},
         "read_bandwidth_GBps": bw / 1e9, "copy_bandwidth_GBps": bw_copy / 1e9, "setups": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.setups.split(","):
