@@ -59,6 +59,7 @@ from primitives import (
     node_generator,
     parse,
 )
+from primitives.instinct import zero_per_layer
 from primitives.values import Value
 
 from .allocator import tune_allocator
@@ -270,6 +271,14 @@ class Evaluator:
             s = self._eval(node.args[0], chunk, False)
             t = self._eval(node.args[0], None, True)
             return self._remember(key, apply(node.name, s, t))
+        if op.zero_on_equal and node.args[0].text == node.args[1].text:
+            # a distance of a value with itself: +0 per layer when the value is finite (cached
+            # inputs always are; a derived value is checked, one read instead of the distance's
+            # passes), so `dist_l2(act,act)` no longer reads every activation to give zeros
+            x = self._eval(node.args[0], chunk, teacher_side)
+            if isinstance(x, Ragged) and (get(node.args[0].name).family == "input"
+                                          or bool(torch.isfinite(x.values).all())):
+                return self._remember(key, zero_per_layer(x))
         args = [self._eval(a, chunk, teacher_side) for a in node.args]
         if op.stochastic:
             first = args[0]

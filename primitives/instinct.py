@@ -21,7 +21,7 @@ from .errors import ShapeError
 from .registry import Op, Signature, register
 from .values import Kind, Ragged, recording
 
-__all__ = ["average_ranks", "segment_mean", "segment_sum"]
+__all__ = ["average_ranks", "segment_mean", "segment_sum", "zero_per_layer"]
 
 _EPS = 1e-9
 _SOURCE = "EZNAS (Akhauri et al. 2022) / Auto-Prox instinct ops"
@@ -134,6 +134,13 @@ for _name, _fn, _doc, _tex in (
                 doc=_doc, source=_SOURCE, idempotent=_name == "znorm", latex=_tex))
 
 
+def zero_per_layer(r: Ragged) -> Ragged:
+    """+0 for every layer of ``r``: what a ``zero_on_equal`` distance gives for (r, r), r finite
+    (x − x, |x − x|, (x − x)², Huber(x − x) and softmax(x) · (log-softmax(x) − log-softmax(x))
+    are +0 element by element, and so are their per-layer sums and means)."""
+    return _to_lval(r, torch.zeros(r.n_segments, dtype=r.values.dtype, device=r.values.device))
+
+
 def _to_lval(r: Ragged, per_segment: Tensor) -> Ragged:
     return Ragged(Kind.LVAL, per_segment, r.segment_arch, r.n_arch,
                   torch.arange(r.n_arch, device=per_segment.device), r.n_arch)
@@ -231,7 +238,7 @@ for _name, _k, _comm, _doc in (
                 signatures=tuple(Signature((k, k), Kind.LVAL, _layer_distance(_k),
                                            "[layer], [layer] -> [layer: scalar]")
                                  for k in (Kind.WSET, Kind.ASET)),
-                doc=_doc, source=_SOURCE, commutative=_comm,
+                doc=_doc, source=_SOURCE, commutative=_comm, zero_on_equal=True,
                 latex=r"D_{{%s}}\left({0}, {1}\right)" % _name[5:].replace("_", r"\_")))
 
 

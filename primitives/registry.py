@@ -61,6 +61,9 @@ class Op:
     #: a pairwise op comparing per-sample relations: teacher and student may differ in every
     #: axis but the sample axis (their widths and map sizes need not match)
     relation: bool = False
+    #: op(x, x) is exactly +0 for every layer when x is finite (a distance of a value with
+    #: itself): evaluators may skip computing it
+    zero_on_equal: bool = False
     latex: str = ""
     sympy: Callable[..., Any] | None = field(default=None, compare=False)
 
@@ -76,7 +79,7 @@ class Op:
 
     def properties(self) -> list[str]:
         names = ("commutative", "stochastic", "needs_grad", "pairwise", "identity",
-                 "idempotent", "involution", "cross_arch", "relation")
+                 "idempotent", "involution", "cross_arch", "relation", "zero_on_equal")
         props = [n for n in names if getattr(self, n)]
         if not self.differentiable:
             props.append("non_differentiable")

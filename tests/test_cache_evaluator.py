@@ -97,6 +97,46 @@ def test_every_space_caches_and_evaluates_its_typed_formulas(space_name: str,
                                    err_msg=r.formula)
 
 
+def test_a_distance_of_a_value_with_itself_is_zero_without_computing_it(cache) -> None:  # type: ignore[no-untyped-def]
+    # the premise, for every op that claims it: op(x, x) is +0 per layer for finite x ...
+    ops = [op for op in primitives.ops() if op.zero_on_equal]
+    assert {op.name for op in ops} == {"dist_l1", "dist_l2", "dist_smooth_l1", "dist_kl"}
+    g = torch.Generator().manual_seed(5)
+    for kind in (Kind.WSET, Kind.ASET):
+        layers = [[torch.randn(3, 4, generator=g) * 1e3, torch.randn(50, generator=g) * 1e-30,
+                   torch.full((7,), 3e38)], [torch.randn(2, 2, generator=g)]]
+        x = Ragged.from_layers(kind, layers)
+        for op in ops:
+            got = primitives.apply(op.name, x, x)
+            assert torch.equal(got.values, torch.zeros_like(got.values)), op.name
+            assert not torch.signbit(got.values).any(), op.name  # +0, not -0
+    # ... so the evaluator skips it: a raw input is not read, a derived value only checked
+    formulas = ["rank_add(kl_t4(k3),sum_layers(dist_l2(act,act)))",
+                "mean_layers(add(dist_kl(weight,weight),l1_norm(grad)))",
+                "sum_layers(mul(dist_smooth_l1(mul(grad,weight),mul(grad,weight)),mean(act)))",
+                "mean_layers(add(dist_l1(pow2(exp(exp(act))),pow2(exp(exp(act)))),mean(act)))"]
+    import gp_proxy.evaluator as evaluator_module
+
+    applied: list[str] = []
+    real = evaluator_module.apply
+
+    def recording_apply(name: str, *args, **kw):  # type: ignore[no-untyped-def]
+        applied.append(name)
+        return real(name, *args, **kw)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(evaluator_module, "apply", recording_apply)
+        got = Evaluator(cache, device="cpu").evaluate(formulas)
+    # skipped where the value is finite (all but the last formula); computed where it is not
+    assert applied.count("dist_l2") == applied.count("dist_kl") == 0
+    assert applied.count("dist_smooth_l1") == 0 and applied.count("dist_l1") > 0
+    assert got[0].status == "constant_part"
+    for r in got[1:]:  # the same bits as the interpreter, NaN where x - x is inf - inf
+        assert r.scores is not None, r.reason
+        np.testing.assert_array_equal(r.scores, _naive(r.formula, cache))
+    assert np.isnan(got[3].scores).any() and got[3].status == "nan"  # type: ignore[arg-type]
+
+
 def test_memoisation_does_not_change_scores_and_hits(cache) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(0)
     ps = build_pset("both", input_kinds=cache.feature_kinds, misaligned=cache.misaligned())
