@@ -136,8 +136,19 @@ def best_of(fn: Callable[[], None], repeats: int) -> float:
     return best
 
 
+def _read_inputs(node: primitives.Node) -> set[str]:
+    """Inputs the evaluator reads for ``node``: a distance of a cached input with itself is
+    known to be zero without reading it (see Evaluator)."""
+    if not node.args:
+        return {node.name}
+    if node.op.zero_on_equal and node.args[0].text == node.args[1].text \
+            and not node.args[0].args:
+        return set()
+    return set().union(*(_read_inputs(a) for a in node.args))
+
+
 def input_bytes(formula: str, cache: FeatureCache) -> int:
-    names = {n.name for n in primitives.parse(formula, cache.feature_kinds).walk() if not n.args}
+    names = _read_inputs(primitives.canonicalize(primitives.parse(formula, cache.feature_kinds)))
     total = 0
     for s in cache.students:
         for name in names:
@@ -353,6 +364,7 @@ def main() -> None:
             cached_of = dict(zip(ok_pop, cached, strict=True))
             floors = [input_bytes(f, cache) / bw for f in ok_pop]
             ratio_floor = [c / fl for c, fl in zip(cached, floors, strict=True) if fl > 0]
+            # (formulas reading nothing, every part a self-distance of an input, have no floor)
             ratio_copy = [r * bw_copy / bw for r in ratio_floor]
             parents = population(50, seed=7, misaligned=mis, kinds=kinds)
             kids = offspring(parents, 50, seed=8, misaligned=mis, kinds=kinds)
