@@ -62,6 +62,7 @@ from gp_proxy.evaluator import Evaluator  # noqa: E402
 from gp_proxy.gp.pset import build_pset  # noqa: E402
 from gp_proxy.gp.variation import crossover, mutate  # noqa: E402
 from gp_proxy.io import save_tensors  # noqa: E402
+from gp_proxy.proxy import _STUDENT_ONLY  # noqa: E402
 from gp_proxy.rank import kendall_tau_batch, spearman_rho_batch  # noqa: E402
 from gp_proxy.spaces import get_space  # noqa: E402
 from primitives import Kind, Ragged  # noqa: E402
@@ -141,8 +142,8 @@ def _read_inputs(node: primitives.Node) -> set[str]:
     known to be zero without reading it (see Evaluator)."""
     if not node.args:
         return {node.name}
-    if node.op.zero_on_equal and node.args[0].text == node.args[1].text \
-            and not node.args[0].args:
+    same = node.self_distance_arg()
+    if same is not None and not same.args:
         return set()
     return set().union(*(_read_inputs(a) for a in node.args))
 
@@ -161,7 +162,14 @@ def input_bytes(formula: str, cache: FeatureCache) -> int:
     return total
 
 
-_STUDENT_ONLY = {"act", "grad", "weight"}
+def _reads_layers(node: primitives.Node) -> bool:
+    """Whether ``node`` reads a student-only per-layer input (act, grad, weight)."""
+    return any(not n.args and n.name in _STUDENT_ONLY for n in node.walk())
+
+
+def _teacher_features(teacher: torch.nn.Module, images: torch.Tensor) -> dict[str, object]:
+    with torch.no_grad():
+        return {k: v.unsqueeze(0) for k, v in teacher.features(images).items()}  # type: ignore[operator]
 
 
 def _student_env(m: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -217,10 +225,9 @@ def reference_cost(space_name: str, teacher_name: str, teacher_weights: str | No
     times = []
     for f in formulas:
         node = primitives.canonicalize(primitives.parse(f, kinds))
-        layers = bool({n.name for n in node.walk() if not n.args} & _STUDENT_ONLY)
+        layers = _reads_layers(node)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            tf = {k: v.unsqueeze(0) for k, v in teacher.features(images).items()}  # type: ignore[operator]
+        tf = _teacher_features(teacher, images)
         for m in models:
             _evaluate_parts(node, _student_env(m, images, labels, act_samples, layers), tf)
         if device == "cuda":
@@ -253,11 +260,10 @@ def published_loop_cost(space_name: str, teacher_name: str, teacher_weights: str
         for a in archs:
             m = space.build(a).to(device)
             for part in parts:
-                if {n.name for n in part.walk() if not n.args} & _STUDENT_ONLY:
+                if _reads_layers(part):
                     env, tf = _student_env(m, images, labels, act_samples, True), {}
                 else:
-                    with torch.no_grad():
-                        tf = {k: v.unsqueeze(0) for k, v in teacher.features(images).items()}  # type: ignore[operator]
+                    tf = _teacher_features(teacher, images)
                     env = _student_env(m, images, labels, act_samples, False)
                 _evaluate_parts(part, env, tf)
             del m

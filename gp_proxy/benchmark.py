@@ -48,12 +48,18 @@ class Benchmark:
         idx, _ = _train_subset(train_all, min(cfg.train_size, len(train_all)), cfg.subset_seed)
         return Split(train_all.images[idx], train_all.labels[idx])
 
+    def cache_config(self, teacher_init: str = "trained", init_seed: int = 0,
+                     act_samples: int = 16) -> CacheConfig:
+        """What determines this benchmark's features for a teacher initialisation ("trained":
+        the committed weights; "random"), student init seed and activation samples."""
+        weights = str(self.folder / "teacher.safetensors") if teacher_init == "trained" else None
+        return CacheConfig(self.space, self.teacher, str(self.folder / "probe.safetensors"),
+                           weights, init_seed, act_samples)
+
     def cache(self, cache_dir: str, teacher_init: str = "trained", init_seed: int = 0,
               act_samples: int = 16) -> FeatureCache:
-        weights = str(self.folder / "teacher.safetensors") if teacher_init == "trained" else None
-        cfg = CacheConfig(self.space, self.teacher, str(self.folder / "probe.safetensors"),
-                          weights, init_seed, act_samples)
-        return load_cache(cache_dir, cfg, list(self.truth.archs))
+        return load_cache(cache_dir, self.cache_config(teacher_init, init_seed, act_samples),
+                          list(self.truth.archs))
 
 
 def load_benchmark(folder: str | os.PathLike[str], target: str = "kd_mean") -> Benchmark:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from primitives.errors import GpProxyError
 from .benchmark import Benchmark
 from .cache import FeatureCache, load_cache
 from .config import CampaignConfig, run_config
-from .evaluator import EVAL_THREADS, Evaluator
+from .evaluator import Evaluator
 from .fitness import Splits, tau_in_params_bins
 from .io import atomic_write_json, load_tensors, read_json, save_tensors
 from .proxy import read_best
@@ -88,8 +89,9 @@ def noise_cache(bench: Benchmark, cache: FeatureCache, root: str) -> FeatureCach
     return load_cache(root, config, list(bench.truth.archs))
 
 
-_EVALUATOR_DEFAULTS: dict[str, Any] = {"chunk_size": None, "chunk_bytes": 8 << 20,
-                                       "threads": EVAL_THREADS}
+_EVALUATOR_DEFAULTS: dict[str, Any] = {
+    k: inspect.signature(Evaluator).parameters[k].default
+    for k in ("chunk_size", "chunk_bytes", "threads")}
 
 
 def cache_like_run(bench: Benchmark, cache: FeatureCache, root: str, run: CampaignConfig
@@ -98,9 +100,9 @@ def cache_like_run(bench: Benchmark, cache: FeatureCache, root: str, run: Campai
     init seed and activation samples: a formula is scored on the kind of features it was
     evolved on (a formula from a random-teacher campaign is not scored against the trained
     teacher)."""
-    weights = str(bench.folder / "teacher.safetensors") if run.teacher_init == "trained" else None
-    config = dataclasses.replace(cache.config, teacher_weights=weights, init_seed=run.init_seed,
-                                 act_samples=run.act_samples)
+    config = dataclasses.replace(
+        bench.cache_config(run.teacher_init, run.init_seed, run.act_samples),
+        probe=cache.config.probe)
     return cache if config == cache.config else load_cache(root, config, list(bench.truth.archs))
 
 

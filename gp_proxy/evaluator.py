@@ -271,13 +271,13 @@ class Evaluator:
             s = self._eval(node.args[0], chunk, False)
             t = self._eval(node.args[0], None, True)
             return self._remember(key, apply(node.name, s, t))
-        if op.zero_on_equal and node.args[0].text == node.args[1].text:
+        same = node.self_distance_arg()
+        if same is not None:
             # a distance of a value with itself: +0 per layer when the value is finite (cached
             # inputs always are; a derived value is checked, one read instead of the distance's
             # passes), so `dist_l2(act,act)` no longer reads every activation to give zeros
-            x = self._eval(node.args[0], chunk, teacher_side)
-            if isinstance(x, Ragged) and (get(node.args[0].name).family == "input"
-                                          or bool(torch.isfinite(x.values).all())):
+            x = self._eval(same, chunk, teacher_side)
+            if isinstance(x, Ragged) and (not same.args or bool(torch.isfinite(x.values).all())):
                 return self._remember(key, zero_per_layer(x))
         args = [self._eval(a, chunk, teacher_side) for a in node.args]
         if op.stochastic:

@@ -43,6 +43,13 @@ class Node:
     def op(self) -> Op:
         return get(self.name)
 
+    def self_distance_arg(self) -> Node | None:
+        """The value a ``zero_on_equal`` op compares with itself (``act`` in
+        ``dist_l2(act,act)``: +0 per layer whenever that value is finite), else None."""
+        if self.args and self.op.zero_on_equal and self.args[0].text == self.args[1].text:
+            return self.args[0]
+        return None
+
     def walk(self) -> Iterator[Node]:
         """Pre-order traversal."""
         yield self
