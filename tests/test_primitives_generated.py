@@ -195,3 +195,37 @@ def test_ragged_layout_mismatch_is_a_shape_error() -> None:
     other = Ragged.from_layers(Kind.WSET, [[torch.randn(3)], [torch.randn(2)], [torch.randn(4)]])
     with pytest.raises(ShapeError, match="layouts"):
         apply("add", w, other)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fast_vector_norm_equals_torch_bit_for_bit(threads: int) -> None:
+    # norm_c / norm_n replace torch's per-element reduction over a non-innermost axis with one
+    # pass per slice; committed campaigns only reproduce if the bits are torch's
+    from primitives.transforms import vector_norm_keepdim
+
+    g = torch.Generator().manual_seed(2)
+    special = torch.tensor([0.0, -0.0, 1e20, -3e19, 1e-30, 1e-45, -1e-40, float("inf"),
+                            float("-inf"), float("nan"), 2**-126, 3.0])
+    shapes = [((2, 64, 16, 32, 32), 2), ((2, 64, 16, 32, 32), 1), ((3, 64, 32, 8, 8), 2),
+              ((3, 64, 64, 8, 8), 1), ((2, 64, 16, 1024), 2), ((2, 64, 16, 1024), 1),
+              ((2, 64, 300), 1), ((1, 5, 7, 3), 2), ((2, 40, 8, 1, 1), 2), ((2, 40, 8, 1, 1), 1)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for shape, dim in shapes:
+            x = torch.randn(shape, generator=g) * 3
+            x.view(-1)[::97] = 0.0
+            x.view(-1)[5::1031] = special.repeat(x.numel() // 1031 // 12 + 1)[
+                : x.view(-1)[5::1031].numel()]
+            want = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
+            got = vector_norm_keepdim(x, dim)
+            assert got.shape == want.shape
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32)), (shape, dim)
+            for name in ("norm_c", "norm_n"):
+                if x.dim() >= 3 + (name == "norm_c"):
+                    ref = x / torch.linalg.vector_norm(
+                        x, dim=2 if name == "norm_c" else 1, keepdim=True).clamp_min(1e-12)
+                    out = apply(name, x)
+                    assert torch.equal(out.nan_to_num(7.0), ref.nan_to_num(7.0)), name
+    finally:
+        torch.set_num_threads(before)
