@@ -215,14 +215,14 @@ def vector_norm_keepdim(x: Tensor, dim: int) -> Tensor:
     """``torch.linalg.vector_norm(x, dim=dim, keepdim=True)`` (the L2 norm), bit for bit, fast
     over an axis that is not the innermost.
 
-    Over such an axis torch's CPU kernel visits each output element on its own (7 ns per
-    element measured on a 16-channel CIFAR map, 25x a copy). Its arithmetic is a plain
+    Over such an axis torch's CPU kernel visits each output element on its own (4.3 ns per
+    element measured over the channels of CIFAR ``k1``, 16x a copy). Its arithmetic is a plain
     float32 running sum of float32 squares in axis order, then a correctly rounded square
-    root; here the same sum runs as one vectorised pass per slice of the axis (0.7 ms instead
-    of 14 ms on 2M elements) and the square root in float64, whose rounding to float32 is the
-    correctly rounded float32 root. Tested bit for bit against torch on shapes, axes, thread
-    counts and non-finite values; anything else (autograd, other devices and dtypes, short
-    slices, the innermost axis) goes to torch.
+    root; here the same sum runs as one vectorised pass per slice of the axis (``norm_c`` on
+    one 8 MiB chunk: 1.6 ms instead of 8.9 ms) and the square root in float64, whose rounding
+    to float32 is the correctly rounded float32 root. Tested bit for bit against torch on
+    shapes, axes, thread counts and non-finite values; anything else (autograd, other devices
+    and dtypes, short slices, the innermost axis) goes to torch.
     """
     n = x.shape[dim]
     if (x.device.type != "cpu" or x.dtype != torch.float32 or recording(x)
