@@ -21,6 +21,7 @@ the docstrings omit it. Fixes relative to the published listing (one line of why
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -227,7 +228,7 @@ def vector_norm_keepdim(x: Tensor, dim: int) -> Tensor:
     n = x.shape[dim]
     if (x.device.type != "cpu" or x.dtype != torch.float32 or recording(x)
             or not x.is_contiguous() or not 1 < n < _SEQUENTIAL_MAX
-            or x[(0,) * (dim + 1)].numel() == 1 or x.numel() < n * _SLICE_MIN):
+            or math.prod(x.shape[dim + 1:]) == 1 or x.numel() < n * _SLICE_MIN):
         return torch.linalg.vector_norm(x, dim=dim, keepdim=True)
     slices = x.unbind(dim)
     acc = slices[0] * slices[0]
