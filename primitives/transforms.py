@@ -212,9 +212,13 @@ for _p in (2, 4):
 
 
 # ---------------------------------------------------------------- normalisations ----------
-def vector_norm_keepdim(x: Tensor, dim: int) -> Tensor:
-    """``torch.linalg.vector_norm(x, dim=dim, keepdim=True)`` (the L2 norm), bit for bit, fast
-    over an axis that is not the innermost.
+_SEQUENTIAL_MAX = 32768  # torch's grain size: longer reductions may be split across threads
+_SLICE_MIN = 1024  # elements per slice below which one torch call beats a loop of slices
+
+
+def vector_norm_keepdim(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``torch.linalg.vector_norm(x, dim=dims, keepdim=True)`` (the L2 norm), bit for bit, fast
+    over a single axis that is not the innermost.
 
     Over such an axis torch's CPU kernel visits each output element on its own (4.3 ns per
     element measured over the channels of CIFAR ``k1``, 16x a copy). Its arithmetic is a plain
@@ -222,14 +226,15 @@ def vector_norm_keepdim(x: Tensor, dim: int) -> Tensor:
     root; here the same sum runs as one vectorised pass per slice of the axis (``norm_c`` on
     one 8 MiB chunk: 1.6 ms instead of 8.9 ms) and the square root in float64, whose rounding
     to float32 is the correctly rounded float32 root. Tested bit for bit against torch on
-    shapes, axes, thread counts and non-finite values; anything else (autograd, other devices
-    and dtypes, short slices, the innermost axis) goes to torch.
+    shapes, axes, thread counts and non-finite values; anything else (several axes, autograd,
+    other devices and dtypes, short slices, the innermost axis) goes to torch.
     """
+    dim = dims[0]
     n = x.shape[dim]
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or recording(x)
+    if (len(dims) != 1 or x.device.type != "cpu" or x.dtype != torch.float32 or recording(x)
             or not x.is_contiguous() or not 1 < n < _SEQUENTIAL_MAX
             or math.prod(x.shape[dim + 1:]) == 1 or x.numel() < n * _SLICE_MIN):
-        return torch.linalg.vector_norm(x, dim=dim, keepdim=True)
+        return torch.linalg.vector_norm(x, dim=dims, keepdim=True)
     slices = x.unbind(dim)
     acc = slices[0] * slices[0]
     square = torch.empty_like(acc)
@@ -238,17 +243,9 @@ def vector_norm_keepdim(x: Tensor, dim: int) -> Tensor:
     return acc.double().sqrt_().to(x.dtype).unsqueeze(dim)
 
 
-_SEQUENTIAL_MAX = 32768  # torch's grain size: longer reductions may be split across threads
-_SLICE_MIN = 1024  # elements per slice below which one torch call beats a loop of slices
-
-
 def _normalize(dims: tuple[int, ...]) -> Callable[[Tensor], Tensor]:
     def fn(x: Tensor) -> Tensor:
-        if len(dims) == 1:
-            norm = vector_norm_keepdim(x, dims[0])
-        else:
-            norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True)
-        return x / norm.clamp_min(NORM_EPS)
+        return x / vector_norm_keepdim(x, dims).clamp_min(NORM_EPS)
     return fn
 
 

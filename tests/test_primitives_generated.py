@@ -219,7 +219,7 @@ def test_fast_vector_norm_equals_torch_bit_for_bit(threads: int) -> None:
             x.view(-1)[5::1031] = special.repeat(x.numel() // 1031 // 12 + 1)[
                 : x.view(-1)[5::1031].numel()]
             want = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
-            got = vector_norm_keepdim(x, dim)
+            got = vector_norm_keepdim(x, (dim,))
             assert got.shape == want.shape
             assert torch.equal(got.view(torch.int32), want.view(torch.int32)), (shape, dim)
             for name in ("norm_c", "norm_n"):
