@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from gp_proxy.cache import CacheConfig, FeatureCache, load_cache
+from gp_proxy.io import save_tensors
 from primitives import Kind, Ragged
+
+from .tiny_benchmark import make_tiny_benchmark
 
 A = 3  # architectures in a batched call
 SHAPES = {  # per-architecture shapes of the tensor kinds
@@ -52,3 +58,32 @@ def make_value(kind: Kind, family: str = "random", seed: int = 0, archs: int = A
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+#: the students of the small feature cache (``cache`` fixture) the evaluator tests run on
+EVAL_ARCHS = ["w8-d111-k3", "w8-d211-k3", "w12-d111-k5", "w8-d123-k5", "w16-d111-k3",
+              "w12-d321-k3", "w8-d111-k5"]
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 12-image probe batch for the FMNIST space."""
+    path = tmp_path_factory.mktemp("probe") / "probe.safetensors"
+    g = torch.Generator().manual_seed(0)
+    save_tensors(path, {"images": torch.randn(12, 1, 14, 14, generator=g),
+                        "labels": torch.randint(0, 10, (12,), generator=g)})
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache(probe: Path, tmp_path_factory: pytest.TempPathFactory) -> FeatureCache:
+    """The feature cache of EVAL_ARCHS on ``probe`` (ResNet teacher, 4 activation samples)."""
+    root = tmp_path_factory.mktemp("cache")
+    cfg = CacheConfig("fmnist-cnn", "resnet-t", str(probe), act_samples=4)
+    return load_cache(root, cfg, EVAL_ARCHS)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny benchmark folder (see tiny_benchmark.py) for campaign tests."""
+    return make_tiny_benchmark(tmp_path_factory.mktemp("bench") / "tiny")

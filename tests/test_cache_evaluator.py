@@ -18,24 +18,7 @@ from gp_proxy.io import save_tensors
 from gp_proxy.spaces import get_space, space_names
 from primitives import Kind, Ragged
 
-ARCHS = ["w8-d111-k3", "w8-d211-k3", "w12-d111-k5", "w8-d123-k5", "w16-d111-k3",
-         "w12-d321-k3", "w8-d111-k5"]
-
-
-@pytest.fixture(scope="module")
-def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("probe") / "probe.safetensors"
-    g = torch.Generator().manual_seed(0)
-    save_tensors(path, {"images": torch.randn(12, 1, 14, 14, generator=g),
-                        "labels": torch.randint(0, 10, (12,), generator=g)})
-    return path
-
-
-@pytest.fixture(scope="module")
-def cache(probe: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    root = tmp_path_factory.mktemp("cache")
-    cfg = CacheConfig("fmnist-cnn", "resnet-t", str(probe), act_samples=4)
-    return load_cache(root, cfg, ARCHS)
+from .conftest import EVAL_ARCHS as ARCHS
 
 
 def _naive(formula: str, cache) -> np.ndarray:  # type: ignore[no-untyped-def]

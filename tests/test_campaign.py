@@ -18,13 +18,6 @@ from gp_proxy.evaluator import Evaluator
 from gp_proxy.gp.pset import build_pset
 from gp_proxy.gp.variation import crossover, mutate
 
-from .tiny_benchmark import make_tiny_benchmark
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_benchmark(tmp_path_factory.mktemp("bench") / "tiny")
-
 
 def _cfg(bench: Path, cache: Path, **kw: object) -> list[str]:
     base = {"benchmark": str(bench), "cache_dir": str(cache), "population": 12,

@@ -1,0 +1,150 @@
+"""The CUDA path: ops, evaluator, campaign and benchmark on a GPU, checked against the CPU.
+
+Skipped where torch sees no CUDA device (the development machine and CI have none); run them
+on a GPU machine with ``python -m pytest -m cuda``. CUDA kernels sum in other orders than the
+CPU ones, so values are compared within a tolerance and rankings by Kendall τ; what must be
+exact on one device (same seed, same bits) is checked bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import primitives
+from gp_proxy.campaign import Campaign
+from gp_proxy.config import load_config
+from gp_proxy.evaluator import Evaluator
+from gp_proxy.rank import kendall_tau
+from primitives import Ragged, apply
+
+from .conftest import make_value
+from .test_campaign import _cfg
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA device (on a GPU machine: pytest -m cuda)", allow_module_level=True)
+pytestmark = pytest.mark.cuda
+
+ROOT = Path(__file__).resolve().parents[1]
+OPS = [op for op in primitives.ops() if op.family != "input"]
+CASES = [(op, sig) for op in OPS for sig in op.signatures]
+IDS = [f"{op.name}:{sig}" for op, sig in CASES]
+
+
+def _args(op: primitives.Op, sig: primitives.Signature, seed: int = 0) -> list:
+    if op.pairwise:
+        return [make_value(sig.inputs[0], "random", seed),
+                make_value(sig.inputs[0], "random", seed + 1, archs=1)]
+    return [make_value(k, "random", seed + i) for i, k in enumerate(sig.inputs)]
+
+
+def _to(v: torch.Tensor | Ragged, device: str) -> torch.Tensor | Ragged:
+    return v.on(device) if isinstance(v, Ragged) else v.to(device)
+
+
+def _flat(v: torch.Tensor | Ragged) -> torch.Tensor:
+    return (v.values if isinstance(v, Ragged) else v).detach().cpu()
+
+
+def _call(op: primitives.Op, args: list, device: str, seed: int = 7) -> torch.Tensor | Ragged:
+    g = torch.Generator(device=device).manual_seed(seed) if op.stochastic else None
+    return apply(op.name, *args, generator=g)
+
+
+@pytest.mark.parametrize(("op", "sig"), CASES, ids=IDS)
+def test_every_op_on_cuda_matches_the_cpu(op: primitives.Op, sig: primitives.Signature) -> None:
+    args = _args(op, sig)
+    on_gpu = [_to(a, "cuda") for a in args]
+    before = [_flat(a).clone() for a in on_gpu]
+    first = _call(op, on_gpu, "cuda")
+    assert primitives.kind_of(first) == sig.output
+    out = _flat(first)
+    assert out.device.type == "cpu" and torch.isfinite(out).all(), op.name
+    # pure and deterministic on the GPU too (same generator seed, same bits)
+    torch.testing.assert_close(_flat(_call(op, on_gpu, "cuda")), out, rtol=0, atol=0)
+    for a, b in zip(on_gpu, before, strict=True):
+        assert torch.equal(_flat(a), b), f"{op.name} modified its input in place on CUDA"
+    if op.stochastic:  # CPU and CUDA generators draw different streams: shape only
+        assert out.shape == _flat(_call(op, args, "cpu")).shape
+        return
+    ref = _flat(_call(op, args, "cpu"))
+    scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * scale, msg=op.name)
+
+
+def _population(cache, n: int = 60) -> list[str]:  # type: ignore[no-untyped-def]
+    import random
+
+    from gp_proxy.gp.pset import build_pset
+    ps = build_pset("both", input_kinds=cache.feature_kinds, misaligned=cache.misaligned())
+    rng = random.Random(0)
+    return list(dict.fromkeys(str(primitives.canonicalize(ps.to_node(ps.random_tree(
+        rng, 2, 5)))) for _ in range(n)))
+
+
+def _stochastic(formula: str) -> bool:
+    return "mask(" in formula or "drop(" in formula
+
+
+def _flat_spread(scores: np.ndarray) -> bool:
+    return float(np.ptp(scores)) <= 1e-5 * max(1e-30, float(np.abs(scores).max()))
+
+
+def test_evaluator_on_cuda_ranks_like_the_cpu(cache) -> None:  # type: ignore[no-untyped-def]
+    formulas = [f for f in _population(cache) if not _stochastic(f)]
+    gpu = Evaluator(cache, device="cuda").evaluate(formulas)
+    cpu = Evaluator(cache, device="cpu").evaluate(formulas)
+    taus = []
+    for g, c in zip(gpu, cpu, strict=True):
+        if g.status != c.status:
+            # rounding may turn an exactly constant score vector into a nearly constant one:
+            # allowed only between ok and constant(_part), with a flat spread
+            assert {g.status, c.status} <= {"ok", "constant", "constant_part"}, g.formula
+            assert _flat_spread(g.scores if g.ok else c.scores), g.formula
+        elif g.ok:
+            assert g.scores is not None and c.scores is not None
+            taus.append(kendall_tau(g.scores, c.scores))
+    # kernels sum in other orders, so a near-tie between two architectures may swap (one
+    # swap of 7 is τ 0.905); a wrong op would change many rankings
+    assert len(taus) >= 15
+    assert min(taus) > 0.5 and np.mean(np.array(taus) == 1.0) >= 0.9, taus
+
+
+def test_cuda_evaluation_is_deterministic(cache) -> None:  # type: ignore[no-untyped-def]
+    formulas = [*_population(cache, 30), "sp_dist(mask(k1))", "pearson(drop(k3))"]
+    a = Evaluator(cache, device="cuda", seed=3).evaluate(formulas)
+    b = Evaluator(cache, device="cuda", seed=3, chunk_size=2).evaluate(formulas)
+    for x, y in zip(a, b, strict=True):
+        assert x.status == y.status, x.formula
+        if x.ok:
+            np.testing.assert_array_equal(x.scores, y.scores, err_msg=x.formula)
+
+
+def test_campaign_on_cuda_is_reproducible(bench: Path, tmp_path: Path) -> None:
+    cfg = load_config(None, _cfg(bench, tmp_path / "cache", device="cuda"))
+    for name in ("a", "b"):
+        Campaign(cfg, tmp_path / name).run()
+    assert (tmp_path / "a" / "hall_of_fame.csv").read_text() == \
+        (tmp_path / "b" / "hall_of_fame.csv").read_text()
+    env = json.loads((tmp_path / "a" / "env.json").read_text())
+    assert env["device"].startswith("cuda")
+
+
+def test_performance_benchmark_runs_on_cuda(tmp_path: Path) -> None:
+    out = tmp_path / "perf.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "perf_evaluator.py"), "--out", str(out),
+         "--device", "cuda", "--setups", "fmnist-cnn", "--population", "12",
+         "--reference-formulas", "1", "--act-samples", "4", "--cache-dir",
+         str(tmp_path / "cache")],
+        capture_output=True, text=True, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["machine"]["device"].startswith("cuda")
+    assert report["setups"]["fmnist-cnn"]["speedup_median_reference_vs_cached"] > 1
