@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 import torch
 
+import primitives
 from gp_proxy.cache import CacheConfig, FeatureCache, load_cache
+from gp_proxy.gp.pset import build_pset
 from gp_proxy.io import save_tensors
 from primitives import Kind, Ragged
 
@@ -87,3 +90,11 @@ def cache(probe: Path, tmp_path_factory: pytest.TempPathFactory) -> FeatureCache
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny benchmark folder (see tiny_benchmark.py) for campaign tests."""
     return make_tiny_benchmark(tmp_path_factory.mktemp("bench") / "tiny")
+
+
+def random_formulas(cache: FeatureCache, n: int, rng: random.Random) -> list[str]:
+    """Distinct canonical formulas from ``n`` trees (depth 2-5) of the campaign's typed
+    generator, given the cache's feature kinds and misaligned axes."""
+    ps = build_pset("both", input_kinds=cache.feature_kinds, misaligned=cache.misaligned())
+    return list(dict.fromkeys(str(primitives.canonicalize(ps.to_node(ps.random_tree(
+        rng, 2, 5)))) for _ in range(n)))

@@ -19,6 +19,7 @@ from gp_proxy.spaces import get_space, space_names
 from primitives import Kind, Ragged
 
 from .conftest import EVAL_ARCHS as ARCHS
+from .conftest import random_formulas
 
 
 def _naive(formula: str, cache) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -66,9 +67,7 @@ def test_every_space_caches_and_evaluates_its_typed_formulas(space_name: str,
     archs = list(dict.fromkeys(space.sample(rng) for _ in range(3)))
     cfg = CacheConfig(space_name, space.teachers()[0], str(probe), None, 0, act_samples=2)
     cache = load_cache(tmp_path / "cache", cfg, archs)
-    ps = build_pset("both", input_kinds=cache.feature_kinds, misaligned=cache.misaligned())
-    formulas = list(dict.fromkeys(str(primitives.canonicalize(ps.to_node(ps.random_tree(
-        rng, 2, 5)))) for _ in range(40)))
+    formulas = random_formulas(cache, 40, rng)
     results = Evaluator(cache, device="cpu").evaluate(formulas)
     bad = [(r.formula, r.status, r.reason) for r in results
            if r.status not in ("ok", "constant", "constant_part", "nan", "inf")]
@@ -375,10 +374,7 @@ def test_worker_processes_give_the_same_bits_statuses_and_first_causes(cache) ->
     """Chunks spread over worker processes are evaluated exactly as in one process: the same
     score bits, statuses and (first failing chunk's) reasons, across calls, with the teacher
     memo kept and cleared, and with parts reused from an earlier call."""
-    ps = build_pset("both", input_kinds=cache.feature_kinds, misaligned=cache.misaligned())
-    rng = random.Random(11)
-    formulas = list(dict.fromkeys(
-        str(primitives.canonicalize(ps.to_node(ps.random_tree(rng, 2, 5)))) for _ in range(60)))
+    formulas = random_formulas(cache, 60, random.Random(11))
     formulas += ["l1(k1)", "rank_add(mse(k2),sum_layers(mean(act)))", "kl_t4(k3", "mean(k1)"]
     runs = {}
     for workers in (1, 2):

@@ -9,6 +9,7 @@ exact on one device (same seed, same bits) is checked bit for bit.
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -22,74 +23,54 @@ from gp_proxy.campaign import Campaign
 from gp_proxy.config import load_config
 from gp_proxy.evaluator import Evaluator
 from gp_proxy.rank import kendall_tau
-from primitives import Ragged, apply
+from primitives import Ragged
 
-from .conftest import make_value
+from .conftest import random_formulas
 from .test_campaign import _cfg
+from .test_primitives_generated import CASES, IDS, _args, _call, _flat
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA device (on a GPU machine: pytest -m cuda)", allow_module_level=True)
 pytestmark = pytest.mark.cuda
 
 ROOT = Path(__file__).resolve().parents[1]
-OPS = [op for op in primitives.ops() if op.family != "input"]
-CASES = [(op, sig) for op in OPS for sig in op.signatures]
-IDS = [f"{op.name}:{sig}" for op, sig in CASES]
-
-
-def _args(op: primitives.Op, sig: primitives.Signature, seed: int = 0) -> list:
-    if op.pairwise:
-        return [make_value(sig.inputs[0], "random", seed),
-                make_value(sig.inputs[0], "random", seed + 1, archs=1)]
-    return [make_value(k, "random", seed + i) for i, k in enumerate(sig.inputs)]
 
 
 def _to(v: torch.Tensor | Ragged, device: str) -> torch.Tensor | Ragged:
     return v.on(device) if isinstance(v, Ragged) else v.to(device)
 
 
-def _flat(v: torch.Tensor | Ragged) -> torch.Tensor:
-    return (v.values if isinstance(v, Ragged) else v).detach().cpu()
-
-
-def _call(op: primitives.Op, args: list, device: str, seed: int = 7) -> torch.Tensor | Ragged:
-    g = torch.Generator(device=device).manual_seed(seed) if op.stochastic else None
-    return apply(op.name, *args, generator=g)
+def _on_cpu(v: torch.Tensor | Ragged) -> torch.Tensor:
+    return _flat(v).detach().cpu()
 
 
 @pytest.mark.parametrize(("op", "sig"), CASES, ids=IDS)
 def test_every_op_on_cuda_matches_the_cpu(op: primitives.Op, sig: primitives.Signature) -> None:
     args = _args(op, sig)
     on_gpu = [_to(a, "cuda") for a in args]
-    before = [_flat(a).clone() for a in on_gpu]
-    first = _call(op, on_gpu, "cuda")
+    before = [_on_cpu(a).clone() for a in on_gpu]
+    first = _call(op, on_gpu, device="cuda")
     assert primitives.kind_of(first) == sig.output
-    out = _flat(first)
+    out = _on_cpu(first)
     assert out.device.type == "cpu" and torch.isfinite(out).all(), op.name
     # pure and deterministic on the GPU too (same generator seed, same bits)
-    torch.testing.assert_close(_flat(_call(op, on_gpu, "cuda")), out, rtol=0, atol=0)
+    torch.testing.assert_close(_on_cpu(_call(op, on_gpu, device="cuda")), out, rtol=0, atol=0)
     for a, b in zip(on_gpu, before, strict=True):
-        assert torch.equal(_flat(a), b), f"{op.name} modified its input in place on CUDA"
+        assert torch.equal(_on_cpu(a), b), f"{op.name} modified its input in place on CUDA"
     if op.stochastic:  # CPU and CUDA generators draw different streams: shape only
-        assert out.shape == _flat(_call(op, args, "cpu")).shape
+        assert out.shape == _flat(_call(op, args)).shape
         return
-    ref = _flat(_call(op, args, "cpu"))
+    ref = _flat(_call(op, args))
     scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * scale, msg=op.name)
 
 
 def _population(cache, n: int = 60) -> list[str]:  # type: ignore[no-untyped-def]
-    import random
-
-    from gp_proxy.gp.pset import build_pset
-    ps = build_pset("both", input_kinds=cache.feature_kinds, misaligned=cache.misaligned())
-    rng = random.Random(0)
-    return list(dict.fromkeys(str(primitives.canonicalize(ps.to_node(ps.random_tree(
-        rng, 2, 5)))) for _ in range(n)))
+    return random_formulas(cache, n, random.Random(0))
 
 
 def _stochastic(formula: str) -> bool:
-    return "mask(" in formula or "drop(" in formula
+    return any(node.op.stochastic for node in primitives.parse(formula).walk())
 
 
 def _flat_spread(scores: np.ndarray) -> bool:

@@ -25,8 +25,9 @@ def _args(op: primitives.Op, sig: primitives.Signature, family: str = "random", 
     return [make_value(k, family, seed + i) for i, k in enumerate(sig.inputs)]
 
 
-def _call(op: primitives.Op, args: list, seed: int = 7) -> torch.Tensor | Ragged:
-    g = torch.Generator().manual_seed(seed) if op.stochastic else None
+def _call(op: primitives.Op, args: list, seed: int = 7, device: str = "cpu"
+          ) -> torch.Tensor | Ragged:
+    g = torch.Generator(device=device).manual_seed(seed) if op.stochastic else None
     return apply(op.name, *args, generator=g)
 
 
