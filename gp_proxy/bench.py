@@ -6,6 +6,12 @@ Layout of a benchmark folder::
     teacher.safetensors  teacher weights; teacher.json: its accuracy and training time
     probe.safetensors    a small probe batch (images, labels) for feature caches
     runs/ARCH__MODE__sSEED.json   one finished training each, written atomically
+
+A benchmark names its student space, its teacher (a family: any space's teacher, by name; and
+optionally committed weights instead of a training), its data recipe (dataset and image size,
+which fix the input shape the spaces adapt to) and the training modes it runs. A benchmark
+whose students and student recipe equal another's may share that one's cross-entropy runs
+(``ce_from``): CE training never sees the teacher, so the runs are the same trainings.
     ground_truth.csv     per architecture: params, FLOPs, KD and CE accuracy per seed, mean, std
     noise.json           seed-to-seed rank agreement and the #params/FLOPs baselines
     manifest.json        command, versions, hardware, timings
@@ -37,10 +43,10 @@ from scipy import stats
 
 from primitives.errors import GpProxyError
 
-from .data import Split
+from .data import Split, get_dataset
 from .io import atomic_write_json, atomic_write_text, load_tensors, read_json, save_tensors
 from .provenance import cpu_name, git_revision
-from .spaces import count_flops, count_params, get_space
+from .spaces import FeatureNet, SearchSpace, count_flops, count_params, get_space
 from .train import Recipe, evaluate_accuracy, predict_logits, train_classifier
 
 __all__ = ["BenchConfig", "build_benchmark", "summarize"]
@@ -65,6 +71,47 @@ class BenchConfig:
     teacher_train_size: int = 60000
     probe_size: int = 64
     archs: tuple[str, ...] = field(default_factory=tuple)  # empty: the whole space
+    dataset: str = "fashion-mnist"
+    image_size: int = 14
+    teacher_space: str = ""  # the teacher's family; empty: the student space's own teachers
+    teacher_weights: str = ""  # trained weights (relative to the folder): no teacher training
+    modes: tuple[str, ...] = MODES
+    ce_from: str = ""  # a benchmark folder (relative to this one) whose CE runs are shared
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise GpProxyError(f"benchmark config: modes {list(self.modes)}: choose from {MODES}")
+        if self.ce_from and "ce" in self.modes:
+            raise GpProxyError("benchmark config: ce_from shares another benchmark's CE runs; "
+                               "drop 'ce' from modes")
+        if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise GpProxyError(f"benchmark config: seeds {list(self.seeds)} must be distinct "
+                               "and non-negative")
+
+    def input_shape(self) -> tuple[int, int, int]:
+        return get_dataset(self.dataset).input_shape(self.image_size)
+
+    def student_space(self) -> SearchSpace:
+        return get_space(self.space, self.input_shape(), get_dataset(self.dataset).classes)
+
+    def teacher_family(self) -> SearchSpace:
+        return get_space(self.teacher_space or self.space, self.input_shape(),
+                         get_dataset(self.dataset).classes)
+
+    def build_teacher(self, seed: int = 0) -> FeatureNet:
+        return self.teacher_family().build_teacher(self.teacher, seed=seed)
+
+    def student_runs_match(self, other: BenchConfig) -> list[str]:
+        """Fields by which ``other``'s CE runs would differ from this config's."""
+        same = ("space", "dataset", "image_size", "train_size", "subset_seed", "epochs", "lr",
+                "batch_size")
+        diff = [f for f in same if getattr(self, f) != getattr(other, f)]
+        if not set(self.seeds) <= set(other.seeds):
+            diff.append("seeds")
+        if self.archs and other.archs and not set(self.archs) <= set(other.archs):
+            diff.append("archs")
+        return diff
 
     def student_recipe(self) -> Recipe:
         return Recipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
@@ -78,6 +125,7 @@ class BenchConfig:
         d = asdict(self)
         d["seeds"] = list(self.seeds)
         d["archs"] = list(self.archs)
+        d["modes"] = list(self.modes)
         return d
 
     @staticmethod
@@ -89,6 +137,7 @@ class BenchConfig:
         d = dict(d)
         d["seeds"] = tuple(d.get("seeds", (0, 1, 2)))
         d["archs"] = tuple(d.get("archs", ()))
+        d["modes"] = tuple(d.get("modes", MODES))
         return BenchConfig(**d)
 
 
@@ -119,7 +168,7 @@ def _init_worker(payload: dict[str, Any]) -> None:
 
 def _train_one(arch: str, mode: str, seed: int) -> dict[str, Any]:
     cfg: BenchConfig = _WORKER["config"]
-    space = get_space(cfg.space)
+    space = cfg.student_space()
     model = space.build(arch, seed=seed)
     teacher_logits = _WORKER["teacher_logits"] if mode == "kd" else None
     info = train_classifier(model, _WORKER["x"], _WORKER["y"], cfg.student_recipe(), seed,
@@ -153,13 +202,21 @@ def _check_config(out: Path, cfg: BenchConfig) -> None:
 
 def _teacher(out: Path, cfg: BenchConfig, train: Split, test: Split, threads: int,
              progress: Progress) -> torch.nn.Module:
-    space = get_space(cfg.space)
-    model = space.build_teacher(cfg.teacher, seed=0)
+    model = cfg.build_teacher(seed=0)
     wpath, jpath = out / "teacher.safetensors", out / "teacher.json"
     if wpath.exists() and jpath.exists():
         model.load_state_dict(load_tensors(wpath))
         return model
     torch.set_num_threads(threads)
+    if cfg.teacher_weights:
+        model.load_state_dict(load_tensors(out / cfg.teacher_weights))
+        acc = evaluate_accuracy(model, test.images, test.labels)
+        save_tensors(wpath, model.state_dict())
+        atomic_write_json(jpath, {"name": cfg.teacher, "test_acc": acc, "train_images": 0,
+                                  "weights_from": cfg.teacher_weights, "train_seconds": 0.0,
+                                  "params": count_params(model),
+                                  "flops": count_flops(model, cfg.input_shape())})
+        return model
     n = min(cfg.teacher_train_size, len(train))
     task = progress.add_task("teacher", total=cfg.teacher_epochs)
 
@@ -175,7 +232,7 @@ def _teacher(out: Path, cfg: BenchConfig, train: Split, test: Split, threads: in
     atomic_write_json(jpath, {"name": cfg.teacher, "test_acc": acc, "train_images": n,
                               "train_seconds": info["seconds"], "train_loss": info["train_loss"],
                               "params": count_params(model),
-                              "flops": count_flops(model, space.input_shape)})
+                              "flops": count_flops(model, cfg.input_shape())})
     return model
 
 
@@ -189,7 +246,7 @@ def build_benchmark(out: str | os.PathLike[str], cfg: BenchConfig, train: Split,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, cfg)
-    space = get_space(cfg.space)
+    space = cfg.student_space()
     archs = [space.validate(a) for a in cfg.archs] if cfg.archs else list(space.enumerate())
     idx, rest = _train_subset(train, cfg.train_size, cfg.subset_seed)
     x, y = train.images[idx], train.labels[idx]
@@ -200,13 +257,13 @@ def build_benchmark(out: str | os.PathLike[str], cfg: BenchConfig, train: Split,
             probe = rest[: cfg.probe_size]
             save_tensors(out / "probe.safetensors",
                          {"images": train.images[probe], "labels": train.labels[probe]})
-        teacher_logits = predict_logits(teacher, x)
+        teacher_logits = predict_logits(teacher, x) if "kd" in cfg.modes else None
         runs_dir = out / "runs"
         runs_dir.mkdir(exist_ok=True)
         todo = [(a, m, s) for a, m, s in itertools.product(_build_order(archs, cfg, runs_dir),
-                                                           MODES, cfg.seeds)
+                                                           cfg.modes, cfg.seeds)
                 if not (runs_dir / f"{_run_name(a, m, s)}.json").exists()]
-        done_before = len(archs) * len(MODES) * len(cfg.seeds) - len(todo)
+        done_before = len(archs) * len(cfg.modes) * len(cfg.seeds) - len(todo)
         if max_runs is not None:
             todo = todo[:max_runs]
         task = progress.add_task("students", total=len(todo))
@@ -241,7 +298,7 @@ def build_benchmark(out: str | os.PathLike[str], cfg: BenchConfig, train: Split,
                     for fut in pending:
                         fut.cancel()
                     raise
-    remaining = len(archs) * len(MODES) * len(cfg.seeds) - done_before - new
+    remaining = len(archs) * len(cfg.modes) * len(cfg.seeds) - done_before - new
     return {"done_before": done_before, "new": new, "remaining": remaining}
 
 
@@ -254,16 +311,136 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.spearmanr(a, b).statistic)
 
 
+def _load_runs(folder: Path, modes: tuple[str, ...]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for p in sorted((folder / "runs").glob("*.json")):
+        rec = read_json(p)
+        if rec["mode"] in modes:
+            runs[(rec["arch"], rec["mode"], int(rec["seed"]))] = rec
+    return runs
+
+
+def shared_ce_source(out: Path, cfg: BenchConfig) -> Path | None:
+    """The benchmark folder whose CE runs ``cfg`` shares, checked to train the same students
+    with the same recipe (CE never sees the teacher, so those are the same trainings)."""
+    if not cfg.ce_from:
+        return None
+    src = (out / cfg.ce_from).resolve()
+    if not (src / "config.json").is_file():
+        raise GpProxyError(f"{out / 'config.json'}: ce_from {cfg.ce_from!r}: no benchmark "
+                           f"config at {src}")
+    other = BenchConfig.from_json(read_json(src / "config.json"))
+    diff = cfg.student_runs_match(other)
+    if diff:
+        raise GpProxyError(f"{out / 'config.json'}: ce_from {cfg.ce_from!r} trains students "
+                           f"differently ({', '.join(diff)}); its CE runs cannot be shared")
+    return src
+
+
+def _read_rows(folder: Path) -> dict[str, dict[str, float]]:
+    with (folder / "ground_truth.csv").open(newline="") as fh:
+        return {r["arch"]: {k: float(v) for k, v in r.items() if k != "arch"}
+                for r in csv.DictReader(fh)}
+
+
+def _reliability(per_seed: list[np.ndarray]) -> float:
+    """Spearman-Brown reliability of the seed mean from the mean seed-pair Spearman."""
+    k = len(per_seed)
+    rho = statistics.fmean(_spearman(a, b) for a, b in itertools.combinations(per_seed, 2))
+    return k * rho / (1 + (k - 1) * rho)
+
+
+def _interaction_test(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Two-way ANOVA with replication (architecture × teacher, seeds as replicates): does the
+    teacher move architectures differently, beyond the seed-to-seed spread?  ``a``/``b``:
+    architectures × seeds."""
+    y = np.stack([a, b], axis=1)  # arch, teacher, seed
+    n_arch, n_t, n_rep = y.shape
+    cell = y.mean(axis=2)
+    grand = y.mean()
+    arch_m, t_m = cell.mean(axis=1), cell.mean(axis=0)
+    ss_int = n_rep * float(((cell - arch_m[:, None] - t_m[None, :] + grand) ** 2).sum())
+    ss_err = float(((y - cell[:, :, None]) ** 2).sum())
+    df_int, df_err = (n_arch - 1) * (n_t - 1), n_arch * n_t * (n_rep - 1)
+    f = (ss_int / df_int) / (ss_err / df_err)
+    return {"F": f, "df": [df_int, df_err], "p": float(stats.f.sf(f, df_int, df_err))}
+
+
+def teacher_difference(reference: Path, rows: list[dict[str, Any]], seeds: tuple[int, ...],
+                       boot: int = 2000) -> dict[str, Any]:
+    """How differently two teachers rank the same students, against seed noise.
+
+    ``reference`` is the other teacher's benchmark (same students, same seeds, shared CE).
+    Single-run rankings are compared like with like: the Kendall τ between one seed under
+    teacher A and one under B (cross) against the τ between two seeds under the same teacher
+    (within). A difference beyond noise shows as cross < within (bootstrap over architectures)
+    and as a significant architecture × teacher interaction. The per-architecture teacher
+    effect KD_B − KD_A (= the difference of the KD − CE gains; CE cancels) is checked for
+    reliability across seeds: a reliable effect is what a distillation-aware proxy must
+    explain and a size statistic cannot.
+    """
+    ref = _read_rows(reference)
+    archs = [r["arch"] for r in rows if r["arch"] in ref]
+    mine = {r["arch"]: r for r in rows}
+    a = np.array([[ref[x][f"kd_s{s}"] for s in seeds] for x in archs])
+    b = np.array([[float(mine[x][f"kd_s{s}"]) for s in seeds] for x in archs])
+    ce = np.array([ref[x]["ce_mean"] for x in archs])
+    params = np.array([ref[x]["params"] for x in archs])
+    k = len(seeds)
+    pairs = list(itertools.combinations(range(k), 2))
+    cross_pairs = [(i, j) for i in range(k) for j in range(k) if i != j]
+
+    def taus(idx: np.ndarray) -> tuple[float, float, float]:
+        wa = statistics.fmean(_kendall(a[idx, i], a[idx, j]) for i, j in pairs)
+        wb = statistics.fmean(_kendall(b[idx, i], b[idx, j]) for i, j in pairs)
+        cr = statistics.fmean(_kendall(a[idx, i], b[idx, j]) for i, j in cross_pairs)
+        return wa, wb, cr
+
+    everything = np.arange(len(archs))
+    wa, wb, cr = taus(everything)
+    rng = np.random.default_rng(0)
+    gaps = []
+    for _ in range(boot):
+        idx = rng.integers(0, len(archs), len(archs))
+        x, y, c = taus(idx)
+        gaps.append((x + y) / 2 - c)
+    effect = b - a  # per seed: the same init and data order under both teachers
+    ka, kb = a.mean(axis=1), b.mean(axis=1)
+    rel_a, rel_b = _reliability(list(a.T)), _reliability(list(b.T))
+    rho_ab = _spearman(ka, kb)
+    return {
+        "reference": str(reference.name),
+        "architectures": len(archs),
+        "single_run_kendall": {"within_reference": wa, "within_this": wb,
+                               "cross_teacher": cr, "within_minus_cross": (wa + wb) / 2 - cr,
+                               "within_minus_cross_ci95": [float(np.percentile(gaps, 2.5)),
+                                                           float(np.percentile(gaps, 97.5))]},
+        "kd_mean_kendall_between_teachers": _kendall(ka, kb),
+        "kd_mean_spearman_between_teachers": rho_ab,
+        "spearman_disattenuated": rho_ab / float(np.sqrt(rel_a * rel_b)),
+        "reliability_of_mean": {"reference": rel_a, "this": rel_b},
+        "interaction_arch_x_teacher": _interaction_test(a, b),
+        "kd_minus_ce": {"reference_mean": float((ka - ce).mean()),
+                        "this_mean": float((kb - ce).mean()),
+                        "paired_wilcoxon_p": float(stats.wilcoxon(kb - ce, ka - ce).pvalue)},
+        "teacher_effect": {
+            "definition": "KD under this teacher minus KD under the reference, per architecture",
+            "mean": float(effect.mean()), "std_over_archs": float(effect.mean(axis=1).std()),
+            "seed_reliability": _reliability(list(effect.T)),
+            "kendall_with_params": _kendall(effect.mean(axis=1), params)},
+    }
+
+
 def summarize(out: str | os.PathLike[str], command: str = "") -> dict[str, Any]:
     """Write ground_truth.csv, noise.json and manifest.json from the finished runs."""
     out = Path(out)
     cfg = BenchConfig.from_json(read_json(out / "config.json"))
-    space = get_space(cfg.space)
+    space = cfg.student_space()
     archs = [space.validate(a) for a in cfg.archs] if cfg.archs else list(space.enumerate())
-    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for p in sorted((out / "runs").glob("*.json")):
-        rec = read_json(p)
-        runs[(rec["arch"], rec["mode"], int(rec["seed"]))] = rec
+    runs = _load_runs(out, cfg.modes)
+    ce_src = shared_ce_source(out, cfg)
+    if ce_src is not None:
+        runs.update(_load_runs(ce_src, ("ce",)))
     complete = [a for a in archs if all((a, m, s) in runs for m in MODES for s in cfg.seeds)]
     if len(complete) < 3:
         raise GpProxyError(f"{out}: only {len(complete)} architectures have every run; "
@@ -317,14 +494,18 @@ def summarize(out: str | os.PathLike[str], command: str = "") -> dict[str, Any]:
                         "fraction_kd_better": float(np.mean(kd > ce))},
         "teacher_test_acc": 100.0 * teacher["test_acc"],
     }
+    if ce_src is not None:
+        noise["ce_runs_shared_from"] = cfg.ce_from
+        noise["teacher_difference"] = teacher_difference(ce_src, rows, cfg.seeds)
     atomic_write_json(out / "noise.json", noise)
-    seconds = sum(r["train_seconds"] + r.get("eval_seconds", 0.0) for r in runs.values())
+    own = [r for r in runs.values() if r["mode"] in cfg.modes]
+    seconds = sum(r["train_seconds"] + r.get("eval_seconds", 0.0) for r in own)
     manifest = {
         "command": command,
         "config": cfg.to_json(),
         "architectures_complete": len(rows),
         "architectures_in_space": len(archs),
-        "runs": len(runs),
+        "runs": len(own),
         "student_cpu_seconds": round(seconds, 1),
         "teacher": teacher,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,

@@ -12,10 +12,10 @@ from torch import Tensor
 from primitives.errors import GpProxyError
 
 from .cache import CacheConfig, FeatureCache, load_cache
-from .data import Split
+from .data import Split, get_dataset
 from .groundtruth import GroundTruth, load_ground_truth
 from .io import load_tensors, read_json
-from .spaces import FeatureNet, get_space
+from .spaces import FeatureNet, SearchSpace, get_space
 
 __all__ = ["Benchmark", "load_benchmark"]
 
@@ -28,10 +28,21 @@ class Benchmark:
     truth: GroundTruth
     params: np.ndarray
     flops: np.ndarray
+    teacher_space: str = ""
+    input_shape: tuple[int, ...] = ()
+    num_classes: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def search_space(self) -> SearchSpace:
+        """The student space adapted to this benchmark's input."""
+        return get_space(self.space, tuple(self.input_shape) or None, self.num_classes or None)
 
     def trained_teacher(self) -> FeatureNet:
         """The benchmark's teacher with its committed weights, in eval mode."""
-        teacher = get_space(self.space).build_teacher(self.teacher, seed=0)
+        teacher = self.cache_config().build_teacher(seed=0)
         teacher.load_state_dict(load_tensors(self.folder / "teacher.safetensors"))
         return teacher.eval()
 
@@ -54,7 +65,8 @@ class Benchmark:
         the committed weights; "random"), student init seed and activation samples."""
         weights = str(self.folder / "teacher.safetensors") if teacher_init == "trained" else None
         return CacheConfig(self.space, self.teacher, str(self.folder / "probe.safetensors"),
-                           weights, init_seed, act_samples)
+                           weights, init_seed, act_samples, self.teacher_space,
+                           tuple(self.input_shape), self.num_classes)
 
     def cache(self, cache_dir: str, teacher_init: str = "trained", init_seed: int = 0,
               act_samples: int = 16) -> FeatureCache:
@@ -69,10 +81,26 @@ def load_benchmark(folder: str | os.PathLike[str], target: str = "kd_mean") -> B
         if not (path / name).exists():
             raise GpProxyError(f"{path}: not a benchmark folder (missing {name})")
     cfg = read_json(path / "config.json")
-    space = get_space(cfg["space"])
+    shape, classes, teacher_space = _adaptation(cfg)
+    space = get_space(cfg["space"], shape or None, classes or None)
     header = (path / "ground_truth.csv").read_text().split("\n", 1)[0].split(",")
     extra = tuple(c for c in ("kd_mean", "ce_mean") if c in header and c != target)
     truth = load_ground_truth(path / "ground_truth.csv", space, target,
                               numeric=("params", "flops", *extra))
     return Benchmark(path, cfg["space"], cfg.get("teacher", "resnet-t"), truth,
-                     truth.columns["params"], truth.columns["flops"])
+                     truth.columns["params"], truth.columns["flops"], teacher_space, shape,
+                     classes)
+
+
+def _adaptation(cfg: dict[str, object]) -> tuple[tuple[int, ...], int, str]:
+    """Input shape, classes and teacher family a benchmark config declares; empty where it
+    keeps the space's own (older folders and the embedded one, whose space is native to its
+    data), so that their cache keys stay as they were."""
+    from .bench import BenchConfig
+
+    full = BenchConfig.from_json(dict(cfg))
+    space = get_space(full.space)
+    shape = full.input_shape()
+    classes = get_dataset(full.dataset).classes
+    native = space.input_shape == shape and space.num_classes == classes
+    return ((), 0, full.teacher_space) if native else (shape, classes, full.teacher_space)

@@ -32,7 +32,7 @@ from primitives import Kind
 from primitives.errors import GpProxyError
 
 from .io import atomic_write_json, load_tensors, save_tensors
-from .spaces import FeatureNet, count_flops, count_params, get_space
+from .spaces import FeatureNet, SearchSpace, count_flops, count_params, get_space
 
 __all__ = ["CacheConfig", "CachedArch", "FeatureCache", "build_cache", "load_cache",
            "torch_threads"]
@@ -73,6 +73,17 @@ class CacheConfig:
     teacher_weights: str | None = None  # None: random-init teacher (DisWOT setting)
     init_seed: int = 0
     act_samples: int = 16
+    teacher_space: str = ""  # the teacher's family; empty: the student space's teachers
+    input_shape: tuple[int, ...] = ()  # the benchmark's input; empty: the space's own
+    num_classes: int = 0  # 0: the space's own
+
+    def student_space(self) -> SearchSpace:
+        return get_space(self.space, tuple(self.input_shape) or None, self.num_classes or None)
+
+    def build_teacher(self, seed: int) -> FeatureNet:
+        family = get_space(self.teacher_space or self.space, tuple(self.input_shape) or None,
+                           self.num_classes or None)
+        return family.build_teacher(self.teacher, seed=seed)
 
     def key(self) -> str:
         probe = load_tensors(self.probe)
@@ -80,6 +91,10 @@ class CacheConfig:
                    "teacher_weights": _file_digest(self.teacher_weights),
                    "probe": _tensor_digest(probe), "init_seed": self.init_seed,
                    "act_samples": self.act_samples}
+        # the fields added later enter the key only when set, so existing caches keep theirs
+        extra = {"teacher_space": self.teacher_space, "input_shape": list(self.input_shape),
+                 "num_classes": self.num_classes}
+        content.update({k: v for k, v in extra.items() if v})
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -191,7 +206,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 def _build_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[str],
                  quiet: bool) -> Path:
-    space = get_space(config.space)
+    space = config.student_space()
     key = config.key()
     folder = Path(root) / key
     probe = load_tensors(config.probe)
@@ -200,7 +215,7 @@ def _build_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[
     meta = {"key": key}
     tfile = folder / "teacher.safetensors"
     if not _valid(tfile, meta):
-        teacher = space.build_teacher(config.teacher, seed=config.init_seed)
+        teacher = config.build_teacher(seed=config.init_seed)
         if config.teacher_weights is not None:
             teacher.load_state_dict(load_tensors(config.teacher_weights))
             teacher.eval()
@@ -251,7 +266,7 @@ def load_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[st
     """Load (building what is missing) the features of ``archs``, in that order."""
     folder = build_cache(root, config, archs, quiet=True)
     key = folder.name
-    space = get_space(config.space)
+    space = config.student_space()
     tfile = folder / "teacher.safetensors"
     teacher = load_tensors(tfile)
     _finite(tfile, teacher)

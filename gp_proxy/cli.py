@@ -65,23 +65,45 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("build")
 def bench_build(
     out: Annotated[Path, typer.Argument(help="benchmark folder (created, or resumed)")],
-    data: Annotated[Path | None, typer.Option(help="folder with the Fashion-MNIST IDX files")
-                    ] = None,
+    data: Annotated[Path | None, typer.Option(help="folder with the dataset's files")] = None,
     workers: Annotated[int, typer.Option(help="trainings in parallel (one process each)")] = 2,
-    archs: Annotated[str, typer.Option(help="comma-separated specs (default: whole space)")] = "",
-    epochs: Annotated[int, typer.Option(help="student epochs")] = 10,
-    teacher_epochs: Annotated[int, typer.Option(help="teacher epochs")] = 15,
+    space: Annotated[str | None, typer.Option(help="student search space")] = None,
+    teacher: Annotated[str | None, typer.Option(help="teacher name (of --teacher-space)")] = None,
+    teacher_space: Annotated[str | None, typer.Option(
+        help="the teacher's family: a space whose teachers to use (default: the student "
+             "space's)")] = None,
+    dataset: Annotated[str | None, typer.Option(help="data recipe: dataset name")] = None,
+    image_size: Annotated[int | None, typer.Option(help="images resized to this side")] = None,
+    modes: Annotated[str | None, typer.Option(help="comma-separated: kd, ce")] = None,
+    ce_from: Annotated[str | None, typer.Option(
+        help="share this benchmark folder's CE runs (relative to OUT)")] = None,
+    archs: Annotated[str | None, typer.Option(help="comma-separated specs (default: whole "
+                                                   "space)")] = None,
+    epochs: Annotated[int | None, typer.Option(help="student epochs")] = None,
+    teacher_epochs: Annotated[int | None, typer.Option(help="teacher epochs")] = None,
     max_runs: Annotated[int | None, typer.Option(help="stop after this many new trainings")
                         ] = None,
 ) -> None:
-    """Train the teacher and every student (KD and CE, 3 seeds); resumes where it stopped."""
-    from .bench import BenchConfig, build_benchmark, command_line, summarize
-    from .data import load_fashion_mnist
+    """Train the teacher and every student (KD and CE, 3 seeds); resumes where it stopped.
 
-    cfg = BenchConfig(epochs=epochs, teacher_epochs=teacher_epochs,
-                      archs=tuple(a for a in archs.split(",") if a))
-    train = load_fashion_mnist(data, "train")
-    test = load_fashion_mnist(data, "test")
+    A resumed folder keeps its config.json; options given must agree with it."""
+    from dataclasses import replace
+
+    from .bench import BenchConfig, build_benchmark, command_line, summarize
+    from .data import get_dataset
+    from .io import read_json
+
+    saved = out / "config.json"
+    cfg = BenchConfig.from_json(read_json(saved)) if saved.is_file() else BenchConfig()
+    given: dict[str, Any] = {"space": space, "teacher": teacher, "teacher_space": teacher_space,
+             "dataset": dataset, "image_size": image_size, "ce_from": ce_from,
+             "epochs": epochs, "teacher_epochs": teacher_epochs,
+             "modes": None if modes is None else tuple(m for m in modes.split(",") if m),
+             "archs": None if archs is None else tuple(a for a in archs.split(",") if a)}
+    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    ds = get_dataset(cfg.dataset)
+    train = ds.load(data, "train", cfg.image_size)
+    test = ds.load(data, "test", cfg.image_size)
     counts = build_benchmark(out, cfg, train, test, workers=workers, max_runs=max_runs)
     _out.print(f"runs: {counts['done_before']} already done, {counts['new']} new, "
                f"{counts['remaining']} remaining")
@@ -426,11 +448,10 @@ def search_cmd(
     from .io import atomic_write_json
     from .proxy import load_proxy
     from .search import baseline_scorer, formula_scorer, search
-    from .spaces import get_space
     from .zerocost import ZERO_COST
 
     bench = load_benchmark(benchmark)
-    space = get_space(bench.space)
+    space = bench.search_space()
     teacher = bench.trained_teacher()
     x, y = bench.probe()
     if proxy in ("params", "flops", "diswot", *ZERO_COST):
@@ -488,7 +509,6 @@ def distill_cmd(
     from .data import Split, load_fashion_mnist
     from .distill import DistillConfig, distill
     from .proxy import read_best
-    from .spaces import get_space
 
     weights: dict[str, float] = {}
     for item in filter(None, losses.split(",")):
@@ -500,7 +520,7 @@ def distill_cmd(
     if formula is not None and Path(formula).exists():
         formula = read_best(formula)[0]
     bench = load_benchmark(benchmark)
-    space = get_space(bench.space)
+    space = bench.search_space()
     teacher = bench.trained_teacher()
     train = bench.training_split(load_fashion_mnist(data, "train"))
     if train_size < len(train):

@@ -34,7 +34,6 @@ from .io import atomic_write_json, load_tensors, read_json, save_tensors
 from .proxy import read_best
 from .rank import kendall_tau, spearman_rho
 from .reported import REPORTED
-from .spaces import get_space
 from .zerocost import ZERO_COST, diswot, zero_cost
 
 __all__ = ["ProxyRow", "cache_like_run", "compare", "resolve_scores"]
@@ -107,7 +106,7 @@ def cache_like_run(bench: Benchmark, cache: FeatureCache, root: str, run: Campai
 
 
 def _model_scores(bench: Benchmark, name: str, probe: Path | None = None) -> np.ndarray:
-    space = get_space(bench.space)
+    space = bench.search_space()
     if probe is None:
         x, y = bench.probe()
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from torch import Tensor
 
 from primitives.errors import GpProxyError
 
-__all__ = ["DEFAULT_FMNIST_DIR", "Split", "load_fashion_mnist", "read_idx"]
+__all__ = ["DATASETS", "DEFAULT_FMNIST_DIR", "DatasetSpec", "Split", "get_dataset",
+           "load_fashion_mnist", "read_idx"]
 
 DEFAULT_FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FILES = {
@@ -97,3 +99,28 @@ def load_fashion_mnist(root: str | os.PathLike[str] | None = None, split: str = 
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise DatasetError(f"{folder}: images {images.shape} and labels {labels.shape} disagree")
     return Split(_downsample(images, size), torch.from_numpy(labels.astype(np.int64)))
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A data recipe a benchmark names: channels and classes of its images, and a loader
+    ``load(root, split, size)`` returning a standardised :class:`Split` at ``size``×``size``."""
+
+    name: str
+    channels: int
+    classes: int
+    load: Callable[[str | os.PathLike[str] | None, str, int], Split]
+
+    def input_shape(self, size: int) -> tuple[int, int, int]:
+        return (self.channels, size, size)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "fashion-mnist": DatasetSpec("fashion-mnist", 1, 10, load_fashion_mnist),
+}
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; choose from {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]

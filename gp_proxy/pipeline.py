@@ -23,7 +23,6 @@ from .distill import DistillConfig, distill
 from .io import atomic_write_json, atomic_write_text
 from .proxy import Proxy, load_proxy
 from .search import baseline_scorer, formula_scorer, search
-from .spaces import get_space
 
 __all__ = ["PipelineConfig", "load_proxy", "run_pipeline"]
 
@@ -43,7 +42,7 @@ class PipelineConfig:
 
 def run_pipeline(proxy: Proxy, proxy_seconds: float, bench: Benchmark, train: Split,
                  test: Split, cfg: PipelineConfig, out: Path) -> dict[str, Any]:
-    space = get_space(bench.space)
+    space = bench.search_space()
     teacher = bench.trained_teacher()
     x, y = bench.probe()
     budget = {"max_params": cfg.max_params, "max_flops": cfg.max_flops}

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from gp_proxy.bench import BenchConfig, build_benchmark, summarize
+from gp_proxy.bench import BenchConfig, _interaction_test, build_benchmark, summarize
 from gp_proxy.data import Split, load_fashion_mnist, read_idx
 from gp_proxy.groundtruth import GroundTruthError, load_ground_truth
-from gp_proxy.spaces import get_space
+from gp_proxy.spaces import count_flops, get_space
 from primitives import GpProxyError
 
 
@@ -127,3 +128,74 @@ def test_import_nb201_ground_truth(tmp_path: Path) -> None:
     p.write_text("arch,acc\n" + "".join(f"{s},{60 + i}\n" for i, s in enumerate(specs)))
     gt = load_ground_truth(p, space, "acc")
     assert gt.archs == tuple(specs) and gt.y.tolist() == [60, 61, 62, 63, 64]
+
+
+TINY_RESNET = BenchConfig(space="cifar-resnet-depth", teacher="resnet20", train_size=100,
+                          epochs=1, teacher_epochs=1, teacher_train_size=200, probe_size=8,
+                          seeds=(0, 1), archs=("111", "131", "311"))
+
+
+def test_builder_other_space_and_teacher_family_stops_and_resumes(tmp_path: Path) -> None:
+    """A non-default space (ResNet depth codes adapted to 1×14×14 Fashion-MNIST) with a
+    teacher of its own family; killed after 3 runs, resumed without redoing them."""
+    train, test = _synthetic(300, 0), _synthetic(100, 1)
+    out = tmp_path / "resnet"
+    first = build_benchmark(out, TINY_RESNET, train, test, workers=1, max_runs=3, quiet=True)
+    assert first == {"done_before": 0, "new": 3, "remaining": 9}
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    second = build_benchmark(out, TINY_RESNET, train, test, workers=2, quiet=True)
+    assert second == {"done_before": 3, "new": 9, "remaining": 0}
+    assert all((out / "runs" / n).stat().st_mtime_ns == t for n, t in stamps.items())
+    summarize(out, "test")
+    space = TINY_RESNET.student_space()
+    assert space.input_shape == (1, 14, 14) and space.num_classes == 10
+    gt = load_ground_truth(out / "ground_truth.csv", space, "kd_mean", numeric=("flops",))
+    assert gt.columns["flops"][0] == count_flops(space.build("111"), (1, 14, 14))
+    teacher = json.loads((out / "teacher.json").read_text())
+    assert teacher["name"] == "resnet20" and teacher["flops"] == count_flops(
+        TINY_RESNET.build_teacher(), (1, 14, 14))
+
+
+def test_second_teacher_shares_ce_runs_and_reports_the_difference(tmp_path: Path) -> None:
+    train, test = _synthetic(300, 0), _synthetic(100, 1)
+    first = tmp_path / "first"
+    build_benchmark(first, TINY, train, test, workers=2, quiet=True)
+    summarize(first, "test")
+    wide = replace(TINY, teacher="wide-cnn", modes=("kd",), ce_from="../first")
+    second = tmp_path / "second"
+    counts = build_benchmark(second, wide, train, test, workers=2, quiet=True)
+    assert counts["new"] == 6  # KD only: 3 archs x 2 seeds
+    assert {p.name.split("__")[1] for p in (second / "runs").glob("*.json")} == {"kd"}
+    noise = summarize(second, "test")
+    a, b = (json.loads((f / "noise.json").read_text()) for f in (first, second))
+    gt_a, gt_b = ((f / "ground_truth.csv").read_text().splitlines() for f in (first, second))
+    ce_cols = [i for i, c in enumerate(gt_a[0].split(",")) if c.startswith("ce_")]
+    for ra, rb in zip(gt_a[1:], gt_b[1:], strict=True):  # the CE columns are the shared runs
+        assert [ra.split(",")[i] for i in ce_cols] == [rb.split(",")[i] for i in ce_cols]
+    assert noise["ce_runs_shared_from"] == "../first" and "teacher_difference" not in a
+    diff = b["teacher_difference"]
+    assert diff["architectures"] == 3
+    assert diff["interaction_arch_x_teacher"]["df"] == [2, 6]
+    assert json.loads((second / "manifest.json").read_text())["runs"] == 6
+
+
+def test_shared_ce_runs_need_the_same_student_recipe(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "config.json").write_text(json.dumps(TINY.to_json()))
+    second = tmp_path / "second"
+    second.mkdir()
+    cfg = replace(TINY, teacher="wide-cnn", modes=("kd",), ce_from="../first", epochs=2)
+    (second / "config.json").write_text(json.dumps(cfg.to_json()))
+    with pytest.raises(GpProxyError, match=r"differently \(epochs\)"):
+        summarize(second)
+
+
+def test_teacher_difference_statistics_by_hand() -> None:
+    """The interaction F of a hand-made 2-arch table: teacher B swaps the two archs."""
+    a = np.array([[1.0, 1.2, 0.8], [2.0, 2.2, 1.8]])
+    b = np.array([[2.0, 2.2, 1.8], [1.0, 1.2, 0.8]])
+    res = _interaction_test(a, b)
+    # cells 1,2 / 2,1: interaction SS = 3 reps * 4 * 0.5^2 = 3; error SS = 4 cells * 0.08
+    assert res["df"] == [1, 8]
+    assert res["F"] == pytest.approx((3.0 / 1) / (0.32 / 8))

@@ -26,7 +26,9 @@ def space_names() -> list[str]:
     return sorted(_factories())
 
 
-def get_space(name: str) -> SearchSpace:
+def get_space(name: str, input_shape: tuple[int, ...] | None = None,
+              num_classes: int | None = None) -> SearchSpace:
+    """The space ``name``, adapted to ``input_shape`` and ``num_classes`` when given."""
     factories = _factories()
     if name not in factories:
         import difflib
@@ -35,4 +37,7 @@ def get_space(name: str) -> SearchSpace:
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise GpProxyError(f"unknown search space {name!r}{hint}; "
                            f"choose from {', '.join(sorted(factories))}")
-    return factories[name]()
+    space = factories[name]()
+    if input_shape is None and num_classes is None:
+        return space
+    return space.adapt(input_shape, num_classes)

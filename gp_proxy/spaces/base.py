@@ -8,6 +8,7 @@ the weight layers whose activations, weights and gradients feed the instinct ops
 
 from __future__ import annotations
 
+import copy
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -139,6 +140,18 @@ class SearchSpace(ABC):
     @abstractmethod
     def mutate(self, spec: str, rng: random.Random) -> str:
         """A neighbour of ``spec`` differing in one choice."""
+
+    def adapt(self, input_shape: tuple[int, ...] | None = None,
+              num_classes: int | None = None) -> SearchSpace:
+        """This space for another input (channels, height, width) and number of classes; a
+        benchmark's data recipe decides both (``cifar-resnet-depth`` on 1×14×14, say)."""
+        new = copy.copy(self)
+        if input_shape is not None:
+            c, h, w = (int(v) for v in input_shape)
+            new.input_shape = (c, h, w)
+        if num_classes is not None:
+            new.num_classes = int(num_classes)
+        return new
 
     def teachers(self) -> list[str]:
         return []

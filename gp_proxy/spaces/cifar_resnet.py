@@ -26,9 +26,10 @@ TEACHERS = {"resnet20": (3, 3, 3), "resnet56": (9, 9, 9), "resnet110": (18, 18, 
 
 
 class CifarResNet(FeatureNet):
-    def __init__(self, blocks: tuple[int, int, int], num_classes: int = 100) -> None:
+    def __init__(self, blocks: tuple[int, int, int], num_classes: int = 100,
+                 in_channels: int = 3) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, WIDTHS[0], 3, 1, 1, bias=False)
+        self.conv = nn.Conv2d(in_channels, WIDTHS[0], 3, 1, 1, bias=False)
         self.bn = nn.BatchNorm2d(WIDTHS[0])
         stages = []
         c = WIDTHS[0]
@@ -66,7 +67,8 @@ class CifarResNetSpace(SearchSpace):
 
     def build(self, spec: str, seed: int = 0) -> FeatureNet:
         d = [int(c) for c in self.validate(spec)]
-        return seeded_init(CifarResNet((d[0], d[1], d[2]), self.num_classes), seed)  # type: ignore[return-value]
+        return seeded_init(CifarResNet((d[0], d[1], d[2]), self.num_classes,
+                                       self.input_shape[0]), seed)  # type: ignore[return-value]
 
     def enumerate(self) -> Iterator[str]:
         for d in itertools.product(DEPTH_CHOICES, repeat=3):
@@ -91,4 +93,5 @@ class CifarResNetSpace(SearchSpace):
         if name not in TEACHERS:
             raise SpecError(f"{self.name}: unknown teacher {name!r}; choose from "
                             f"{', '.join(TEACHERS)}")
-        return seeded_init(CifarResNet(TEACHERS[name], self.num_classes), seed)  # type: ignore[return-value]
+        return seeded_init(CifarResNet(TEACHERS[name], self.num_classes, self.input_shape[0]),
+                           seed)  # type: ignore[return-value]

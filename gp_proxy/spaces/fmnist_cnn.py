@@ -19,12 +19,13 @@ from torch import Tensor, nn
 from .base import FeatureNet, SearchSpace, SpecError, seeded_init
 from .blocks import BasicBlock, ConvBNReLU
 
-__all__ = ["FmnistCNN", "FmnistCNNSpace", "FmnistTeacher"]
+__all__ = ["FmnistCNN", "FmnistCNNSpace", "FmnistTeacher", "WideShallowTeacher"]
 
 WIDTHS = (8, 12, 16)
 DEPTHS = (1, 2, 3)
 KERNELS = (3, 5)
 TEACHER_WIDTHS = (32, 64, 128)
+WIDE_WIDTHS = (64, 128, 256)
 _SPEC = re.compile(r"^w(?P<w>\d+)-d(?P<d>\d{3})-k(?P<k>\d+)$")
 
 
@@ -69,6 +70,30 @@ class FmnistTeacher(FeatureNet):
         k1 = self.stages[1](x)
         k2 = self.stages[2](k1)
         return {"k1": k1, "k2": k2, "k3": self.fc(k2.mean(dim=(2, 3)))}
+
+
+class WideShallowTeacher(FeatureNet):
+    """A second teacher family: no residuals, one wide conv-BN-ReLU per stage after a stem
+    (widths 64/128/256, five weight layers against the residual teacher's fourteen)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.stem = ConvBNReLU(in_channels, WIDE_WIDTHS[0], 3)
+        self.stages = nn.ModuleList(
+            ConvBNReLU(WIDE_WIDTHS[max(s - 1, 0)], w, 3, 1 if s == 0 else 2)
+            for s, w in enumerate(WIDE_WIDTHS))
+        self.fc = nn.Linear(WIDE_WIDTHS[-1], num_classes)
+
+    def features(self, x: Tensor) -> dict[str, Tensor]:
+        x = self.stages[0](self.stem(x))
+        k1 = self.stages[1](x)
+        k2 = self.stages[2](k1)
+        return {"k1": k1, "k2": k2, "k3": self.fc(k2.mean(dim=(2, 3)))}
+
+
+# teacher name -> its class; both expose k1/k2 at the students' stage-2/3 resolutions
+TEACHERS: dict[str, type[FeatureNet]] = {"resnet-t": FmnistTeacher,
+                                         "wide-cnn": WideShallowTeacher}
 
 
 class FmnistCNNSpace(SearchSpace):
@@ -127,10 +152,11 @@ class FmnistCNNSpace(SearchSpace):
         return f"w{w}-d{''.join(map(str, d))}-k{k}"
 
     def teachers(self) -> list[str]:
-        return ["resnet-t"]
+        return list(TEACHERS)
 
     def build_teacher(self, name: str = "resnet-t", seed: int = 0) -> FeatureNet:
-        if name != "resnet-t":
-            raise SpecError(f"{self.name}: unknown teacher {name!r}; choose resnet-t")
-        model = FmnistTeacher(self.num_classes, self.input_shape[0])
+        if name not in TEACHERS:
+            raise SpecError(f"{self.name}: unknown teacher {name!r}; choose from "
+                            f"{', '.join(TEACHERS)}")
+        model = TEACHERS[name](self.num_classes, self.input_shape[0])
         return seeded_init(model, seed)  # type: ignore[return-value]

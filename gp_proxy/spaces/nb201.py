@@ -55,10 +55,10 @@ class _Cell(nn.Module):
 
 
 class NB201Net(FeatureNet):
-    def __init__(self, ops: tuple[str, ...], c: int = 16, n: int = 5, num_classes: int = 10
-                 ) -> None:
+    def __init__(self, ops: tuple[str, ...], c: int = 16, n: int = 5, num_classes: int = 10,
+                 in_channels: int = 3) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
         stages: list[nn.Module] = []
         width = c
         for s in range(3):
@@ -117,7 +117,8 @@ class NB201Space(SearchSpace):
         return _format(self.parse(spec))
 
     def build(self, spec: str, seed: int = 0) -> FeatureNet:
-        net = NB201Net(self.parse(spec), self.c, self.n, self.num_classes)
+        net = NB201Net(self.parse(spec), self.c, self.n, self.num_classes,
+                       self.input_shape[0])
         return seeded_init(net, seed)  # type: ignore[return-value]
 
     def enumerate(self) -> Iterator[str]:
@@ -144,4 +145,4 @@ class NB201Space(SearchSpace):
 
         if name != "resnet56":
             raise SpecError(f"{self.name}: unknown teacher {name!r}; choose resnet56")
-        return CifarResNetSpace(self.num_classes).build_teacher(name, seed)
+        return CifarResNetSpace(self.num_classes).adapt(self.input_shape).build_teacher(name, seed)

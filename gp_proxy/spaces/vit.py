@@ -76,14 +76,21 @@ class _Tokens(nn.Module):
         self.pos.copy_(torch.randn(self.pos.shape, generator=g) * 0.02)
 
 
+def _patch(input_shape: tuple[int, int, int]) -> int:
+    """Patch size giving an 8×8 token grid on 32×32 inputs and 7×7 on 14×14 ones."""
+    return max(2, input_shape[1] // 8)
+
+
 class AutoFormerNet(FeatureNet):
     feature_kinds: ClassVar[dict[str, Kind]] = {"k1": Kind.SEQ, "k2": Kind.SEQ,
                                                 "k3": Kind.VEC}
 
     def __init__(self, embed_dim: int, mlp_ratio: list[float], num_heads: list[int],
-                 num_classes: int = 10, patch: int = 4, image: int = 32) -> None:
+                 num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32)
+                 ) -> None:
         super().__init__()
-        self.patch = nn.Conv2d(3, embed_dim, patch, patch)
+        patch, image = _patch(input_shape), input_shape[1]
+        self.patch = nn.Conv2d(input_shape[0], embed_dim, patch, patch)
         self.tokens = _Tokens(embed_dim, (image // patch) ** 2 + 1)
         self.blocks = nn.ModuleList(Block(embed_dim, h, r, HEAD_DIM)
                                     for r, h in zip(mlp_ratio, num_heads, strict=True))
@@ -155,7 +162,8 @@ class AutoFormerSpace(SearchSpace):
 
     def build(self, spec: str, seed: int = 0) -> FeatureNet:
         d = self._parse(spec)
-        net = AutoFormerNet(d["embed_dim"], d["mlp_ratio"], d["num_heads"], self.num_classes)
+        net = AutoFormerNet(d["embed_dim"], d["mlp_ratio"], d["num_heads"], self.num_classes,
+                            self.input_shape)
         return seeded_init(net, seed)  # type: ignore[return-value]
 
     def size(self) -> int:
@@ -191,7 +199,7 @@ class AutoFormerSpace(SearchSpace):
     def build_teacher(self, name: str = "vit-s", seed: int = 0) -> FeatureNet:
         if name != "vit-s":
             raise SpecError(f"{self.name}: unknown teacher {name!r}; choose vit-s")
-        net = AutoFormerNet(384, [4.0] * 12, [6] * 12, self.num_classes)
+        net = AutoFormerNet(384, [4.0] * 12, [6] * 12, self.num_classes, self.input_shape)
         return seeded_init(net, seed)  # type: ignore[return-value]
 
 
@@ -209,11 +217,14 @@ class _Pool(nn.Module):
 
 class PiTNet(FeatureNet):
     def __init__(self, base_dim: int, depths: list[int], heads: list[int], mlp_ratio: float,
-                 num_classes: int = 10) -> None:
+                 num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32)
+                 ) -> None:
         super().__init__()
         dims = [base_dim * h for h in heads]
-        self.patch = nn.Conv2d(3, dims[0], 4, 4)
-        self.tokens = _Tokens(dims[0], 64)  # 8x8 positions; cls has no position
+        patch = _patch(input_shape)
+        self.patch = nn.Conv2d(input_shape[0], dims[0], patch, patch)
+        # one position per patch (8x8 on 32x32 inputs); the class token has none
+        self.tokens = _Tokens(dims[0], (input_shape[1] // patch) * (input_shape[2] // patch))
         self.stages = nn.ModuleList(
             nn.ModuleList(Block(dims[s], heads[s], mlp_ratio, base_dim) for _ in range(depths[s]))
             for s in range(3))
@@ -267,7 +278,8 @@ class PiTSpace(SearchSpace):
 
     def build(self, spec: str, seed: int = 0) -> FeatureNet:
         d = self._parse(spec)
-        net = PiTNet(d["base_dim"], d["depths"], d["heads"], d["mlp_ratio"], self.num_classes)
+        net = PiTNet(d["base_dim"], d["depths"], d["heads"], d["mlp_ratio"], self.num_classes,
+                     self.input_shape)
         return seeded_init(net, seed)  # type: ignore[return-value]
 
     def enumerate(self) -> Iterator[str]:
@@ -302,4 +314,5 @@ class PiTSpace(SearchSpace):
     def build_teacher(self, name: str = "pit-s", seed: int = 0) -> FeatureNet:
         if name != "pit-s":
             raise SpecError(f"{self.name}: unknown teacher {name!r}; choose pit-s")
-        return seeded_init(PiTNet(48, [2, 6, 4], [3, 6, 12], 4.0, self.num_classes), seed)  # type: ignore[return-value]
+        return seeded_init(PiTNet(48, [2, 6, 4], [3, 6, 12], 4.0, self.num_classes,
+                                  self.input_shape), seed)  # type: ignore[return-value]
