@@ -375,6 +375,15 @@ class Evaluator:
                 if bad is not None:
                     results.append(EvalResult(text, *bad))
                     continue
+                broken = next((t for t in sub if not torch.isfinite(vectors[t]).all()), None)
+                if len(sub) > 1 and broken is not None:  # a combination must not rank around a broken part
+                    v = vectors[broken]
+                    nan, inf = int(torch.isnan(v).sum()), int(torch.isinf(v).sum())
+                    results.append(EvalResult(
+                        text, "nan" if nan else "inf",
+                        f"part {broken}: {nan} NaN scores" if nan
+                        else f"part {broken}: {inf} infinite scores"))
+                    continue
                 if len(sub) > 1:  # a rank/z combination whose part is constant is that other
                     flat = next((t for t in sub if torch.isfinite(vectors[t]).all()
                                  and float(vectors[t].max() - vectors[t].min()) == 0.0), None)

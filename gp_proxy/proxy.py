@@ -192,26 +192,49 @@ class Proxy:
         s_env = self._side(student, inputs, targets, student=True)
         return self.sign * float(self._raw(self.node, t_env, s_env)[0])
 
-    def part_scores(self, teacher: nn.Module, students: Iterable[nn.Module], inputs: Tensor,
-                    targets: Tensor | None = None) -> dict[str, Tensor]:
-        """Raw per-student scores of each part below the rank/z combiners (by formula text)."""
-        t_env = self._side(teacher, inputs, None, student=False)
-        envs = [self._side(s, inputs, targets, student=True) for s in students]
-        parts: dict[str, Tensor] = {}
+    def parts(self) -> list[Node]:
+        """The per-student subtrees below the rank/z combiners, each once, in tree order."""
+        found: dict[str, Node] = {}
 
         def collect(node: Node) -> None:
             if primitives.get(node.name).cross_arch:
                 for a in node.args:
                     collect(a)
-            elif node.text not in parts:
-                parts[node.text] = torch.stack([self._raw(node, t_env, e)[0].double()
-                                                for e in envs])
+            else:
+                found.setdefault(node.text, node)
 
         collect(self.node)
-        return parts
+        return list(found.values())
+
+    def part_scores(self, teacher: nn.Module, students: Iterable[nn.Module], inputs: Tensor,
+                    targets: Tensor | None = None) -> dict[str, Tensor]:
+        """Raw per-student scores of each part below the rank/z combiners (by formula text).
+
+        Students are scored one at a time and only their part scores kept, so memory is one
+        student's features, activations, weights and gradients (plus the teacher's features)
+        whatever the population's size."""
+        t_env = self._side(teacher, inputs, None, student=False)
+        nodes = self.parts()
+        columns: list[list[Tensor]] = [[] for _ in nodes]
+        for student in students:
+            env = self._side(student, inputs, targets, student=True)
+            for col, node in zip(columns, nodes, strict=True):
+                col.append(self._raw(node, t_env, env)[0].double())
+            del env
+        return {n.text: torch.stack(c) if c else torch.empty(0, dtype=torch.float64)
+                for n, c in zip(nodes, columns, strict=True)}
 
     def combine(self, parts: Mapping[str, Tensor]) -> list[float]:
-        """Oriented scores from part scores (the combiners rank over the students given)."""
+        """Oriented scores from part scores (the combiners rank over the students given).
+
+        A part that is not finite for some student stops the combination with an error naming
+        it: ranking around a NaN would silently score the students by the other part."""
+        if self.cross_arch:
+            for text, v in parts.items():
+                bad = int((~torch.isfinite(v)).sum())
+                if bad:
+                    raise GpProxyError(f"part {text} is NaN or infinite for {bad} of "
+                                       f"{v.numel()} students; the combination cannot rank them")
 
         def vector(node: Node) -> Tensor:
             if primitives.get(node.name).cross_arch:

@@ -153,5 +153,9 @@ def spearman_rho_batch(xs: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their average (as ``scipy.stats.rankdata``)."""
-    return np.asarray(_average_ranks(_vec(x)))
+    """1-based ranks, ties sharing their average (as ``scipy.stats.rankdata``); any NaN makes
+    every rank NaN (scipy's ``nan_policy="propagate"``), never a silent place in the order."""
+    v = _vec(x)
+    if _has_nan(v):
+        return np.full(v.shape, np.nan)
+    return np.asarray(_average_ranks(v))

@@ -102,7 +102,7 @@ _SPECS: list[tuple[str, Callable[[Tensor], Tensor], tuple[Kind, ...], str, objec
     ("mish", F.mish, TENSOR_TRANSFORM_KINDS, r"\operatorname{{mish}}\left({0}\right)", None, {},
      "x · tanh(softplus(x)) (Misra 2019)"),
     ("leaky_relu", lambda x: F.leaky_relu(x, 0.01), TENSOR_TRANSFORM_KINDS,
-     r"\operatorname{{LReLU}}\left({0}\right)", None, {"idempotent": True},
+     r"\operatorname{{LReLU}}\left({0}\right)", None, {},
      "max(x, 0.01 x)"),
     ("relu", F.relu, _TENSOR_AND_INSTINCT, r"\operatorname{{ReLU}}\left({0}\right)", _sym_relu,
      {"idempotent": True}, "max(x, 0)"),

@@ -262,7 +262,12 @@ register(Op(name="mean_layers", family="reduce",
 
 
 def average_ranks(x: Tensor) -> Tensor:
-    """0-based ranks of a 1-D tensor, ties sharing their average rank."""
+    """0-based ranks of a 1-D tensor, ties sharing their average rank.
+
+    A NaN has no place in an order: any NaN makes every rank NaN (as scipy's ``rankdata``
+    with ``nan_policy="propagate"``), so a combination never silently ranks around it."""
+    if torch.isnan(x).any():
+        return torch.full_like(x, float("nan"))
     s = torch.sort(x).values
     lo = torch.searchsorted(s, x, right=False)
     hi = torch.searchsorted(s, x, right=True)

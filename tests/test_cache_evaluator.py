@@ -410,3 +410,28 @@ def test_a_dead_worker_is_a_one_line_error(cache) -> None:  # type: ignore[no-un
             ev.evaluate(["l1(k3)"])
     finally:
         ev.close()
+
+
+NAN_PART = "kl_t4(mm(exp(exp(bmm(k2)))))"
+
+
+@pytest.mark.parametrize("combiner", ["rank_add", "rank_sub", "z_add", "z_sub"])
+def test_a_combination_with_a_non_finite_part_fails_naming_it(cache, combiner: str) -> None:  # type: ignore[no-untyped-def]
+    """The audit's reproducer: a part that is NaN for every architecture made the combination
+    rank exactly like its other part, with status ok."""
+    ev = Evaluator(cache, device="cpu")
+    alone = ev.evaluate([NAN_PART])[0]
+    assert alone.status == "nan"
+    res = ev.evaluate([f"{combiner}({NAN_PART},sum_layers(sqrt(l1_norm(grad))))"])[0]
+    assert res.status == "nan" and not res.ok
+    assert NAN_PART in res.reason, res.reason
+
+
+def test_proxy_combination_refuses_a_non_finite_part(cache) -> None:  # type: ignore[no-untyped-def]
+    from gp_proxy.proxy import Proxy
+
+    proxy = Proxy.from_string(f"rank_add({NAN_PART},sum_layers(l1_norm(grad)))")
+    parts = {NAN_PART: torch.tensor([1.0, float("nan"), 2.0], dtype=torch.float64),
+             "sum_layers(l1_norm(grad))": torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)}
+    with pytest.raises(primitives.GpProxyError, match=r"kl_t4.*1 of 3 students"):
+        proxy.combine(parts)

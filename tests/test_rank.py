@@ -67,3 +67,16 @@ def test_average_ranks_match_scipy() -> None:
 def test_length_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="lengths differ"):
         kendall_tau(np.ones(3), np.ones(4))
+
+
+def test_ranks_never_place_a_nan() -> None:
+    """The audit's reproducer: [3, nan, 1, 2] was ranked [2.5, 3.5, 0, 1] (NaN put last)."""
+    import primitives.instinct as inst
+
+    got = average_ranks(np.array([3.0, np.nan, 1.0, 2.0]))
+    want = stats.rankdata([3.0, np.nan, 1.0, 2.0], nan_policy="propagate")
+    assert np.isnan(got).all() and np.isnan(want).all()
+    import torch
+
+    assert torch.isnan(inst.average_ranks(torch.tensor([3.0, float("nan"), 1.0, 2.0]))).all()
+    assert inst.average_ranks(torch.tensor([3.0, 1.0, 1.0])).tolist() == [2.0, 0.5, 0.5]
