@@ -376,7 +376,8 @@ class Evaluator:
                     results.append(EvalResult(text, *bad))
                     continue
                 broken = next((t for t in sub if not torch.isfinite(vectors[t]).all()), None)
-                if len(sub) > 1 and broken is not None:  # a combination must not rank around a broken part
+                # a combination must not rank around a broken part
+                if len(sub) > 1 and broken is not None:
                     v = vectors[broken]
                     nan, inf = int(torch.isnan(v).sum()), int(torch.isinf(v).sum())
                     results.append(EvalResult(
