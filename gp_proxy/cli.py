@@ -66,22 +66,24 @@ app.add_typer(bench_app, name="bench")
 def bench_build(
     out: Annotated[Path, typer.Argument(help="benchmark folder (created, or resumed)")],
     data: Annotated[Path | None, typer.Option(help="folder with the dataset's files")] = None,
-    workers: Annotated[int, typer.Option(help="trainings in parallel (one process each)")] = 2,
+    workers: Annotated[int, typer.Option(min=1, help="trainings in parallel (one process each)")
+                       ] = 2,
     space: Annotated[str | None, typer.Option(help="student search space")] = None,
     teacher: Annotated[str | None, typer.Option(help="teacher name (of --teacher-space)")] = None,
     teacher_space: Annotated[str | None, typer.Option(
         help="the teacher's family: a space whose teachers to use (default: the student "
              "space's)")] = None,
     dataset: Annotated[str | None, typer.Option(help="data recipe: dataset name")] = None,
-    image_size: Annotated[int | None, typer.Option(help="images resized to this side")] = None,
+    image_size: Annotated[int | None, typer.Option(min=1, help="images resized to this side")
+                          ] = None,
     modes: Annotated[str | None, typer.Option(help="comma-separated: kd, ce")] = None,
     ce_from: Annotated[str | None, typer.Option(
         help="share this benchmark folder's CE runs (relative to OUT)")] = None,
     archs: Annotated[str | None, typer.Option(help="comma-separated specs (default: whole "
                                                    "space)")] = None,
-    epochs: Annotated[int | None, typer.Option(help="student epochs")] = None,
-    teacher_epochs: Annotated[int | None, typer.Option(help="teacher epochs")] = None,
-    max_runs: Annotated[int | None, typer.Option(help="stop after this many new trainings")
+    epochs: Annotated[int | None, typer.Option(min=1, help="student epochs")] = None,
+    teacher_epochs: Annotated[int | None, typer.Option(min=1, help="teacher epochs")] = None,
+    max_runs: Annotated[int | None, typer.Option(min=1, help="stop after this many new trainings")
                         ] = None,
 ) -> None:
     """Train the teacher and every student (KD and CE, 3 seeds); resumes where it stopped.
@@ -254,7 +256,7 @@ def resume(
 @app.command("inspect")
 def inspect(
     run_dir: Annotated[Path, typer.Argument(help="run directory of a campaign")],
-    top: Annotated[int, typer.Option(help="rows of the hall of fame to show")] = 10,
+    top: Annotated[int, typer.Option(min=1, help="rows of the hall of fame to show")] = 10,
     pictures: Annotated[bool, typer.Option(help="write evolution.png, scatter.png, tree.png")
                         ] = True,
 ) -> None:
@@ -318,7 +320,7 @@ def score(
     cache_dir: Annotated[Path, typer.Option(help="feature cache folder")
                          ] = Path(".gp-proxy-cache"),
     teacher_init: Annotated[str, typer.Option(help="trained or random")] = "trained",
-    seed: Annotated[int, typer.Option(help="seed of stochastic ops")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="seed of stochastic ops")] = 0,
 ) -> None:
     """Evaluate one formula on a benchmark, next to the #params and FLOPs baselines."""
     from .benchmark import load_benchmark
@@ -329,7 +331,11 @@ def score(
 
     if formula in REPORTED:
         formula = REPORTED[formula].formula
+    if teacher_init not in ("trained", "random"):
+        raise GpProxyError(f"--teacher-init {teacher_init!r}: choose trained or random")
     bench = load_benchmark(benchmark, target)
+    # a typo is reported at once, before the feature cache is built (minutes on a new machine)
+    primitives.check(formula, bench.search_space().build(bench.truth.archs[0]).feature_kinds)
     cache = bench.cache(str(cache_dir), teacher_init)
     res = Evaluator(cache, seed=seed).evaluate([formula])[0]
     if not res.ok or res.scores is None:
@@ -360,7 +366,7 @@ def compare_cmd(
     target: Annotated[str, typer.Option(help="ground-truth column")] = "kd_mean",
     cache_dir: Annotated[Path, typer.Option(help="feature cache folder")
                          ] = Path(".gp-proxy-cache"),
-    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples of the held-out set")
+    bootstrap: Annotated[int, typer.Option(min=1, help="bootstrap resamples of the held-out set")
                          ] = 1000,
     out: Annotated[Path | None, typer.Option(help="write CSV and a bar chart here (a folder)")
                    ] = None,
@@ -428,15 +434,16 @@ def search_cmd(
     benchmark: Annotated[Path, typer.Option(help="benchmark folder: space, teacher, probe")
                          ] = Path("benchmarks/fmnist"),
     strategy: Annotated[str, typer.Option(help="evolution, random or exhaustive")] = "evolution",
-    iterations: Annotated[int, typer.Option(help="children (evolution) or samples (random)")
+    iterations: Annotated[int, typer.Option(min=1, help="children (evolution) or samples (random)")
                           ] = 200,
-    population: Annotated[int, typer.Option(help="evolution population")] = 20,
-    sample: Annotated[int, typer.Option(help="evolution tournament size")] = 5,
-    max_params: Annotated[int | None, typer.Option(help="budget: at most this many params")
+    population: Annotated[int, typer.Option(min=1, help="evolution population")] = 20,
+    sample: Annotated[int, typer.Option(min=1, help="evolution tournament size")] = 5,
+    max_params: Annotated[int | None, typer.Option(min=1, help="budget: at most this many params")
                           ] = None,
-    max_flops: Annotated[int | None, typer.Option(help="budget: at most this many MACs")] = None,
-    seed: Annotated[int, typer.Option(help="search seed")] = 0,
-    top_k: Annotated[int, typer.Option(help="how many students to keep")] = 5,
+    max_flops: Annotated[int | None, typer.Option(min=1, help="budget: at most this many MACs")
+                         ] = None,
+    seed: Annotated[int, typer.Option(min=0, help="search seed")] = 0,
+    top_k: Annotated[int, typer.Option(min=1, help="how many students to keep")] = 5,
     out: Annotated[Path | None, typer.Option(help="write the result as JSON")] = None,
 ) -> None:
     """Search students without training, with a proxy as fitness, under a budget."""
@@ -499,10 +506,10 @@ def distill_cmd(
     formula: Annotated[str | None, typer.Option(help="formula (or run dir) for the 'formula' "
                                                      "loss")] = None,
     ce_weight: Annotated[float, typer.Option(help="weight of cross-entropy")] = 0.1,
-    epochs: Annotated[int, typer.Option(help="epochs")] = 10,
-    train_size: Annotated[int, typer.Option(help="training images (the benchmark's subset)")
+    epochs: Annotated[int, typer.Option(min=1, help="epochs")] = 10,
+    train_size: Annotated[int, typer.Option(min=1, help="training images (the benchmark's subset)")
                           ] = 5000,
-    seed: Annotated[int, typer.Option(help="seed of initialisation and data order")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="seed of initialisation and data order")] = 0,
 ) -> None:
     """Distil a student from the benchmark's teacher; checkpoints every epoch and resumes."""
     from .benchmark import load_benchmark
@@ -545,13 +552,14 @@ def pipeline_cmd(
     benchmark: Annotated[Path, typer.Option(help="benchmark folder")] = Path("benchmarks/fmnist"),
     data: Annotated[Path | None, typer.Option(help="folder with the Fashion-MNIST IDX files")
                     ] = None,
-    max_params: Annotated[int | None, typer.Option(help="budget: params")] = None,
-    max_flops: Annotated[int | None, typer.Option(help="budget: MACs")] = None,
+    max_params: Annotated[int | None, typer.Option(min=1, help="budget: params")] = None,
+    max_flops: Annotated[int | None, typer.Option(min=1, help="budget: MACs")] = None,
     strategy: Annotated[str, typer.Option(help="exhaustive, evolution or random")
                         ] = "exhaustive",
-    iterations: Annotated[int, typer.Option(help="search iterations (evolution, random)")] = 200,
+    iterations: Annotated[int, typer.Option(min=1, help="search iterations (evolution, random)")
+                          ] = 200,
     seeds: Annotated[str, typer.Option(help="distillation seeds, comma-separated")] = "0,1,2",
-    epochs: Annotated[int, typer.Option(help="distillation epochs")] = 10,
+    epochs: Annotated[int, typer.Option(min=1, help="distillation epochs")] = 10,
     held_out_only: Annotated[bool, typer.Option(
         "--held-out-only", help="choose every student among the proxy campaign's held-out "
                                 "architectures (needs a run directory)")] = False,

@@ -15,6 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from primitives.errors import GpProxyError
+from primitives.formula import MAX_DEPTH
+
+from .io import read_text
 
 __all__ = ["CampaignConfig", "ConfigError", "load_config", "run_config"]
 
@@ -38,10 +41,10 @@ class CampaignConfig(BaseModel):
     target_fitness: float | None = None
     fitness: Literal["tau", "tau_params_bins"] = "tau"
     stagnation: int | None = Field(None, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     init_min_height: int = Field(2, ge=1)
     init_max_height: int = Field(6, ge=1)
-    max_height: int = Field(10, ge=2)
+    max_height: int = Field(10, ge=2, le=MAX_DEPTH)
     max_size: int = Field(30, ge=2)
     crossover_prob: float = Field(0.5, ge=0, le=1)
     mutation_prob: float = Field(0.1, ge=0, le=1)
@@ -55,9 +58,9 @@ class CampaignConfig(BaseModel):
     guesses: list[str] = Field(default_factory=list)
     test_fraction: float = Field(0.3, gt=0, lt=1)
     folds: int = Field(5, ge=2)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0)
     teacher_init: Literal["trained", "random"] = "trained"
-    init_seed: int = 0
+    init_seed: int = Field(0, ge=0)
     act_samples: int = Field(16, ge=1)
     chunk_size: int | None = Field(None, ge=1)  # None: chunks of about chunk_bytes
     chunk_bytes: int = Field(8 << 20, ge=1)
@@ -92,13 +95,14 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
                 ) -> CampaignConfig:
     """Read ``path`` (YAML; optional) and apply ``key=value`` overrides."""
     data: dict[str, Any] = {}
-    where = "defaults"
+    origin: dict[str, str] = {}  # each key's source, for errors: the file or the override
     if path is not None:
-        where = str(path)
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
+            text = read_text(path)
+        except GpProxyError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" at line {mark.line + 1}" if mark is not None else ""
@@ -108,19 +112,22 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the config must be a mapping of keys to values")
         data.update(loaded)
+        origin.update(dict.fromkeys(map(str, loaded), str(path)))
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key=value")
         data[key.strip()] = _coerce(value)
+        origin[key.strip()] = f"override {item!r}"
     for key in data:
         if key not in CampaignConfig.model_fields:
-            raise ConfigError(f"{where}: unknown key {key!r}{_suggest(key)}")
+            raise ConfigError(f"{origin[str(key)]}: unknown key {key!r}{_suggest(str(key))}")
     try:
         return CampaignConfig(**data)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
+        where = origin.get(str(err["loc"][0]) if err["loc"] else "", "config")
         raise ConfigError(f"{where}: {key}: {err['msg']} (got {err.get('input')!r})") from None
 
 

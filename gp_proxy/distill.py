@@ -1,14 +1,15 @@
 """Distil a student from a teacher with any mix of registered losses; resumable per epoch.
 
 Loss = ``ce_weight`` · CE(student, labels) + Σ weight_l · loss_l(student feats, teacher feats).
-The run directory holds ``config.json``, ``checkpoint.safetensors`` + ``checkpoint.json``
-(student, loss-module and optimizer tensors; epoch, data-order RNG state; written atomically
-after every epoch) and ``metrics.json`` at the end. A killed run resumes from its last epoch
-and ends with bit-identical weights to an uninterrupted one.
+The run directory holds ``config.json``, ``checkpoint.safetensors`` (student, loss-module and
+optimizer tensors, data-order RNG state, and the epoch record in its metadata: one file,
+written atomically after every epoch) and ``metrics.json`` at the end. A killed run resumes
+from its last epoch and ends with bit-identical weights to an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -68,6 +69,29 @@ def _build_losses(losses: nn.ModuleDict, cfg: DistillConfig,
         losses[name] = build_loss(name, shapes, **kw)
 
 
+CHECKPOINT_FORMAT = 2  # 2: the epoch record inside the safetensors metadata (one file)
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import safe_open
+
+    tensors = load_tensors(path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    try:
+        state = json.loads(meta["state"])
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("format")
+        epoch, history, seconds = int(state["epoch"]), list(state["history"]), state["seconds"]
+        if epoch != len(history) or not all(isinstance(v, float) for v in history) \
+                or not isinstance(seconds, float) or "rng" not in tensors:
+            raise ValueError("fields")
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError):
+        raise GpProxyError(f"{path}: not a checkpoint of this version (epoch record missing "
+                           "or malformed); remove it to start over") from None
+    return tensors, {"epoch": epoch, "history": history, "seconds": seconds}
+
+
 def distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split,
             cfg: DistillConfig, run_dir: str | os.PathLike[str],
             on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
@@ -86,9 +110,11 @@ def distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split,
     opt = cfg.optimizer(params)
     g = torch.Generator().manual_seed(cfg.seed)
     start, history, seconds = 0, [], 0.0
-    if (run / "checkpoint.json").exists():
-        state = read_json(run / "checkpoint.json")
-        tensors = load_tensors(run / "checkpoint.safetensors")
+    ckpt = run / "checkpoint.safetensors"
+    if ckpt.exists():
+        # one file holds the tensors and, in its metadata, the epoch record: a kill can leave
+        # the old checkpoint or the new one, never a mismatched pair
+        tensors, state = _read_checkpoint(ckpt)
         student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
         losses.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("loss.")})
         opt_state = opt.state_dict()
@@ -131,9 +157,9 @@ def distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split,
         tensors.update({f"opt.{k}": s["momentum_buffer"] for k, s in opt_state.items()
                         if s.get("momentum_buffer") is not None})
         tensors["rng"] = g.get_state()
-        save_tensors(run / "checkpoint.safetensors", tensors)
-        atomic_write_json(run / "checkpoint.json", {"epoch": epoch + 1, "history": history,
-                                                   "seconds": seconds})
+        save_tensors(ckpt, tensors, {"state": json.dumps(
+            {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "history": history,
+             "seconds": seconds})})
         if on_epoch is not None:
             on_epoch(epoch + 1, history[-1])
     acc = evaluate_accuracy(student, test.images, test.labels)

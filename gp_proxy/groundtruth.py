@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 
 from primitives.errors import GpProxyError
 
+from .io import read_text
 from .spaces import SearchSpace, SpecError
 
 __all__ = ["GroundTruth", "GroundTruthError", "load_ground_truth"]
@@ -65,45 +67,48 @@ def load_ground_truth(path: str | os.PathLike[str], space: SearchSpace, target: 
     path = Path(path)
     if not path.is_file():
         raise GroundTruthError(f"{path}: ground-truth CSV not found")
-    with path.open(newline="") as fh:
-        reader = csv.reader(fh)
+    try:
+        text = read_text(path)  # UTF-8; a spreadsheet's byte-order mark is dropped
+    except GpProxyError as exc:
+        raise GroundTruthError(str(exc)) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise GroundTruthError(f"{path}: empty file") from None
+    arch_col = _column(arch_column, header, path, "architecture")
+    wanted = [target, *(c for c in numeric if c != target)]
+    cols = [_column(c, header, path, "numeric") for c in wanted]
+    ai = header.index(arch_col)
+    idx = {c: header.index(c) for c in cols}
+    archs: list[str] = []
+    values: dict[str, list[float]] = {c: [] for c in cols}
+    seen: dict[str, int] = {}
+    for line, row in enumerate(reader, start=2):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise GroundTruthError(f"{path}:{line}: {len(row)} fields, header has "
+                                   f"{len(header)}")
         try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise GroundTruthError(f"{path}: empty file") from None
-        arch_col = _column(arch_column, header, path, "architecture")
-        wanted = [target, *(c for c in numeric if c != target)]
-        cols = [_column(c, header, path, "numeric") for c in wanted]
-        ai = header.index(arch_col)
-        idx = {c: header.index(c) for c in cols}
-        archs: list[str] = []
-        values: dict[str, list[float]] = {c: [] for c in cols}
-        seen: dict[str, int] = {}
-        for line, row in enumerate(reader, start=2):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise GroundTruthError(f"{path}:{line}: {len(row)} fields, header has "
-                                       f"{len(header)}")
+            spec = space.validate(row[ai])
+        except SpecError as exc:
+            raise GroundTruthError(f"{path}:{line}: column {arch_col!r}: {exc}") from None
+        if spec in seen:
+            raise GroundTruthError(f"{path}:{line}: architecture {spec!r} repeats line "
+                                   f"{seen[spec]}")
+        seen[spec] = line
+        for c in cols:
+            cell = row[idx[c]].strip()
             try:
-                spec = space.validate(row[ai])
-            except SpecError as exc:
-                raise GroundTruthError(f"{path}:{line}: column {arch_col!r}: {exc}") from None
-            if spec in seen:
-                raise GroundTruthError(f"{path}:{line}: architecture {spec!r} repeats line "
-                                       f"{seen[spec]}")
-            seen[spec] = line
-            for c in cols:
-                cell = row[idx[c]].strip()
-                try:
-                    v = float(cell)
-                except ValueError:
-                    raise GroundTruthError(f"{path}:{line}: column {c!r}: {cell!r} is not a "
-                                           "number") from None
-                if not math.isfinite(v):
-                    raise GroundTruthError(f"{path}:{line}: column {c!r}: {cell!r} is not finite")
-                values[c].append(v)
-            archs.append(spec)
+                v = float(cell)
+            except ValueError:
+                raise GroundTruthError(f"{path}:{line}: column {c!r}: {cell!r} is not a "
+                                       "number") from None
+            if not math.isfinite(v):
+                raise GroundTruthError(f"{path}:{line}: column {c!r}: {cell!r} is not finite")
+            values[c].append(v)
+        archs.append(spec)
     if len(archs) < 3:
         raise GroundTruthError(f"{path}: {len(archs)} architectures; rank correlation needs at "
                                "least 3")

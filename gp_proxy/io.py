@@ -18,7 +18,7 @@ from torch import Tensor
 from primitives.errors import GpProxyError
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "load_tensors",
-           "read_json", "save_tensors"]
+           "read_json", "read_text", "save_tensors"]
 
 
 def _file_mode() -> int:
@@ -51,11 +51,27 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A text file the user hands us, as UTF-8 (a leading byte-order mark, as spreadsheet
+    programs write it, is dropped); a folder, a binary file or an unreadable one is one line
+    naming it."""
+    p = Path(path)
     try:
-        return json.loads(Path(path).read_text())
+        return p.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise GpProxyError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise GpProxyError(f"{path}: is a folder, not a file") from None
+    except PermissionError:
+        raise GpProxyError(f"{path}: permission denied") from None
+    except UnicodeDecodeError as exc:
+        raise GpProxyError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    text = read_text(path)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise GpProxyError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
 

@@ -174,7 +174,12 @@ class DKD(nn.Module):
 class FormulaLoss(nn.Module):
     """A discovered teacher-student formula used as a feature loss: the distance part of the
     formula (its pairwise subtrees) evaluated on student and teacher features, summed. Only
-    formulas whose ops are all differentiable qualify (recorded in the registry)."""
+    formulas whose ops are all differentiable qualify (recorded in the registry).
+
+    Raw formula distances span many orders of magnitude (2.29e15 was seen for an evolved
+    one), so each part is divided by its value on the first training batch (kept as a buffer,
+    so a resumed run divides by the same number): every part starts at 1, and the weight a
+    user gives the loss means "this many times the cross-entropy scale", as for the others."""
 
     def __init__(self, shapes: Any, formula: str = "") -> None:
         super().__init__()
@@ -188,12 +193,22 @@ class FormulaLoss(nn.Module):
         if bad:
             raise GpProxyError(f"formula {formula!r} cannot be a loss: {', '.join(bad)} "
                                "is not differentiable (or is random)")
+        self.register_buffer("scale", torch.zeros(len(self.parts), dtype=torch.float64))
 
     def forward(self, s: Feats, t: Feats, y: Tensor) -> Tensor:
         se = {k: v.unsqueeze(0) for k, v in s.items()}
         te = {k: v.detach().unsqueeze(0) for k, v in t.items()}
-        out = [primitives.evaluate(p, se, te) for p in self.parts]
-        return torch.stack([o.sum() for o in out if isinstance(o, Tensor)]).sum()
+        raw = []
+        for p in self.parts:
+            out = primitives.evaluate(p, se, te)
+            assert isinstance(out, Tensor)
+            raw.append(out.sum())
+        values = torch.stack(raw)
+        scale = self.get_buffer("scale")
+        if not bool(scale.any()):  # the first batch fixes each part's unit
+            first = values.detach().abs().double()
+            scale.copy_(torch.where(first > 0, first, torch.ones_like(first)))
+        return (values / scale.to(values.dtype)).sum()
 
 
 LOSSES: dict[str, Callable[..., nn.Module]] = {

@@ -71,6 +71,12 @@ class Node:
         return 1 + max((a.height for a in self.args), default=0)
 
 
+#: the deepest nesting a formula may have: far above any evolved tree (campaigns cap the
+#: height at ``max_height``, at most this), and far below what the recursive walks over a
+#: tree (typing, canonical form, evaluation) can take on Python's default stack
+MAX_DEPTH = 100
+
+
 def parse(text: str, input_kinds: Mapping[str, Kind] | None = None) -> Node:
     """Parse and type-check a formula string; raise :class:`FormulaError` naming the token."""
     get("k1")  # make sure the registry is populated
@@ -100,11 +106,13 @@ def parse(text: str, input_kinds: Mapping[str, Kind] | None = None) -> Node:
             raise FormulaError(f"expected {value!r}, found {tok!r}", text, at)
         i += 1
 
-    def node() -> tuple[Node, int]:
+    def node(depth: int = 1) -> tuple[Node, int]:
         nonlocal i
         if i >= len(tokens):
             raise FormulaError("expected an op or input but the formula ended", text, len(text))
         kind, tok, at = tokens[i]
+        if depth > MAX_DEPTH:
+            raise FormulaError(f"the formula nests deeper than {MAX_DEPTH} levels", text, at)
         if kind != "name":
             raise FormulaError(f"expected an op or input, found {tok!r}", text, at)
         if tok not in REGISTRY:
@@ -116,7 +124,7 @@ def parse(text: str, input_kinds: Mapping[str, Kind] | None = None) -> Node:
         if i < len(tokens) and tokens[i][1] == "(":
             i += 1
             while True:
-                child, _ = node()
+                child, _ = node(depth + 1)
                 args.append(child)
                 if i < len(tokens) and tokens[i][1] == ",":
                     i += 1

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from gp_proxy.data import Split
-from gp_proxy.distill import DistillConfig, distill
+from gp_proxy.distill import DistillConfig, _read_checkpoint, distill
 from gp_proxy.losses import LOSSES, build_loss
 from gp_proxy.spaces import get_space
 from primitives import GpProxyError
@@ -106,7 +106,8 @@ def test_distillation_resumes_to_identical_weights(tmp_path: Path) -> None:
     part = space.build("w8-d111-k3", seed=0)
     with pytest.raises(Stop):
         distill(part, teacher, train, test, cfg, tmp_path / "part", on_epoch=stop)
-    assert json.loads((tmp_path / "part" / "checkpoint.json").read_text())["epoch"] == 1
+    assert _read_checkpoint(tmp_path / "part" / "checkpoint.safetensors")[1]["epoch"] == 1
+    assert not (tmp_path / "part" / "checkpoint.json").exists()  # one file: no torn pair
     resumed = space.build("w8-d111-k3", seed=0)
     metrics = distill(resumed, teacher, train, test, cfg, tmp_path / "part")
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
@@ -114,6 +115,34 @@ def test_distillation_resumes_to_identical_weights(tmp_path: Path) -> None:
     assert 0 <= metrics["test_acc"] <= 1 and len(metrics["train_loss"]) == 2
     with pytest.raises(GpProxyError, match="other settings"):
         distill(resumed, teacher, train, test, DistillConfig(epochs=3), tmp_path / "part")
+
+
+def test_a_checkpoint_without_its_epoch_record_is_one_clear_error(tmp_path: Path) -> None:
+    from gp_proxy.io import save_tensors
+
+    run = tmp_path / "run"
+    save_tensors(run / "checkpoint.safetensors", {"rng": torch.zeros(3)},
+                 {"state": '{"format": 2, "epoch": "abc", "history": [], "seconds": 0.0}'})
+    with pytest.raises(GpProxyError, match=r"checkpoint\.safetensors: not a checkpoint"):
+        _read_checkpoint(run / "checkpoint.safetensors")
+
+
+def test_formula_loss_is_divided_by_its_first_batch_value() -> None:
+    """An evolved distance at 1e15 no longer swamps the other terms: each part starts at 1,
+    and the unit is a buffer (saved with the checkpoint, kept on resume)."""
+    from gp_proxy.losses import FormulaLoss
+
+    loss = FormulaLoss({}, formula="rank_add(mse(k2),mean_layers(fro_norm(weight)))")
+    g = torch.Generator().manual_seed(0)
+    s = {"k2": torch.randn(4, 8, 3, 3, generator=g) * 1e4}
+    t = {"k2": torch.randn(4, 8, 3, 3, generator=g) * 1e4}
+    first = loss(s, t, torch.zeros(4))
+    assert float(first) == pytest.approx(1.0)
+    raw = float(loss.scale[0])
+    assert raw > 1e7  # what the raw distance was (features at 1e4: squared errors at 1e8)
+    half = {"k2": s["k2"] * 0.5 + t["k2"] * 0.5}
+    assert 0 < float(loss(half, t, torch.zeros(4))) < 1  # later batches in the same unit
+    assert "scale" in loss.state_dict()
 
 
 def test_distill_cli_on_fake_idx_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]
