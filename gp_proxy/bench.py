@@ -43,8 +43,16 @@ from scipy import stats
 
 from primitives.errors import GpProxyError
 
+from .artifacts import BenchRun, load_artifact, validate, write_artifact
 from .data import Split, get_dataset
-from .io import atomic_write_json, atomic_write_text, load_tensors, read_json, save_tensors
+from .io import (
+    atomic_write_json,
+    atomic_write_text,
+    load_tensors,
+    read_json,
+    run_lock,
+    save_tensors,
+)
 from .provenance import cpu_name, git_revision
 from .spaces import FeatureNet, SearchSpace, count_flops, count_params, get_space
 from .train import Recipe, evaluate_accuracy, predict_logits, train_classifier
@@ -89,6 +97,18 @@ class BenchConfig:
             raise GpProxyError(f"benchmark config: seeds {list(self.seeds)} must be distinct "
                                "and non-negative")
 
+    def check(self) -> None:
+        """Fail on an unknown space, teacher, dataset or architecture before any data is read
+        or any training starts (each error names the field)."""
+        get_dataset(self.dataset)
+        space = self.student_space()
+        family = self.teacher_family()
+        if not self.teacher_weights and self.teacher not in family.teachers():
+            raise GpProxyError(f"benchmark config: teacher {self.teacher!r} is not one of "
+                               f"{family.name}'s ({', '.join(family.teachers()) or 'none'})")
+        for a in self.archs:
+            space.validate(a)
+
     def input_shape(self) -> tuple[int, int, int]:
         return get_dataset(self.dataset).input_shape(self.image_size)
 
@@ -129,16 +149,19 @@ class BenchConfig:
         return d
 
     @staticmethod
-    def from_json(d: dict[str, Any]) -> BenchConfig:
+    def from_json(d: Any, where: str | os.PathLike[str] = "benchmark config") -> BenchConfig:
+        """A config from its JSON form, validated field by field (errors name ``where``)."""
+        if not isinstance(d, dict):
+            raise GpProxyError(f"{where}: a benchmark config must be a JSON object")
         known = {f.name for f in fields(BenchConfig)}
         unknown = set(d) - known
         if unknown:
-            raise GpProxyError(f"benchmark config: unknown keys {sorted(unknown)}")
-        d = dict(d)
-        d["seeds"] = tuple(d.get("seeds", (0, 1, 2)))
-        d["archs"] = tuple(d.get("archs", ()))
-        d["modes"] = tuple(d.get("modes", MODES))
-        return BenchConfig(**d)
+            raise GpProxyError(f"{where}: unknown keys {sorted(unknown)}")
+        return validate(d, BenchConfig, where)
+
+    @staticmethod
+    def load(path: str | os.PathLike[str]) -> BenchConfig:
+        return BenchConfig.from_json(read_json(path), path)
 
 
 def _run_name(arch: str, mode: str, seed: int) -> str:
@@ -191,7 +214,7 @@ def _build_order(archs: list[str], cfg: BenchConfig, runs_dir: Path) -> list[str
 def _check_config(out: Path, cfg: BenchConfig) -> None:
     path = out / "config.json"
     if path.exists():
-        old = BenchConfig.from_json(read_json(path))
+        old = BenchConfig.load(path)
         if old != cfg:
             diff = [f.name for f in fields(cfg) if getattr(old, f.name) != getattr(cfg, f.name)]
             raise GpProxyError(f"{path}: an earlier build used other settings ({', '.join(diff)}); "
@@ -241,10 +264,17 @@ def build_benchmark(out: str | os.PathLike[str], cfg: BenchConfig, train: Split,
                     ) -> dict[str, int]:
     """Build (or resume) a benchmark in ``out``; returns counts of done/new/remaining runs.
 
-    ``max_runs`` stops after that many new trainings (used to test resumption).
+    ``max_runs`` stops after that many new trainings (used to test resumption). The folder
+    is locked while it is built: a second build of it fails at once naming the holder.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):
+        return _build(out, cfg, train, test, workers, max_runs, quiet)
+
+
+def _build(out: Path, cfg: BenchConfig, train: Split, test: Split, workers: int,
+           max_runs: int | None, quiet: bool) -> dict[str, int]:
+    cfg.check()
     _check_config(out, cfg)
     space = cfg.student_space()
     archs = [space.validate(a) for a in cfg.archs] if cfg.archs else list(space.enumerate())
@@ -284,9 +314,9 @@ def build_benchmark(out: str | os.PathLike[str], cfg: BenchConfig, train: Split,
                         finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                         for fut in finished:
                             rec = fut.result()
-                            atomic_write_json(
+                            write_artifact(
                                 runs_dir / f"{_run_name(rec['arch'], rec['mode'], rec['seed'])}"
-                                ".json", rec)
+                                ".json", BenchRun(**rec))
                             new += 1
                             progress.update(task, advance=1)
                             if not progress.console.is_terminal and new % 20 == 0:
@@ -314,7 +344,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 def _load_runs(folder: Path, modes: tuple[str, ...]) -> dict[tuple[str, str, int], dict[str, Any]]:
     runs: dict[tuple[str, str, int], dict[str, Any]] = {}
     for p in sorted((folder / "runs").glob("*.json")):
-        rec = read_json(p)
+        rec = load_artifact(p, BenchRun).model_dump()
         if rec["mode"] in modes:
             runs[(rec["arch"], rec["mode"], int(rec["seed"]))] = rec
     return runs
@@ -329,7 +359,7 @@ def shared_ce_source(out: Path, cfg: BenchConfig) -> Path | None:
     if not (src / "config.json").is_file():
         raise GpProxyError(f"{out / 'config.json'}: ce_from {cfg.ce_from!r}: no benchmark "
                            f"config at {src}")
-    other = BenchConfig.from_json(read_json(src / "config.json"))
+    other = BenchConfig.load(src / "config.json")
     diff = cfg.student_runs_match(other)
     if diff:
         raise GpProxyError(f"{out / 'config.json'}: ce_from {cfg.ce_from!r} trains students "
@@ -434,7 +464,7 @@ def teacher_difference(reference: Path, rows: list[dict[str, Any]], seeds: tuple
 def summarize(out: str | os.PathLike[str], command: str = "") -> dict[str, Any]:
     """Write ground_truth.csv, noise.json and manifest.json from the finished runs."""
     out = Path(out)
-    cfg = BenchConfig.from_json(read_json(out / "config.json"))
+    cfg = BenchConfig.load(out / "config.json")
     space = cfg.student_space()
     archs = [space.validate(a) for a in cfg.archs] if cfg.archs else list(space.enumerate())
     runs = _load_runs(out, cfg.modes)

@@ -11,10 +11,11 @@ from torch import Tensor
 
 from primitives.errors import GpProxyError
 
+from .bench import BenchConfig
 from .cache import CacheConfig, FeatureCache, load_cache
 from .data import Split, get_dataset
 from .groundtruth import GroundTruth, load_ground_truth
-from .io import load_tensors, read_json
+from .io import load_tensors
 from .spaces import FeatureNet, SearchSpace, get_space
 
 __all__ = ["Benchmark", "load_benchmark"]
@@ -53,11 +54,18 @@ class Benchmark:
 
     def training_split(self, train_all: Split) -> Split:
         """The fixed training subset the ground truth was trained on."""
-        from .bench import BenchConfig, _train_subset
+        from .bench import _train_subset
 
-        cfg = BenchConfig.from_json(read_json(self.folder / "config.json"))
+        cfg = BenchConfig.load(self.folder / "config.json")
         idx, _ = _train_subset(train_all, min(cfg.train_size, len(train_all)), cfg.subset_seed)
         return Split(train_all.images[idx], train_all.labels[idx])
+
+    def load_data(self, root: str | os.PathLike[str] | None = None) -> tuple[Split, Split]:
+        """The benchmark's training subset and the test split, by its data recipe."""
+        cfg = BenchConfig.load(self.folder / "config.json")
+        ds = get_dataset(cfg.dataset)
+        return (self.training_split(ds.load(root, "train", cfg.image_size)),
+                ds.load(root, "test", cfg.image_size))
 
     def cache_config(self, teacher_init: str = "trained", init_seed: int = 0,
                      act_samples: int = 16) -> CacheConfig:
@@ -80,25 +88,22 @@ def load_benchmark(folder: str | os.PathLike[str], target: str = "kd_mean") -> B
     for name in ("config.json", "ground_truth.csv", "probe.safetensors", "teacher.safetensors"):
         if not (path / name).exists():
             raise GpProxyError(f"{path}: not a benchmark folder (missing {name})")
-    cfg = read_json(path / "config.json")
+    cfg = BenchConfig.load(path / "config.json")
     shape, classes, teacher_space = _adaptation(cfg)
-    space = get_space(cfg["space"], shape or None, classes or None)
+    space = get_space(cfg.space, shape or None, classes or None)
     header = (path / "ground_truth.csv").read_text().split("\n", 1)[0].split(",")
     extra = tuple(c for c in ("kd_mean", "ce_mean") if c in header and c != target)
     truth = load_ground_truth(path / "ground_truth.csv", space, target,
                               numeric=("params", "flops", *extra))
-    return Benchmark(path, cfg["space"], cfg.get("teacher", "resnet-t"), truth,
+    return Benchmark(path, cfg.space, cfg.teacher, truth,
                      truth.columns["params"], truth.columns["flops"], teacher_space, shape,
                      classes)
 
 
-def _adaptation(cfg: dict[str, object]) -> tuple[tuple[int, ...], int, str]:
+def _adaptation(full: BenchConfig) -> tuple[tuple[int, ...], int, str]:
     """Input shape, classes and teacher family a benchmark config declares; empty where it
     keeps the space's own (older folders and the embedded one, whose space is native to its
     data), so that their cache keys stay as they were."""
-    from .bench import BenchConfig
-
-    full = BenchConfig.from_json(dict(cfg))
     space = get_space(full.space)
     shape = full.input_shape()
     classes = get_dataset(full.dataset).classes

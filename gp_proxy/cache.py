@@ -223,7 +223,7 @@ def _build_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[
             teacher.train()
         with torch.no_grad():
             tf = teacher.features(images)
-        save_tensors(tfile, tf, {**meta, "spec": config.teacher})
+        save_tensors(tfile, tf, {**meta, "spec": config.teacher, "digest": _tensor_digest(tf)})
     specs = [space.validate(a) for a in archs]
     missing = [s for s in specs if not _valid(_arch_file(folder, s), {**meta, "spec": s})]
     with Progress(disable=quiet or not missing) as progress:
@@ -232,7 +232,8 @@ def _build_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[
             model = space.build(spec, seed=config.init_seed)
             tensors = _student_tensors(model, images, labels, config.act_samples)
             save_tensors(_arch_file(folder, spec), tensors,
-                         {**meta, "spec": spec, "params": str(count_params(model)),
+                         {**meta, "spec": spec, "digest": _tensor_digest(tensors),
+                          "params": str(count_params(model)),
                           "flops": str(count_flops(model, space.input_shape)),
                           "layers": str(len(model.weight_layers()))})
             progress.update(task, advance=1)
@@ -250,8 +251,27 @@ def _read_metadata(path: Path) -> dict[str, str] | None:
 
 
 def _valid(path: Path, expected: dict[str, str]) -> bool:
+    """The file's metadata names the expected key and spec and carries a content digest
+    (files written before digests existed are rebuilt once)."""
     meta = _read_metadata(path)
-    return meta is not None and all(meta.get(k) == v for k, v in expected.items())
+    return meta is not None and "digest" in meta and all(meta.get(k) == v
+                                                         for k, v in expected.items())
+
+
+def _load_checked(root: str | os.PathLike[str], config: CacheConfig, path: Path,
+                  spec: str | None) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """A cache file's tensors, checked against the digest of their content written with
+    them: a file overwritten with other (even finite) numbers is rebuilt, not used."""
+    for attempt in range(2):
+        meta = _read_metadata(path)
+        if meta is not None:
+            t = load_tensors(path)
+            if _tensor_digest(t) == meta.get("digest"):
+                return t, meta
+        if attempt == 0:
+            path.unlink(missing_ok=True)
+            _build_cache(root, config, [spec] if spec is not None else [], quiet=True)
+    raise CacheError(f"{path}: content does not match its digest after a rebuild")
 
 
 def _finite(path: Path, tensors: dict[str, Tensor]) -> None:
@@ -268,16 +288,15 @@ def load_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[st
     key = folder.name
     space = config.student_space()
     tfile = folder / "teacher.safetensors"
-    teacher = load_tensors(tfile)
+    teacher, _ = _load_checked(root, config, tfile, None)
     _finite(tfile, teacher)
     students = []
     for arch in archs:
         spec = space.validate(arch)
         path = _arch_file(folder, spec)
-        meta = _read_metadata(path)
-        if meta is None or meta.get("key") != key or meta.get("spec") != spec:
+        t, meta = _load_checked(root, config, path, spec)
+        if meta.get("key") != key or meta.get("spec") != spec:
             raise CacheError(f"{path}: stale or corrupted cache file for {spec!r}")
-        t = load_tensors(path)
         _finite(path, t)
         n = int(meta["layers"])
         students.append(CachedArch(

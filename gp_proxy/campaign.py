@@ -29,18 +29,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import yaml
 from deap import gp
 
 import primitives
+from primitives.errors import GpProxyError
 
+from .artifacts import (
+    ArchiveEntry,
+    ArtifactError,
+    CampaignCheckpoint,
+    load_artifact,
+    read_history,
+    write_artifact,
+)
 from .benchmark import Benchmark, load_benchmark
 from .config import CampaignConfig, ConfigError
 from .evaluator import EvalResult, Evaluator
 from .fitness import Assessment, Splits, assess, make_splits
 from .gp.pset import ProxySet, build_pset
 from .gp.variation import crossover, mutate
-from .io import atomic_write_json, atomic_write_text, read_json
+from .io import atomic_write_json, atomic_write_text, run_lock
 from .provenance import environment
 from .rank import kendall_tau
 
@@ -76,8 +87,8 @@ def _num(x: float) -> float | None:
     return None if not math.isfinite(x) else float(x)
 
 
-def _jsonable_state(state: tuple[Any, ...]) -> list[Any]:
-    return [state[0], list(state[1]), state[2]]
+def _jsonable_state(state: tuple[Any, ...]) -> tuple[int, list[int], float | None]:
+    return (state[0], list(state[1]), state[2])
 
 
 def _state_from_json(data: list[Any]) -> tuple[Any, ...]:
@@ -297,7 +308,9 @@ class Campaign:
         recs = [r for r in self.archive.values()
                 if r.assessment is not None and math.isfinite(r.assessment.test_tau)]
         front: list[Record] = []
-        for r in sorted(recs, key=lambda r: (r.complexity, -r.assessment.test_tau)):  # type: ignore[union-attr]
+        # the formula breaks ties, so a resumed run orders equal rows as an uninterrupted one
+        for r in sorted(recs, key=lambda r: (r.complexity, -r.assessment.test_tau,  # type: ignore[union-attr]
+                                             r.formula)):
             if not front or r.assessment.test_tau > front[-1].assessment.test_tau:  # type: ignore[union-attr]
                 front.append(r)
         return front
@@ -316,14 +329,13 @@ class Campaign:
 
     # ------------------------------------------------------------------ persistence -------
     def _checkpoint(self) -> None:
-        atomic_write_json(self.run_dir / "checkpoint.json", {
-            "generation": self.generation, "evaluations": self.evaluations,
-            "elapsed": self.elapsed, "stagnant": self.stagnant,
-            "best_history": self.best_history,
-            "population": [self._key(t) for t in self.population],
-            "rng_state": _jsonable_state(self.rng.getstate()),
-            "archive": [r.to_json() for r in self.archive.values()],
-        })
+        write_artifact(self.run_dir / "checkpoint.json", CampaignCheckpoint(
+            generation=self.generation, evaluations=self.evaluations,
+            elapsed=self.elapsed, stagnant=self.stagnant,
+            best_history=[_num(f) for f in self.best_history],
+            population=[self._key(t) for t in self.population],
+            rng_state=_jsonable_state(self.rng.getstate()),
+            archive=[ArchiveEntry(**r.to_json()) for r in self.archive.values()]))
 
     def _write_static(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -337,17 +349,25 @@ class Campaign:
         })
         atomic_write_json(self.run_dir / "splits.json", self.splits.to_json())
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.generation = int(state["generation"])
-        self.evaluations = int(state["evaluations"])
-        self.elapsed = float(state["elapsed"])
-        self.stagnant = int(state["stagnant"])
-        self.best_history = list(state["best_history"])
-        self.rng.setstate(_state_from_json(state["rng_state"]))
-        self.population = [self.ps.to_tree(primitives.parse(f, self.cache.feature_kinds))
-                           for f in state["population"]]
+    def _restore(self, path: Path) -> None:
+        state = load_artifact(path, CampaignCheckpoint)
+        self.generation = state.generation
+        self.evaluations = state.evaluations
+        self.elapsed = state.elapsed
+        self.stagnant = state.stagnant
+        self.best_history = [FAILED if f is None else f for f in state.best_history]
+        try:
+            self.rng.setstate(_state_from_json(list(state.rng_state)))
+        except (TypeError, ValueError):
+            raise ArtifactError(f"{path}: field rng_state: not a random-generator state"
+                                ) from None
+        try:
+            self.population = [self.ps.to_tree(primitives.parse(f, self.cache.feature_kinds))
+                               for f in state.population]
+        except GpProxyError as exc:
+            raise ArtifactError(f"{path}: field population: {exc}") from None
         self._evaluate(self.population)
-        for d in state["archive"]:
+        for d in (e.model_dump() for e in state.archive):
             if d["formula"] not in self.records:
                 fitness = FAILED if d["fitness"] is None else float(d["fitness"])
                 self.records[d["formula"]] = Record(
@@ -386,7 +406,28 @@ class Campaign:
                    best.assessment is not None
                    and best.assessment.test_tau > self.baselines["params"].test_tau)}
         atomic_write_json(self.run_dir / "best_proxy.json", out)
+        self._write_calibration(node)
         return out
+
+    def _write_calibration(self, node: primitives.Node) -> None:
+        """For a rank/z-combined best formula, ``calibration.json``: its parts' values over the
+        benchmark's architectures, so that ``Proxy.load(run_dir)`` scores one model at a time
+        (placed against these students; calibrate on a sample of another space to use it
+        there)."""
+        from .proxy import Calibration, Proxy
+
+        path = self.run_dir / "calibration.json"
+        proxy = Proxy(node)
+        if not proxy.cross_arch:
+            path.unlink(missing_ok=True)
+            return
+        parts = proxy.parts()
+        results = self.evaluator.evaluate([p.text for p in parts])
+        if not all(r.ok and r.scores is not None for r in results):
+            path.unlink(missing_ok=True)  # a failing part: nothing to place models against
+            return
+        Calibration.from_parts(node, {p.text: torch.from_numpy(np.asarray(r.scores))
+                                      for p, r in zip(parts, results, strict=True)}).save(path)
 
     def _anatomy(self, node: primitives.Node) -> dict[str, Any]:
         """How much of a formula is a size statistic, and what each combined part does.
@@ -454,12 +495,21 @@ class Campaign:
         most the generation in flight; KeyboardInterrupt re-raises after the last complete
         generation's checkpoint is on disk.
         """
+        with run_lock(self.run_dir):
+            return self._run(on_generation, resume)
+
+    def _run(self, on_generation: Callable[[Campaign, dict[str, Any]], None] | None,
+             resume: bool) -> str:
         if resume:
-            self._restore(read_json(self.run_dir / "checkpoint.json"))
             hist = self.run_dir / "history.jsonl"
-            if hist.exists():  # drop lines of a generation that was in flight at the kill
-                keep = [ln for ln in hist.read_text().splitlines()
-                        if ln.strip() and json.loads(ln)["generation"] <= self.generation]
+            # checked before the population is re-evaluated (minutes): a torn last line is
+            # dropped, and so are lines of a generation in flight at the kill
+            lines = read_history(self.run_dir) if hist.exists() else []
+            checkpoint = self.run_dir / "checkpoint.json"
+            generation = load_artifact(checkpoint, CampaignCheckpoint).generation
+            keep = [json.dumps(ln) for ln in lines if ln["generation"] <= generation]
+            self._restore(checkpoint)
+            if hist.exists():
                 atomic_write_text(hist, "".join(ln + "\n" for ln in keep))
         else:
             self._write_static()

@@ -103,6 +103,7 @@ def bench_build(
              "modes": None if modes is None else tuple(m for m in modes.split(",") if m),
              "archs": None if archs is None else tuple(a for a in archs.split(",") if a)}
     cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    cfg.check()  # a bad space, teacher or architecture is reported before the dataset
     ds = get_dataset(cfg.dataset)
     train = ds.load(data, "train", cfg.image_size)
     test = ds.load(data, "test", cfg.image_size)
@@ -230,11 +231,15 @@ def resume(
                          ] = None,
 ) -> None:
     """Continue a campaign exactly where its last checkpoint left it."""
+    from .artifacts import CampaignCheckpoint, load_artifact
     from .campaign import Campaign
     from .config import load_config
 
     if not (run_dir / "checkpoint.json").exists():
         raise GpProxyError(f"{run_dir}: no checkpoint.json to resume from")
+    # a malformed checkpoint is reported now, before the cache is loaded and the population
+    # evaluated again
+    load_artifact(run_dir / "checkpoint.json", CampaignCheckpoint)
     cfg = load_config(run_dir / "config.yaml", overrides or [])
     campaign = Campaign(cfg, run_dir)
     progress, on_generation = _progress_callback(cfg.generations)
@@ -266,6 +271,7 @@ def inspect(
     import numpy as np
 
     from . import report
+    from .artifacts import read_history
     from .benchmark import load_benchmark
     from .config import load_config
     from .evaluator import Evaluator
@@ -289,7 +295,7 @@ def inspect(
     _report(best)
     if not pictures:
         return
-    history = report.read_history(run_dir)
+    history = read_history(run_dir)
     report.plot_evolution(history, run_dir / "evolution.png")
     node = primitives.parse(best["formula"], None)
     report.plot_formula_tree(node, run_dir / "tree.png")
@@ -377,10 +383,12 @@ def compare_cmd(
 ) -> None:
     """One table of proxies on the same train/held-out split, next to #params and FLOPs."""
     import csv
+    import io
 
     from .benchmark import load_benchmark
     from .compare import compare, plot, rows_to_json
     from .fitness import make_splits
+    from .io import atomic_write_text
     from .reported import REPORTED
     from .zerocost import ZERO_COST
 
@@ -418,11 +426,12 @@ def compare_cmd(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         data = rows_to_json(rows)
-        with (out / "compare.csv").open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=sorted({k for d in data for k in d}),
-                               lineterminator="\n")
-            w.writeheader()
-            w.writerows(data)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=sorted({k for d in data for k in d}),
+                           lineterminator="\n")
+        w.writeheader()
+        w.writerows(data)
+        atomic_write_text(out / "compare.csv", buf.getvalue())
         plot(rows, out / "compare.png")
         _out.print(f"wrote {out / 'compare.csv'} and {out / 'compare.png'}")
 
@@ -513,8 +522,9 @@ def distill_cmd(
 ) -> None:
     """Distil a student from the benchmark's teacher; checkpoints every epoch and resumes."""
     from .benchmark import load_benchmark
-    from .data import Split, load_fashion_mnist
+    from .data import Split
     from .distill import DistillConfig, distill
+    from .losses import LOSSES
     from .proxy import read_best
 
     weights: dict[str, float] = {}
@@ -524,15 +534,21 @@ def distill_cmd(
             weights[name.strip()] = float(w) if sep else 1.0
         except ValueError:
             raise GpProxyError(f"--losses: {item!r} is not name=weight") from None
+    unknown = sorted(set(weights) - set(LOSSES))
+    if unknown:
+        raise GpProxyError(f"--losses: unknown loss {unknown[0]!r}; choose from "
+                           f"{', '.join(LOSSES)}")
     if formula is not None and Path(formula).exists():
         formula = read_best(formula)[0]
+    if "formula" in weights and not formula:
+        raise GpProxyError("--losses: the 'formula' loss needs --formula")
     bench = load_benchmark(benchmark)
     space = bench.search_space()
+    student = space.validate(student)  # arguments first, then the dataset
     teacher = bench.trained_teacher()
-    train = bench.training_split(load_fashion_mnist(data, "train"))
+    train, test = bench.load_data(data)
     if train_size < len(train):
         train = Split(train.images[:train_size], train.labels[:train_size])
-    test = load_fashion_mnist(data, "test")
     cfg = DistillConfig(epochs=epochs, ce_weight=ce_weight, losses=weights, formula=formula,
                         seed=seed)
     model = space.build(student, seed=seed)
@@ -568,11 +584,22 @@ def pipeline_cmd(
     import time
 
     from .benchmark import load_benchmark
-    from .data import load_fashion_mnist
     from .io import read_json
     from .pipeline import PipelineConfig, load_proxy, run_pipeline
+    from .search import STRATEGIES
 
+    if strategy not in STRATEGIES:
+        raise GpProxyError(f"--strategy {strategy!r}: choose from {', '.join(STRATEGIES)}")
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        raise GpProxyError(f"--seeds {seeds!r}: comma-separated integers") from None
+    if not seed_list or min(seed_list) < 0:
+        raise GpProxyError(f"--seeds {seeds!r}: at least one seed, none negative")
+    if proxy is not None and not Path(proxy).exists():
+        load_proxy(proxy)  # a formula typo is reported now, not after the search
     bench = load_benchmark(benchmark)
+    train, test = bench.load_data(data)  # a missing dataset is reported before the campaign
     t0 = time.perf_counter()
     if proxy is None:
         from .campaign import Campaign
@@ -594,11 +621,8 @@ def pipeline_cmd(
             raise GpProxyError(f"{split_file}: held-out indices beyond the {len(bench.truth.archs)}"
                                f" architectures of {benchmark}; was it made on this benchmark?")
         among = tuple(bench.truth.archs[i] for i in test_idx)
-    train = bench.training_split(load_fashion_mnist(data, "train"))
-    test = load_fashion_mnist(data, "test")
-    pcfg = PipelineConfig(max_params, max_flops, strategy, iterations,
-                          seeds=tuple(int(s) for s in seeds.split(",") if s), epochs=epochs,
-                          among=among)
+    pcfg = PipelineConfig(max_params, max_flops, strategy, iterations, seeds=seed_list,
+                          epochs=epochs, among=among)
     run_pipeline(p, proxy_seconds, bench, train, test, pcfg, out)
     _out.print((out / "report.md").read_text(), markup=False, highlight=False)
 

@@ -30,7 +30,7 @@ from .cache import FeatureCache, load_cache
 from .config import CampaignConfig, run_config
 from .evaluator import Evaluator
 from .fitness import Splits, tau_in_params_bins
-from .io import atomic_write_json, load_tensors, read_json, save_tensors
+from .io import atomic_write_json, load_tensors, read_json, save_figure, save_tensors
 from .proxy import read_best
 from .rank import kendall_tau, spearman_rho
 from .reported import REPORTED
@@ -270,7 +270,7 @@ def plot(rows: list[ProxyRow], path: Path) -> None:
     ax.set_xlabel("held-out Kendall τ (95 % bootstrap interval)")
     ax.invert_yaxis()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 

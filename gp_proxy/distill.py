@@ -25,7 +25,7 @@ from torch import nn
 from primitives.errors import GpProxyError
 
 from .data import Split
-from .io import atomic_write_json, load_tensors, read_json, save_tensors
+from .io import atomic_write_json, load_tensors, read_json, run_lock, save_tensors
 from .losses import build_loss
 from .spaces import FeatureNet
 from .train import Schedule, cosine_lr, evaluate_accuracy
@@ -95,8 +95,16 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
 def distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split,
             cfg: DistillConfig, run_dir: str | os.PathLike[str],
             on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Distil ``student`` in place (resuming ``run_dir``'s checkpoint); returns the metrics.
+    The run directory is locked while it is written (a second writer fails at once)."""
     run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    with run_lock(run):
+        return _distill(student, teacher, train, test, cfg, run, on_epoch)
+
+
+def _distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split,
+             cfg: DistillConfig, run: Path, on_epoch: Callable[[int, float], None] | None
+             ) -> dict[str, Any]:
     cfg_json = asdict(cfg)
     if (run / "config.json").exists() and read_json(run / "config.json") != cfg_json:
         raise GpProxyError(f"{run}: holds a distillation with other settings")

@@ -6,9 +6,12 @@ Every write goes to a temporary file in the same folder and is moved into place 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,17 @@ from torch import Tensor
 
 from primitives.errors import GpProxyError
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "load_tensors",
-           "read_json", "read_text", "save_tensors"]
+__all__ = [
+    "RunLockedError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "load_tensors",
+    "read_json",
+    "read_text",
+    "run_lock",
+    "save_tensors",
+]
 
 
 def _file_mode() -> int:
@@ -41,6 +53,16 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 120) -> None:
+    """A matplotlib figure written atomically (rendered in memory, then moved into place), so
+    an interrupted plot never leaves half a picture."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -100,3 +122,29 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise GpProxyError(f"{path}: file not found") from None
     except Exception as exc:  # safetensors raises its own error types on corrupt files
         raise GpProxyError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
+class RunLockedError(GpProxyError):
+    """A folder another live process is writing."""
+
+
+@contextmanager
+def run_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold ``folder/.lock`` while writing the folder: a second writer (two campaigns given
+    the same ``--out``) fails at once naming the holder, instead of interleaving files. The
+    kernel drops an flock when its process dies, so a killed run leaves no stale lock."""
+    path = Path(folder) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            raise RunLockedError(f"{folder}: in use by {holder}; wait for it to finish or use "
+                                 "another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {os.uname().nodename}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

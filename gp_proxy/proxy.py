@@ -38,12 +38,13 @@ import primitives
 from primitives import Kind, Node, Ragged
 from primitives.errors import GpProxyError
 
+from .artifacts import BestProxyRecord, CalibrationRecord, load_artifact
 from .cache import torch_threads
 from .config import run_config
 from .evaluator import EVAL_THREADS
-from .io import read_json
+from .io import atomic_write_json
 
-__all__ = ["NASLibPredictor", "Proxy", "load_proxy", "make_measure", "read_best"]
+__all__ = ["Calibration", "NASLibPredictor", "Proxy", "load_proxy", "make_measure", "read_best"]
 
 _STUDENT_ONLY = {"act", "grad", "weight"}
 
@@ -56,13 +57,12 @@ def read_best(path: str | os.PathLike[str]) -> tuple[str, int, int]:
     file = p / "best_proxy.json" if p.is_dir() else p
     if not file.exists():
         raise GpProxyError(f"{path}: no best_proxy.json")
-    best = read_json(file)
-    seed = best.get("seed")
-    if seed is None and (file.parent / "config.yaml").exists():
-        import yaml
-
-        seed = (yaml.safe_load((file.parent / "config.yaml").read_text()) or {}).get("seed")
-    return best["formula"], int(best.get("sign") or 1), int(seed or 0)
+    record = load_artifact(file, BestProxyRecord)
+    seed = record.seed
+    if seed is None:
+        run = run_config(file)
+        seed = run.seed if run is not None else 0
+    return record.formula, record.sign, seed
 
 
 def load_proxy(spec: str) -> Proxy:
@@ -71,11 +71,94 @@ def load_proxy(spec: str) -> Proxy:
     return Proxy.load(path) if path.exists() else Proxy.from_string(spec)
 
 
+class Calibration:
+    """The reference population a rank/z-combined formula places single models against.
+
+    For every subtree a combiner normalises (its parts, and inner combinations), the values it
+    takes over the reference population, sorted. :meth:`place` evaluates the formula for new
+    models with each normalisation taken against those stored values instead of the models at
+    hand (the combiner's ``normaliser`` property says how), so a reference member scored alone
+    gets exactly the score :meth:`Proxy.score_many` gives it over the whole reference, and any
+    other model a score on the same scale. Stored as JSON (data, never code).
+    """
+
+    FORMAT = 1
+
+    def __init__(self, formula: str, reference: dict[str, Tensor]) -> None:
+        self.formula = formula
+        self.reference = {k: torch.sort(v.double()).values for k, v in reference.items()}
+
+    @property
+    def size(self) -> int:
+        return int(next(iter(self.reference.values())).numel()) if self.reference else 0
+
+    @staticmethod
+    def _vector(node: Node, parts: Mapping[str, Tensor]) -> Tensor:
+        op = primitives.get(node.name)
+        if op.cross_arch:
+            return primitives.apply(node.name, *(Calibration._vector(a, parts)  # type: ignore[return-value]
+                                                 for a in node.args))
+        return parts[node.text]
+
+    @classmethod
+    def from_parts(cls, node: Node, parts: Mapping[str, Tensor]) -> Calibration:
+        """From the raw part scores of the reference population (``Proxy.part_scores``)."""
+        for text, v in parts.items():
+            bad = int((~torch.isfinite(v)).sum())
+            if bad:
+                raise GpProxyError(f"calibration: part {text} is NaN or infinite for {bad} "
+                                   f"of {v.numel()} reference models")
+        n = {int(v.numel()) for v in parts.values()}
+        if len(n) != 1 or n.pop() < 2:
+            raise GpProxyError("calibration needs at least 2 reference models")
+        reference: dict[str, Tensor] = {}
+
+        def walk(x: Node) -> None:
+            if primitives.get(x.name).cross_arch:
+                for a in x.args:
+                    reference[a.text] = cls._vector(a, parts)
+                    walk(a)
+
+        walk(node)
+        return cls(node.text, reference)
+
+    def check(self, proxy: Proxy) -> None:
+        if self.formula != proxy.node.text:
+            raise GpProxyError(f"calibration of {self.formula} does not fit {proxy.node}")
+
+    def place(self, node: Node, parts: Mapping[str, Tensor]) -> Tensor:
+        """The formula's values for models whose raw part scores are ``parts``."""
+        op = primitives.get(node.name)
+        if not op.cross_arch:
+            return parts[node.text]
+        calibrated = primitives.instinct.NORMALISERS[op.normaliser][1]
+        out: Tensor | None = None
+        for sign, a in zip(op.part_signs, node.args, strict=True):
+            v = calibrated(self.reference[a.text], self.place(a, parts))
+            out = v if out is None else out + sign * v
+        assert out is not None
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": self.FORMAT, "formula": self.formula, "population": self.size,
+                "reference": {k: v.tolist() for k, v in self.reference.items()}}
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Calibration:
+        rec = load_artifact(path, CalibrationRecord)
+        return cls(rec.formula, {k: torch.tensor(v, dtype=torch.float64)
+                                 for k, v in rec.reference.items()})
+
+
 class Proxy:
     def __init__(self, formula: str | Node, sign: int = 1, seed: int = 0,
                  features: Mapping[str, str] | None = None,
                  input_kinds: Mapping[str, Kind] | None = None,
-                 threads: int | None = EVAL_THREADS, act_samples: int | None = 16) -> None:
+                 threads: int | None = EVAL_THREADS, act_samples: int | None = 16,
+                 calibration: Calibration | None = None) -> None:
         self.node = primitives.canonicalize(
             formula if isinstance(formula, Node) else primitives.parse(formula, input_kinds))
         if primitives.infer_kind(self.node, input_kinds) is not Kind.SCORE:
@@ -92,6 +175,9 @@ class Proxy:
         self.feature_modules = dict(features or {})
         self.inputs = {n.name for n in self.node.walk() if not n.args}
         self.cross_arch = any(primitives.get(n.name).cross_arch for n in self.node.walk())
+        self.calibration = calibration
+        if calibration is not None:
+            calibration.check(self)
 
     def __repr__(self) -> str:
         return f"Proxy({str(self.node)!r}, sign={self.sign:+d})"
@@ -107,6 +193,10 @@ class Proxy:
         samples and threads."""
         formula, sign, seed = read_best(path)
         kwargs.setdefault("seed", seed)
+        p = Path(path)
+        stored = (p if p.is_dir() else p.parent) / "calibration.json"
+        if "calibration" not in kwargs and stored.is_file():
+            kwargs["calibration"] = Calibration.load(stored)
         run = run_config(path)
         if run is not None:
             kwargs.setdefault("act_samples", run.act_samples)
@@ -184,13 +274,33 @@ class Proxy:
 
     def score(self, teacher: nn.Module, student: nn.Module, inputs: Tensor,
               targets: Tensor | None = None) -> float:
-        """The oriented score of one student (higher = predicted better)."""
-        if self.cross_arch:
-            raise GpProxyError(f"{self.node} ranks architectures against each other; "
-                               "use score_many(teacher, students, inputs, targets)")
+        """The oriented score of one student (higher = predicted better).
+
+        A rank/z-combined formula places each part of this one student against its calibration
+        reference population (:meth:`calibrate`, or ``calibration.json`` beside a run), so it
+        scores one model at a time like any zero-cost proxy."""
+        if self.cross_arch and self.calibration is None:
+            raise GpProxyError(f"{self.node} ranks architectures against each other: calibrate "
+                               "it once on a reference population (proxy.calibrate(teacher, "
+                               "reference_students, inputs, targets)) or load a run directory "
+                               "holding calibration.json; or use score_many")
         t_env = self._side(teacher, inputs, None, student=False)
         s_env = self._side(student, inputs, targets, student=True)
-        return self.sign * float(self._raw(self.node, t_env, s_env)[0])
+        if not self.cross_arch:
+            return self.sign * float(self._raw(self.node, t_env, s_env)[0])
+        assert self.calibration is not None
+        parts = {n.text: self._raw(n, t_env, s_env)[0].double().reshape(1)
+                 for n in self.parts()}
+        return self.sign * float(self.calibration.place(self.node, parts)[0])
+
+    def calibrate(self, teacher: nn.Module, students: Iterable[nn.Module], inputs: Tensor,
+                  targets: Tensor | None = None) -> Calibration:
+        """Store the reference population a combined formula places single models against
+        (a sample of the user's space, or the models they pass); returns it (save it with
+        ``.save(path)``, pass it back as ``Proxy(..., calibration=...)``)."""
+        self.calibration = Calibration.from_parts(self.node, self.part_scores(
+            teacher, students, inputs, targets))
+        return self.calibration
 
     def parts(self) -> list[Node]:
         """The per-student subtrees below the rank/z combiners, each once, in tree order."""

@@ -6,9 +6,7 @@ graph laid out top-down.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -19,6 +17,8 @@ import networkx as nx
 import numpy as np
 
 from primitives import Node
+
+from .io import save_figure
 
 __all__ = ["formula_graph", "plot_evolution", "plot_formula_tree", "plot_scatter"]
 
@@ -67,7 +67,7 @@ def plot_formula_tree(node: Node, path: str | os.PathLike[str]) -> None:
     ax.margins(x=0.25, y=0.1)
     ax.set_axis_off()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -85,7 +85,7 @@ def plot_evolution(history: list[dict[str, Any]], path: str | os.PathLike[str]) 
     ax.set_ylabel("Kendall τ")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -105,10 +105,7 @@ def plot_scatter(scores: np.ndarray, y: np.ndarray, params: np.ndarray, test: np
     axes[1].set_xscale("log")
     fig.suptitle(title[:110], fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
-def read_history(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    text = (Path(run_dir) / "history.jsonl").read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]

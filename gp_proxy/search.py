@@ -25,7 +25,7 @@ from .proxy import Proxy
 from .spaces import SearchSpace, count_flops, count_params
 from .zerocost import ZERO_COST, diswot, zero_cost
 
-__all__ = ["Candidate", "Scorer", "baseline_scorer", "formula_scorer", "search"]
+__all__ = ["STRATEGIES", "Candidate", "Scorer", "baseline_scorer", "formula_scorer", "search"]
 
 Scorer = Callable[[list[str]], list[float]]
 
@@ -81,6 +81,10 @@ def _budget_ok(space: SearchSpace, spec: str, max_params: int | None, max_flops:
     return (max_params is None or p <= max_params) and (max_flops is None or f <= max_flops)
 
 
+#: the search strategies :func:`search` runs
+STRATEGIES = ("exhaustive", "evolution", "random")
+
+
 def search(space: SearchSpace, scorer: Scorer, strategy: str = "evolution",
            iterations: int = 200, population: int = 20, sample: int = 5,
            max_params: int | None = None, max_flops: int | None = None, seed: int = 0,
@@ -88,6 +92,10 @@ def search(space: SearchSpace, scorer: Scorer, strategy: str = "evolution",
            candidates: Sequence[str] | None = None) -> list[Candidate]:
     """The ``top_k`` best distinct students found that fit the budget; with ``candidates``
     (exhaustive only) among those architectures instead of the whole space."""
+    if strategy not in STRATEGIES:
+        raise GpProxyError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    if top_k < 1:
+        raise GpProxyError(f"top_k {top_k}: keep at least one student")
     if candidates is not None and strategy != "exhaustive":
         raise GpProxyError("a candidate list needs strategy 'exhaustive'")
     rng = random.Random(seed)

@@ -139,5 +139,6 @@ for _name, _kernel, _kinds, _tex, _sym, _props, _doc in _SPECS:
         signatures=tuple(Signature((k,), k, _fn, _CONTRACT[k]) for k in _kinds),
         doc=_doc, source="Auto-DAS supplement Listing 1.1; EZNAS/Auto-Prox instinct ops",
         latex=_tex, sympy=_sym,  # type: ignore[arg-type]
-        **_props,
+        identity=_props.get("identity", False), idempotent=_props.get("idempotent", False),
+        involution=_props.get("involution", False),
     ))

@@ -284,20 +284,61 @@ def _z(x: Tensor) -> Tensor:
     return torch.where(std > 0, (x - x.mean()) / std.clamp_min(_EPS), torch.zeros_like(x))
 
 
+def _calibrated_rank01(reference: Tensor, x: Tensor) -> Tensor:
+    """``x`` placed among a stored reference population (sorted ascending) as ``_rank01``
+    places a member among the others: a value equal to reference members gets their average
+    rank, one strictly between two neighbours a linear interpolation of their ranks, one
+    outside the reference's range the half-step beyond its end (ranks stay bounded, so one
+    part cannot swamp the other). For the reference's own members this is exactly their
+    ``_rank01``."""
+    n = reference.numel()
+    if torch.isnan(x).any() or n == 0:
+        return torch.full_like(x, float("nan"))
+    lo = torch.searchsorted(reference, x, right=False)
+    hi = torch.searchsorted(reference, x, right=True)
+    rank = (lo + hi - 1).to(x.dtype) / 2.0
+    inside = (lo == hi) & (lo > 0) & (lo < n)
+    if inside.any():
+        left = reference[(lo - 1).clamp(0, n - 1)]
+        right = reference[lo.clamp(0, n - 1)]
+        frac = ((x - left) / (right - left)).clamp(0, 1)
+        rank = torch.where(inside, (lo - 1).to(x.dtype) + frac.to(x.dtype), rank)
+    return rank / max(n - 1, 1)
+
+
+def _calibrated_z(reference: Tensor, x: Tensor) -> Tensor:
+    """``x`` in z-units of the stored reference population (``_z``'s statistics)."""
+    std = reference.std(unbiased=False)
+    mean = reference.mean()
+    return torch.where(std > 0, (x - mean) / std.clamp_min(_EPS), torch.zeros_like(x))
+
+
+#: normaliser name -> (over a population, against a stored reference population)
+NORMALISERS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]] = {
+    "rank01": (_rank01, _calibrated_rank01),
+    "z": (_z, _calibrated_z),
+}
+
+
+def _combiner(norm: str, sign: float) -> Callable[[Tensor, Tensor], Tensor]:
+    f = NORMALISERS[norm][0]
+    return lambda x, y: f(x) + sign * f(y)
+
+
 for _name, _norm, _sign, _doc, _tex in (
-    ("rank_add", _rank01, 1.0, "rank(x) + rank(y), ranks over architectures scaled to [0, 1]",
+    ("rank_add", "rank01", 1.0, "rank(x) + rank(y), ranks over architectures scaled to [0, 1]",
      r"\operatorname{{rank}}\left({0}\right) + \operatorname{{rank}}\left({1}\right)"),
-    ("rank_sub", _rank01, -1.0, "rank(x) − rank(y), ranks over architectures scaled to [0, 1]",
+    ("rank_sub", "rank01", -1.0, "rank(x) − rank(y), ranks over architectures scaled to [0, 1]",
      r"\operatorname{{rank}}\left({0}\right) - \operatorname{{rank}}\left({1}\right)"),
-    ("z_add", _z, 1.0, "z(x) + z(y), z-scores over architectures",
+    ("z_add", "z", 1.0, "z(x) + z(y), z-scores over architectures",
      r"z\left({0}\right) + z\left({1}\right)"),
-    ("z_sub", _z, -1.0, "z(x) − z(y), z-scores over architectures",
+    ("z_sub", "z", -1.0, "z(x) − z(y), z-scores over architectures",
      r"z\left({0}\right) - z\left({1}\right)"),
 ):
     register(Op(name=_name, family="combine",
-                signatures=(Signature(
-                    (Kind.SCORE, Kind.SCORE), Kind.SCORE,
-                    (lambda f, sg: lambda x, y: f(x) + sg * f(y))(_norm, _sign), ", ->"),),
+                signatures=(Signature((Kind.SCORE, Kind.SCORE), Kind.SCORE,
+                                      _combiner(_norm, _sign), ", ->"),),
                 doc=_doc + " (normalising first stops one part swamping the other)",
                 source="gp-proxy (fixes the raw sum of the published code)",
-                commutative=_sign > 0, cross_arch=True, latex=_tex))
+                commutative=_sign > 0, cross_arch=True, normaliser=_norm,
+                part_signs=(1.0, _sign), latex=_tex))

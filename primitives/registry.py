@@ -64,6 +64,11 @@ class Op:
     #: op(x, x) is exactly +0 for every layer when x is finite (a distance of a value with
     #: itself): evaluators may skip computing it
     zero_on_equal: bool = False
+    #: a cross-architecture combiner: the name of the normaliser it applies to each part over
+    #: the architectures (a key of ``primitives.instinct.NORMALISERS``) and each part's sign;
+    #: what lets a combined formula score one model against a stored reference population
+    normaliser: str = ""
+    part_signs: tuple[float, ...] = ()
     latex: str = ""
     sympy: Callable[..., Any] | None = field(default=None, compare=False)
 

@@ -123,6 +123,8 @@ def test_kill_and_resume_reaches_the_same_hall_of_fame(bench: Path, tmp_path: Pa
     with pytest.raises(Killed):
         part.run(kill_at_2)
     assert json.loads((tmp_path / "part" / "checkpoint.json").read_text())["generation"] == 2
+    with (tmp_path / "part" / "history.jsonl").open("a") as fh:
+        fh.write('{"generation": 3, "evaluat')  # a kill in the middle of the next append
     resumed = Campaign(load_config(None, args), tmp_path / "part")
     resumed.run(resume=True)
     for name in ("hall_of_fame.csv", "best_proxy.json"):
@@ -397,3 +399,30 @@ def test_worker_processes_reproduce_a_one_process_campaign(bench: Path, tmp_path
         runs[workers] = ((tmp_path / f"w{workers}" / "hall_of_fame.csv").read_text(),
                          [(h["best"], h["statuses"], h["median_fitness"]) for h in history])
     assert runs[1] == runs[2]
+
+
+def test_a_combined_best_formula_comes_with_its_calibration(bench: Path, tmp_path: Path) -> None:
+    """calibration.json (the parts over the benchmark's students) lets Proxy.load score one
+    model at a time; scored alone, the benchmark's students rank as the campaign ranks them."""
+    from gp_proxy.proxy import Proxy
+    from gp_proxy.rank import kendall_tau
+
+    cfg = load_config(None, _cfg(bench, tmp_path / "cache", generations=0))
+    c = Campaign(cfg, tmp_path / "run")
+    c.run_dir.mkdir(parents=True)
+    formula = "rank_add(sp_dist(k2),sum_layers(sqrt(l1_norm(weight))))"
+    c._write_calibration(primitives.parse(formula, c.cache.feature_kinds))
+    (c.run_dir / "best_proxy.json").write_text(json.dumps({"formula": formula, "sign": 1}))
+    (c.run_dir / "config.yaml").write_text("act_samples: 2\n")
+    proxy = Proxy.load(c.run_dir)
+    assert proxy.calibration is not None and proxy.calibration.size == len(c.y)
+    b = c.bench
+    x, y = b.probe()
+    teacher = b.trained_teacher()
+    space = b.search_space()
+    alone = [proxy.score(teacher, space.build(a, seed=cfg.init_seed), x, y)
+             for a in b.truth.archs]
+    want = c.evaluator.evaluate([formula])[0].scores
+    assert kendall_tau(np.asarray(alone), want) > 0.99
+    c._write_calibration(primitives.parse("sp_dist(k2)", c.cache.feature_kinds))
+    assert not (c.run_dir / "calibration.json").exists()  # a per-model formula needs none

@@ -182,3 +182,55 @@ def test_act_holds_the_first_act_samples_inputs_as_in_the_cache(setup, tmp_path:
     (tmp_path / "config.yaml").write_text("act_samples: 3\nthreads: 1\n")
     loaded = Proxy.load(tmp_path)
     assert (loaded.act_samples, loaded.threads) == (3, 1)
+
+
+CALIBRATED = ["rank_add(mse(mm(k1)),sum_layers(l1_norm(act)))",
+              "z_sub(kl_t4(k3),mean_layers(fro_norm(weight)))",
+              "rank_sub(rank_add(kl_t4(k3),sp_dist(k2)),sum_layers(l1_norm(weight)))"]
+REFERENCE = ["w8-d111-k3", "w12-d211-k5", "w16-d121-k3", "w8-d333-k5", "w12-d123-k3",
+             "w16-d311-k5", "w8-d212-k3"]
+
+
+@pytest.mark.parametrize("formula", CALIBRATED)
+def test_calibrated_proxy_scores_one_model_at_a_time(setup, formula: str, tmp_path: Path  # type: ignore[no-untyped-def]
+                                                     ) -> None:
+    """Per-model scores of the reference population equal score_many's over it (so they rank
+    it exactly as score_many does); a new model's score is deterministic and survives a
+    save/load of the calibration; the adapters work on combined formulas."""
+    space, teacher, x, y, _ = setup
+    models = [space.build(a) for a in REFERENCE]
+    proxy = Proxy.from_string(formula)
+    together = proxy.score_many(teacher, models, x, y)
+    cal = proxy.calibrate(teacher, models, x, y)
+    alone = [proxy.score(teacher, m, x, y) for m in models]
+    assert alone == together  # bit for bit
+    cal.save(tmp_path / "calibration.json")
+    from gp_proxy.proxy import Calibration
+
+    loaded = Proxy.from_string(formula, calibration=Calibration.load(tmp_path /
+                                                                     "calibration.json"))
+    new = space.build("w16-d333-k3", seed=3)
+    first = loaded.score(teacher, new, x, y)
+    assert first == loaded.score(teacher, new, x, y) == proxy.score(teacher, new, x, y)
+    assert make_measure(loaded, teacher)(new, x, y) == first
+    assert NASLibPredictor(loaded, teacher, x, y).query(new) == first
+
+
+def test_calibrated_rank_places_values_between_neighbours() -> None:
+    from primitives.instinct import NORMALISERS
+
+    over, against = NORMALISERS["rank01"]
+    ref = torch.tensor([1.0, 2.0, 2.0, 4.0, 8.0], dtype=torch.float64)
+    assert torch.equal(against(ref, ref), over(ref))  # members: their own ranks
+    got = against(ref, torch.tensor([3.0, 6.0, 0.0, 9.0, 2.0], dtype=torch.float64)) * 4
+    # 3 between 2 (ranks 1,2) and 4 (rank 3): from rank 2 half-way to 3; 6 between ranks 3, 4
+    assert got.tolist() == [2.5, 3.5, -0.5, 4.5, 1.5]
+    assert torch.isnan(against(ref, torch.tensor([float("nan")]))).all()
+
+
+def test_a_calibration_for_another_formula_is_refused(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    space, teacher, x, y, _ = setup
+    proxy = Proxy.from_string(CALIBRATED[0])
+    cal = proxy.calibrate(teacher, [space.build(a) for a in REFERENCE[:3]], x, y)
+    with pytest.raises(GpProxyError, match="does not fit"):
+        Proxy.from_string(CALIBRATED[1], calibration=cal)
