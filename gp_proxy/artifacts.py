@@ -60,6 +60,8 @@ class ArchiveEntry(_Strict):
     kfold_tau: OptFloat = None
     test_tau_in_params_bins: OptFloat = None
     train_tau_in_params_bins: OptFloat = None
+    test_partial_tau_params: OptFloat = None
+    test_tau_size_residual: OptFloat = None
 
 
 class CampaignCheckpoint(_Strict):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from .bench import BenchConfig
 from .cache import CacheConfig, FeatureCache, load_cache
 from .data import Split, get_dataset
 from .groundtruth import GroundTruth, load_ground_truth
-from .io import load_tensors
+from .io import load_tensors, read_text
 from .spaces import FeatureNet, SearchSpace, get_space
 
 __all__ = ["Benchmark", "load_benchmark"]
@@ -36,6 +38,25 @@ class Benchmark:
     @property
     def name(self) -> str:
         return self.folder.name
+
+    def seed_columns(self, target: str | None = None) -> np.ndarray | None:
+        """Architectures × seeds of ``target``'s per-seed runs (``kd_mean`` → ``kd_s0``...,
+        derived targets likewise); None when the ground truth has no per-seed columns."""
+        name = target or self.truth.target
+        stem = name[:-len("_mean")] if name.endswith("_mean") else name
+        cols = sorted((int(m.group(2)), c) for c in self.truth.columns
+                      if (m := _SEED_COLUMN.match(c)) and m.group(1) == stem)
+        if len(cols) < 2:
+            return None
+        return np.stack([self.truth.columns[c] for _, c in cols], axis=1)
+
+    def noise_ceiling(self, idx: np.ndarray | None = None, target: str | None = None
+                      ) -> dict[str, float] | None:
+        """The target's reliability and Kendall ceiling from its seeds (on ``idx``)."""
+        from .fitness import noise_ceiling
+
+        m = self.seed_columns(target)
+        return None if m is None else noise_ceiling(m, idx)
 
     def search_space(self) -> SearchSpace:
         """The student space adapted to this benchmark's input."""
@@ -91,13 +112,42 @@ def load_benchmark(folder: str | os.PathLike[str], target: str = "kd_mean") -> B
     cfg = BenchConfig.load(path / "config.json")
     shape, classes, teacher_space = _adaptation(cfg)
     space = get_space(cfg.space, shape or None, classes or None)
-    header = (path / "ground_truth.csv").read_text().split("\n", 1)[0].split(",")
-    extra = tuple(c for c in ("kd_mean", "ce_mean") if c in header and c != target)
-    truth = load_ground_truth(path / "ground_truth.csv", space, target,
+    header = [h.strip() for h in read_text(path / "ground_truth.csv").split("\n", 1)[0]
+              .split(",")]
+    derived = DERIVED.get(target)
+    if derived is not None and target not in header:
+        missing = [c for c in derived[0] if c not in header]
+        if missing:
+            raise GpProxyError(f"{path / 'ground_truth.csv'}: target {target!r} needs column "
+                               f"{missing[0]!r}")
+        load_as = derived[0][0]
+    else:
+        load_as = target
+    # every numeric column a report may use: the means, and the per-seed runs (noise ceilings)
+    extra = tuple(c for c in header if c != load_as and (c in ("kd_mean", "ce_mean")
+                                                         or _SEED_COLUMN.match(c)))
+    truth = load_ground_truth(path / "ground_truth.csv", space, load_as,
                               numeric=("params", "flops", *extra))
+    if derived is not None and load_as != target:
+        cols = dict(truth.columns)
+        cols[target] = derived[1](cols)
+        for s in sorted({int(m.group(2)) for c in cols if (m := _SEED_COLUMN.match(c))}):
+            per = {k[:-len(f"_s{s}")] + "_mean": v for k, v in cols.items()
+                   if k.endswith(f"_s{s}")}
+            if all(c in per for c in derived[0]):
+                cols[f"{target}_s{s}"] = derived[1](per)
+        truth = GroundTruth(truth.path, truth.archs, cols, target)
     return Benchmark(path, cfg.space, cfg.teacher, truth,
                      truth.columns["params"], truth.columns["flops"], teacher_space, shape,
                      classes)
+
+
+#: targets computed from ground-truth columns: name -> (columns, how); the per-seed columns
+#: ``<col>_s<k>`` give the derived target's per-seed values the same way
+DERIVED: dict[str, tuple[tuple[str, ...], Callable[[dict[str, np.ndarray]], np.ndarray]]] = {
+    "kd_gain": (("kd_mean", "ce_mean"), lambda c: c["kd_mean"] - c["ce_mean"]),
+}
+_SEED_COLUMN = re.compile(r"^(\w+?)_s(\d+)$")
 
 
 def _adaptation(full: BenchConfig) -> tuple[tuple[int, ...], int, str]:

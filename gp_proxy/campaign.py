@@ -380,7 +380,8 @@ class Campaign:
     def write_results(self) -> dict[str, Any]:
         hof = self.hall_of_fame()
         fields = ["rank", "formula", "fitness", "train_tau", "test_tau", "test_rho", "kfold_tau",
-                  "test_tau_in_params_bins", "sign", "complexity", "size", "generation", "latex"]
+                  "test_tau_in_params_bins", "test_partial_tau_params", "test_tau_size_residual",
+                  "sign", "complexity", "size", "generation", "latex"]
         for name, rows in (("hall_of_fame.csv", hof), ("pareto.csv", self.pareto())):
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
@@ -398,6 +399,7 @@ class Campaign:
                "architectures": {"total": len(self.y), "train": len(self.splits.train),
                                  "test": len(self.splits.test)},
                "benchmark": str(self.bench.folder), "target": self.config.target,
+               "noise_ceiling": self.bench.noise_ceiling(self.splits.test),
                # stochastic ops (mask, drop) draw from (seed, subtree): scoring the formula
                # again needs the campaign's seed
                "seed": self.config.seed,
@@ -552,6 +554,7 @@ def _assessment(d: dict[str, Any]) -> Assessment | None:
             "test_tau_in_params_bins", "train_tau_in_params_bins")
     if any(k not in d for k in keys):
         return None
-    vals = {k: (float("nan") if d[k] is None else d[k]) for k in keys}
+    optional = ("test_partial_tau_params", "test_tau_size_residual")  # newer fields
+    vals = {k: (float("nan") if d.get(k) is None else d[k]) for k in (*keys, *optional)}
     vals["sign"] = int(vals["sign"])
     return Assessment(**vals)  # type: ignore[arg-type]

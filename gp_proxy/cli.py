@@ -160,15 +160,22 @@ def _report(best: dict[str, Any], label: str = "best formula") -> None:
     table = Table(title=f"{best['benchmark']}: {arch['train']} train / {arch['test']} held-out "
                         f"architectures, target {best['target']}; scores oriented by their sign "
                         "on the training split")
-    for col in ("proxy", "τ train", "τ held-out", "ρ held-out", "τ k-fold", "τ in params bins"):
+    for col in ("proxy", "τ train", "τ held-out", "ρ held-out", "τ k-fold", "τ in params bins",
+                "partial τ | params", "τ size residual"):
         table.add_column(col)
     rows = [(label, best)] + [(f"#{k}" if k == "params" else k.upper(), v)
                                        for k, v in base.items()]
     for name, m in rows:
         train = None if m.get("train_tau") is None else m["sign"] * m["train_tau"]
         table.add_row(name, f(train), f(m.get("test_tau")), f(m.get("test_rho")),
-                      f(m.get("kfold_tau")), f(m.get("test_tau_in_params_bins")))
+                      f(m.get("kfold_tau")), f(m.get("test_tau_in_params_bins")),
+                      f(m.get("test_partial_tau_params")), f(m.get("test_tau_size_residual")))
     _out.print(table)
+    ceiling = best.get("noise_ceiling")
+    if ceiling:
+        _out.print(f"noise ceiling of {best['target']} on the held-out architectures "
+                   f"({ceiling['seeds']} seeds): reliability {ceiling['reliability']:.3f}, "
+                   f"Kendall ceiling {ceiling['kendall_ceiling']:.3f}")
     if best.get("kendall_with_params") is not None:
         _out.print(f"Kendall τ between the {label} and #params (all architectures): "
                    f"{best['kendall_with_params']:+.3f}")
@@ -327,6 +334,10 @@ def score(
                          ] = Path(".gp-proxy-cache"),
     teacher_init: Annotated[str, typer.Option(help="trained or random")] = "trained",
     seed: Annotated[int, typer.Option(min=0, help="seed of stochastic ops")] = 0,
+    split_seed: Annotated[int, typer.Option(min=0, help="seed of the train/held-out split (a "
+                                                        "run's split_seed)")] = 0,
+    test_fraction: Annotated[float, typer.Option(min=0.05, max=0.95,
+                                                 help="held-out fraction")] = 0.3,
 ) -> None:
     """Evaluate one formula on a benchmark, next to the #params and FLOPs baselines."""
     from .benchmark import load_benchmark
@@ -346,7 +357,7 @@ def score(
     res = Evaluator(cache, seed=seed).evaluate([formula])[0]
     if not res.ok or res.scores is None:
         raise GpProxyError(f"formula {formula!r}: {res.status}: {res.reason}")
-    splits = make_splits(len(bench.truth.y))
+    splits = make_splits(len(bench.truth.y), test_fraction, seed=split_seed)
     rows = {"formula": assess(res.scores, bench.truth.y, bench.params, splits),
             "params": assess(bench.params, bench.truth.y, bench.params, splits),
             "flops": assess(bench.flops, bench.truth.y, bench.params, splits)}
@@ -355,6 +366,7 @@ def score(
             "architectures": {"total": len(bench.truth.y), "train": len(splits.train),
                               "test": len(splits.test)},
             "benchmark": str(benchmark), "target": target,
+            "noise_ceiling": bench.noise_ceiling(splits.test),
             "beats_params_on_held_out": rows["formula"].test_tau > rows["params"].test_tau,
             "kendall_with_params": kendall_tau(rows["formula"].sign * res.scores, bench.params)}
     _report(best, "formula")
@@ -380,6 +392,10 @@ def compare_cmd(
         "--noise-check", help="also score every proxy with a noise probe batch and report "
                               "Kendall τ between the two rankings (1 = ignores the data)")
                            ] = False,
+    split_seed: Annotated[int, typer.Option(min=0, help="seed of the train/held-out split (a "
+                                                        "run's split_seed)")] = 0,
+    test_fraction: Annotated[float, typer.Option(min=0.05, max=0.95,
+                                                 help="held-out fraction")] = 0.3,
 ) -> None:
     """One table of proxies on the same train/held-out split, next to #params and FLOPs."""
     import csv
@@ -398,13 +414,14 @@ def compare_cmd(
     for size in ("params", "flops"):
         if size not in items:
             items.insert(0, size)
-    splits = make_splits(len(bench.truth.y))
+    splits = make_splits(len(bench.truth.y), test_fraction, seed=split_seed)
     rows = compare(items, bench, cache, str(cache_dir), splits, bootstrap,
                    noise_check=noise_check)
     table = Table(title=f"{benchmark} ({len(splits.train)} train / {len(splits.test)} held-out "
                         f"architectures, target {target}; sign chosen on train)")
     for col in ("proxy", "τ train", "τ held-out [95% CI]", "ρ held-out", "r held-out",
-                "P@10% held-out", "τ params-bins held-out", "τ with #params",
+                "P@10% held-out", "τ params-bins held-out", "partial τ | params held-out",
+                "τ size residual held-out", "τ with #params",
                 *(["τ real vs noise data"] if noise_check else [])):
         table.add_column(col)
 
@@ -417,9 +434,15 @@ def compare_cmd(
                       f"{f(m.get('test_tau'))} [{f(m.get('test_tau_lo'))}, "
                       f"{f(m.get('test_tau_hi'))}]", f(m.get("test_rho")),
                       f(m.get("test_pearson")), f(m.get("test_p_at_10")),
-                      f(m.get("test_tau_params_bins")), f(m.get("tau_with_params")),
+                      f(m.get("test_tau_params_bins")), f(m.get("test_partial_tau_params")),
+                      f(m.get("test_tau_size_residual")), f(m.get("tau_with_params")),
                       *([f(m.get("tau_real_vs_noise"))] if noise_check else []))
     _out.print(table)
+    ceiling = bench.noise_ceiling(splits.test)
+    if ceiling:
+        _out.print(f"noise ceiling of {target} on the held-out architectures "
+                   f"({ceiling['seeds']} seeds): reliability {ceiling['reliability']:.3f}, "
+                   f"Kendall ceiling {ceiling['kendall_ceiling']:.3f}")
     for r in rows:
         if r.note:
             _out.print(f"{r.name}: not evaluated: {r.note}")

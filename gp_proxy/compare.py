@@ -29,7 +29,7 @@ from .benchmark import Benchmark
 from .cache import FeatureCache, load_cache
 from .config import CampaignConfig, run_config
 from .evaluator import Evaluator
-from .fitness import Splits, tau_in_params_bins
+from .fitness import Splits, partial_kendall, size_residual, tau_in_params_bins
 from .io import atomic_write_json, load_tensors, read_json, save_figure, save_tensors
 from .proxy import read_best
 from .rank import kendall_tau, spearman_rho
@@ -191,6 +191,10 @@ def _metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
         out[f"{part}_pearson"] = float(np.corrcoef(o[idx], y[idx])[0, 1])
         out[f"{part}_p_at_10"] = _precision_top(o[idx], y[idx])
         out[f"{part}_tau_params_bins"] = tau_in_params_bins(o[idx], y[idx], params[idx])
+    # beyond size: what the proxy orders that #params does not (fit-free), and its τ with the
+    # target's size residual (the size fit made on the training architectures only)
+    out["test_partial_tau_params"] = partial_kendall(o[te], y[te], params[te])
+    out["test_tau_size_residual"] = kendall_tau(o[te], size_residual(y, params, tr)[te])
     rng = np.random.default_rng(seed)
     taus = [kendall_tau(o[b], y[b]) for b in (rng.choice(te, len(te)) for _ in range(bootstrap))]
     taus = [t for t in taus if math.isfinite(t)]

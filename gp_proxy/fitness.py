@@ -6,6 +6,12 @@ and every held-out number is computed on the oriented score, so the sign is neve
 from held-out data. ``tau_in_params_bins`` is the pair-weighted mean τ within quantile bins of
 #params: it removes the coarse size differences between bins, so a proxy that only separates
 small from large networks loses most of its τ there.
+
+Beyond size, two more held-out numbers sit beside every τ: the partial Kendall τ of the oriented
+score with the target given #params (fit-free: what the proxy orders that #params does not), and
+the τ with the size residual (the target minus a least-squares fit on log #params and its
+square, fitted on the training architectures only). :func:`noise_ceiling` gives each target's
+ceiling from the seed-to-seed agreement of its per-seed columns.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import numpy as np
 
 from .rank import kendall_tau, spearman_rho
 
-__all__ = ["Assessment", "Splits", "assess", "make_splits", "tau_in_params_bins"]
+__all__ = ["Assessment", "Splits", "assess", "make_splits", "noise_ceiling", "partial_kendall",
+           "size_residual", "tau_in_params_bins"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,49 @@ def tau_in_params_bins(scores: np.ndarray, y: np.ndarray, params: np.ndarray, bi
     return total / weight if weight else float("nan")
 
 
+def partial_kendall(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
+    """Kendall's partial τ of ``x`` and ``y`` given ``z`` (Kendall 1942):
+    (τ_xy − τ_xz τ_yz) / √((1 − τ_xz²)(1 − τ_yz²)); NaN where undefined."""
+    txy, txz, tyz = kendall_tau(x, y), kendall_tau(x, z), kendall_tau(y, z)
+    denom = (1 - txz * txz) * (1 - tyz * tyz)
+    if not np.isfinite(denom) or denom <= 0:
+        return float("nan")
+    return float((txy - txz * tyz) / np.sqrt(denom))
+
+
+def _size_design(params: np.ndarray) -> np.ndarray:
+    lp = np.log(np.asarray(params, dtype=np.float64))
+    return np.stack([np.ones_like(lp), lp, lp * lp], axis=1)
+
+
+def size_residual(y: np.ndarray, params: np.ndarray, fit_on: np.ndarray) -> np.ndarray:
+    """``y`` minus its least-squares fit on [1, log #params, (log #params)²], the fit made on
+    the architectures ``fit_on`` only (held-out ones never enter it)."""
+    x = _size_design(params)
+    beta, *_ = np.linalg.lstsq(x[fit_on], np.asarray(y, dtype=np.float64)[fit_on], rcond=None)
+    return np.asarray(y, dtype=np.float64) - x @ beta
+
+
+def noise_ceiling(per_seed: np.ndarray, idx: np.ndarray | None = None) -> dict[str, float]:
+    """How well any proxy can rank the seed mean of a target measured with noise: the
+    Spearman-Brown reliability of the mean of the seed columns (``per_seed``: architectures ×
+    seeds) from their mean pairwise Spearman ρ, and the Kendall ceiling (2/π)·arcsin(√rel)
+    (the τ of a perfect predictor of the noise-free target with the k-seed mean, for
+    bivariate-normal noise)."""
+    m = np.asarray(per_seed, dtype=np.float64)
+    if idx is not None:
+        m = m[idx]
+    k = m.shape[1]
+    if k < 2 or m.shape[0] < 3:
+        return {"seeds": k, "reliability": float("nan"), "kendall_ceiling": float("nan")}
+    rhos = [spearman_rho(m[:, i], m[:, j]) for i in range(k) for j in range(i + 1, k)]
+    r1 = float(np.nanmean(rhos))
+    rel = k * r1 / (1 + (k - 1) * r1)
+    ceiling = float(2 / np.pi * np.arcsin(np.sqrt(rel))) if rel > 0 else float("nan")
+    return {"seeds": k, "seed_pair_spearman": r1, "reliability": float(rel),
+            "kendall_ceiling": ceiling}
+
+
 @dataclass(frozen=True)
 class Assessment:
     sign: int
@@ -74,6 +124,8 @@ class Assessment:
     kfold_tau: float  # mean over folds of held-out τ with the sign from the other folds
     test_tau_in_params_bins: float
     train_tau_in_params_bins: float = float("nan")
+    test_partial_tau_params: float = float("nan")  # held-out partial τ given #params
+    test_tau_size_residual: float = float("nan")  # held-out τ with the size residual
 
     def to_json(self) -> dict[str, float]:
         return {k: (None if isinstance(v, float) and np.isnan(v) else v)  # type: ignore[misc]
@@ -98,7 +150,10 @@ def assess(scores: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits
         t_rest = kendall_tau(s[rest], y[rest])
         fs = -1 if t_rest < 0 else 1
         fold_taus.append(kendall_tau(fs * s[f], y[f]))
+    resid = size_residual(y, params, tr)
     return Assessment(sign, sign * tau_tr, kendall_tau(s[tr], y[tr]), kendall_tau(o[te], y[te]),
                       spearman_rho(o[te], y[te]), float(np.nanmean(fold_taus)),
                       tau_in_params_bins(o[te], y[te], params[te]),
-                      tau_in_params_bins(o[tr], y[tr], params[tr]))
+                      tau_in_params_bins(o[tr], y[tr], params[tr]),
+                      partial_kendall(o[te], y[te], params[te]),
+                      kendall_tau(o[te], resid[te]))

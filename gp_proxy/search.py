@@ -16,12 +16,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from primitives.errors import GpProxyError
 
-from .proxy import Proxy
+from .proxy import Calibration, Proxy
 from .spaces import SearchSpace, count_flops, count_params
 from .zerocost import ZERO_COST, diswot, zero_cost
 
@@ -41,18 +40,22 @@ class Candidate:
 def formula_scorer(proxy: Proxy, space: SearchSpace, teacher: nn.Module, x: Tensor,
                    y: Tensor | None, reference: int = 32, seed: int = 0,
                    init_seed: int = 0) -> Scorer:
-    ref: dict[str, Tensor] = {}
-    if proxy.cross_arch:
+    """Scores of specs, one model at a time. A rank/z-combined formula is placed against its
+    calibration: the proxy's own (a run's calibration.json), else ``reference`` architectures
+    sampled from ``space`` (seeded), so a candidate's score never depends on which other
+    candidates are scored with it."""
+    calibration = proxy.calibration
+    if proxy.cross_arch and calibration is None:
         rng = random.Random(seed + 1)
         specs = list(dict.fromkeys(space.sample(rng) for _ in range(reference)))
-        ref = proxy.part_scores(teacher, [space.build(s, init_seed) for s in specs], x, y)
+        calibration = Calibration.from_parts(proxy.node, proxy.part_scores(
+            teacher, [space.build(s, init_seed) for s in specs], x, y))
 
     def score(specs: list[str]) -> list[float]:
         parts = proxy.part_scores(teacher, [space.build(s, init_seed) for s in specs], x, y)
-        if not ref:
+        if calibration is None:
             return proxy.combine(parts)
-        merged = {k: torch.cat([ref[k], v]) for k, v in parts.items()}
-        return proxy.combine(merged)[len(next(iter(ref.values()))):]
+        return [proxy.sign * float(v) for v in calibration.place(proxy.node, parts)]
 
     return score
 

@@ -1,0 +1,82 @@
+"""Beyond-size metrics: partial τ given #params, the size residual, noise ceilings, derived
+targets (checked against hand computations and scipy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from gp_proxy.benchmark import load_benchmark
+from gp_proxy.fitness import assess, make_splits, noise_ceiling, partial_kendall, size_residual
+
+
+def test_partial_kendall_by_hand() -> None:
+    x = np.array([1.0, 2, 3, 4, 5])
+    y = np.array([2.0, 1, 4, 3, 5])
+    z = np.array([1.0, 3, 2, 5, 4])
+    txy = stats.kendalltau(x, y).statistic  # 0.6
+    txz = stats.kendalltau(x, z).statistic  # 0.6
+    tyz = stats.kendalltau(y, z).statistic  # 0.2
+    assert (txy, txz, tyz) == pytest.approx((0.6, 0.6, 0.2))
+    want = (0.6 - 0.6 * 0.2) / np.sqrt((1 - 0.36) * (1 - 0.04))
+    assert partial_kendall(x, y, z) == pytest.approx(want)
+    assert partial_kendall(x, y, z) == pytest.approx((txy - txz * tyz)
+                                                    / np.sqrt((1 - txz**2) * (1 - tyz**2)))
+    # a proxy that is #params has nothing left once #params is given
+    assert partial_kendall(z, y, z) != partial_kendall(z, y, z)  # NaN: τ_xz = 1
+
+
+def test_size_residual_never_sees_held_out_architectures() -> None:
+    rng = np.random.default_rng(0)
+    params = rng.integers(10_000, 1_000_000, 40).astype(float)
+    y = 80 + 2 * np.log(params) + rng.normal(0, 0.3, 40)
+    train, test = np.arange(28), np.arange(28, 40)
+    r = size_residual(y, params, train)
+    y2 = y.copy()
+    y2[test] += rng.normal(0, 50, len(test))  # wildly different held-out targets
+    r2 = size_residual(y2, params, train)
+    np.testing.assert_array_equal(r[train], r2[train])  # the fit did not move
+    np.testing.assert_allclose((y2 - r2)[test], (y - r)[test])  # same predictions there
+    lp = np.log(params[train])
+    fit = np.polyfit(lp, y[train], 2)
+    np.testing.assert_allclose(r[train], y[train] - np.polyval(fit, lp), atol=1e-8)
+
+
+def test_noise_ceiling_by_hand() -> None:
+    rng = np.random.default_rng(1)
+    truth = rng.normal(size=60)
+    seeds = np.stack([truth + rng.normal(0, 0.5, 60) for _ in range(3)], axis=1)
+    got = noise_ceiling(seeds)
+    rhos = [stats.spearmanr(seeds[:, i], seeds[:, j]).statistic
+            for i, j in ((0, 1), (0, 2), (1, 2))]
+    r1 = float(np.mean(rhos))
+    rel = 3 * r1 / (1 + 2 * r1)
+    assert got["reliability"] == pytest.approx(rel)
+    assert got["kendall_ceiling"] == pytest.approx(2 / np.pi * np.arcsin(np.sqrt(rel)))
+
+
+def test_assess_reports_beyond_size_numbers_on_held_out_only() -> None:
+    rng = np.random.default_rng(2)
+    params = rng.integers(10_000, 1_000_000, 50).astype(float)
+    y = np.log(params) + rng.normal(0, 0.2, 50)
+    splits = make_splits(50)
+    a = assess(params, y, params, splits)  # #params itself
+    assert a.test_partial_tau_params != a.test_partial_tau_params  # NaN: nothing beyond size
+    te, tr = splits.test, splits.train
+    s = y + rng.normal(0, 0.05, 50)  # an oracle-ish proxy
+    b = assess(s, y, params, splits)
+    assert b.test_partial_tau_params == pytest.approx(partial_kendall(s[te], y[te], params[te]))
+    resid = size_residual(y, params, tr)
+    assert b.test_tau_size_residual == pytest.approx(stats.kendalltau(s[te],
+                                                                      resid[te]).statistic)
+
+
+def test_kd_gain_is_a_target_with_its_own_seeds() -> None:
+    b = load_benchmark("benchmarks/fmnist", "kd_gain")
+    np.testing.assert_allclose(b.truth.y, b.truth.columns["kd_mean"] - b.truth.columns["ce_mean"])
+    seeds = b.seed_columns()
+    assert seeds is not None and seeds.shape == (162, 3)
+    np.testing.assert_allclose(seeds[:, 0], b.truth.columns["kd_s0"] - b.truth.columns["ce_s0"])
+    kd = load_benchmark("benchmarks/fmnist")
+    assert kd.noise_ceiling()["reliability"] > b.noise_ceiling()["reliability"]  # type: ignore[index]
