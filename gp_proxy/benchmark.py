@@ -58,6 +58,14 @@ class Benchmark:
         m = self.seed_columns(target)
         return None if m is None else noise_ceiling(m, idx)
 
+    def descriptors(self) -> np.ndarray | None:
+        """Architectures × descriptors of the space (None if it declares none)."""
+        space = self.search_space()
+        rows = [space.descriptors(a) for a in self.truth.archs]
+        if any(r is None for r in rows):
+            return None
+        return np.array([[r[k] for k in sorted(r)] for r in rows if r is not None])
+
     def search_space(self) -> SearchSpace:
         """The student space adapted to this benchmark's input."""
         return get_space(self.space, tuple(self.input_shape) or None, self.num_classes or None)

@@ -48,7 +48,7 @@ from .artifacts import (
 from .benchmark import Benchmark, load_benchmark
 from .config import CampaignConfig, ConfigError
 from .evaluator import EvalResult, Evaluator
-from .fitness import Assessment, Splits, assess, make_splits
+from .fitness import Assessment, Splits, assess, descriptor_regression, make_splits
 from .gp.pset import ProxySet, build_pset
 from .gp.variation import crossover, mutate
 from .io import atomic_write_json, atomic_write_text, run_lock
@@ -137,6 +137,11 @@ class Campaign:
             "flops": assess(self.bench.flops, self.y, self.bench.params, self.splits,
                             config.fitness),
         }
+        desc = self.bench.descriptors()
+        if desc is not None:  # fitted on the training architectures only
+            self.baselines["descriptors"] = assess(
+                descriptor_regression(desc, self.bench.params, self.y, self.splits.train),
+                self.y, self.bench.params, self.splits, config.fitness)
 
     # ------------------------------------------------------------------ fitness -----------
     def _key(self, tree: gp.PrimitiveTree) -> str:

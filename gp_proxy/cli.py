@@ -414,6 +414,8 @@ def compare_cmd(
     for size in ("params", "flops"):
         if size not in items:
             items.insert(0, size)
+    if bench.descriptors() is not None and "descriptors" not in items:
+        items.insert(2, "descriptors")
     splits = make_splits(len(bench.truth.y), test_fraction, seed=split_seed)
     rows = compare(items, bench, cache, str(cache_dir), splits, bootstrap,
                    noise_check=noise_check)

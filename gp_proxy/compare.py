@@ -29,7 +29,13 @@ from .benchmark import Benchmark
 from .cache import FeatureCache, load_cache
 from .config import CampaignConfig, run_config
 from .evaluator import Evaluator
-from .fitness import Splits, partial_kendall, size_residual, tau_in_params_bins
+from .fitness import (
+    Splits,
+    descriptor_regression,
+    partial_kendall,
+    size_residual,
+    tau_in_params_bins,
+)
 from .io import atomic_write_json, load_tensors, read_json, save_figure, save_tensors
 from .proxy import read_best
 from .rank import kendall_tau, spearman_rho
@@ -39,6 +45,8 @@ from .zerocost import ZERO_COST, diswot, zero_cost
 __all__ = ["ProxyRow", "cache_like_run", "compare", "resolve_scores"]
 
 SIZE = ("params", "flops")
+#: the architecture-descriptor regression (fitted on the training architectures of the split)
+DESCRIPTORS = "descriptors"
 
 
 @dataclass
@@ -125,9 +133,17 @@ def _model_scores(bench: Benchmark, name: str, probe: Path | None = None) -> np.
 
 
 def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root: str,
-                   seed: int = 0, probe: Path | None = None) -> tuple[str, str, np.ndarray]:
+                   seed: int = 0, probe: Path | None = None, fit_on: np.ndarray | None = None
+                   ) -> tuple[str, str, np.ndarray]:
     """(display name, kind, scores) for a baseline name, a run directory or a formula.
-    ``probe`` (with ``cache`` built on it) replaces the benchmark's probe batch."""
+    ``probe`` (with ``cache`` built on it) replaces the benchmark's probe batch; ``fit_on``
+    (training architectures) is where the descriptor regression is fitted."""
+    if item == DESCRIPTORS:
+        desc = bench.descriptors()
+        if desc is None or fit_on is None:
+            raise GpProxyError(f"{bench.space} declares no architecture descriptors")
+        return "descriptor regression", "fitted", descriptor_regression(
+            desc, bench.params, bench.truth.y, fit_on)
     if item in SIZE:
         return f"#{item}" if item == "params" else item.upper(), "size", \
             np.asarray(bench.truth.columns[item], dtype=float)
@@ -221,10 +237,11 @@ def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root:
     rows = []
     for item in items:
         try:
-            name, kind, scores = resolve_scores(item, bench, cache, cache_root, seed)
+            name, kind, scores = resolve_scores(item, bench, cache, cache_root, seed,
+                                                fit_on=splits.train)
         except GpProxyError as err:
             formula = REPORTED[item].formula if item in REPORTED else item
-            if item in SIZE or item in ZERO_COST or item == "diswot" or Path(item).exists():
+            if item in (*SIZE, DESCRIPTORS, *ZERO_COST, "diswot") or Path(item).exists():
                 raise
             parse(formula)  # a malformed formula is the user's error: raise it
             rows.append(ProxyRow(item, "failed", {}, str(err)))
@@ -239,7 +256,7 @@ def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root:
 
 def _noise_tau(item: str, kind: str, scores: np.ndarray, bench: Benchmark,
                cache: FeatureCache, cache_root: str, seed: int) -> float:
-    if kind == "size":
+    if kind in ("size", "fitted"):
         return 1.0  # no data involved at all
     if kind == "column":
         return float("nan")  # ground truth: trained, not a proxy of the probe batch

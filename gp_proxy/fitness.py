@@ -23,8 +23,8 @@ import numpy as np
 
 from .rank import kendall_tau, spearman_rho
 
-__all__ = ["Assessment", "Splits", "assess", "make_splits", "noise_ceiling", "partial_kendall",
-           "size_residual", "tau_in_params_bins"]
+__all__ = ["Assessment", "Splits", "assess", "descriptor_regression", "make_splits",
+           "noise_ceiling", "partial_kendall", "size_residual", "tau_in_params_bins"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,18 @@ def size_residual(y: np.ndarray, params: np.ndarray, fit_on: np.ndarray) -> np.n
     x = _size_design(params)
     beta, *_ = np.linalg.lstsq(x[fit_on], np.asarray(y, dtype=np.float64)[fit_on], rcond=None)
     return np.asarray(y, dtype=np.float64) - x @ beta
+
+
+def descriptor_regression(descriptors: np.ndarray, params: np.ndarray, y: np.ndarray,
+                          fit_on: np.ndarray) -> np.ndarray:
+    """The architecture-descriptor baseline: least squares of ``y`` on [1, descriptors, log
+    #params, (log #params)²] fitted on the architectures ``fit_on`` only; its predictions for
+    every architecture (held-out ones never enter the fit). It needs ground truth, as a
+    campaign does; a discovered proxy's edge over it is that it transfers to spaces whose
+    descriptors differ."""
+    x = np.concatenate([_size_design(params), np.asarray(descriptors, dtype=np.float64)], axis=1)
+    beta, *_ = np.linalg.lstsq(x[fit_on], np.asarray(y, dtype=np.float64)[fit_on], rcond=None)
+    return x @ beta
 
 
 def noise_ceiling(per_seed: np.ndarray, idx: np.ndarray | None = None) -> dict[str, float]:

@@ -153,6 +153,11 @@ class SearchSpace(ABC):
             new.num_classes = int(num_classes)
         return new
 
+    def descriptors(self, spec: str) -> dict[str, float] | None:
+        """Numbers describing ``spec``'s composition (widths, depths, kernel sizes...) for the
+        architecture-descriptor regression baseline; None: the space declares none."""
+        return None
+
     def teachers(self) -> list[str]:
         return []
 

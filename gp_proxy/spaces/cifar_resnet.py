@@ -86,6 +86,10 @@ class CifarResNetSpace(SearchSpace):
         d[i] = str(rng.choice([c for c in DEPTH_CHOICES if str(c) != d[i]]))
         return "".join(d)
 
+    def descriptors(self, spec: str) -> dict[str, float]:
+        d = [int(c) for c in self.validate(spec)]
+        return {"blocks1": d[0], "blocks2": d[1], "blocks3": d[2]}
+
     def teachers(self) -> list[str]:
         return list(TEACHERS)
 

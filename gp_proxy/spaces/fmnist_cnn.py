@@ -9,6 +9,7 @@ start with stride 2 (14×14 → 7×7 → 4×4 on 14×14 inputs). 3 × 27 × 2 = 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import re
 from collections.abc import Iterator
@@ -150,6 +151,11 @@ class FmnistCNNSpace(SearchSpace):
             dl[field - 1] = rng.choice([x for x in DEPTHS if x != dl[field - 1]])
             d = (dl[0], dl[1], dl[2])
         return f"w{w}-d{''.join(map(str, d))}-k{k}"
+
+    def descriptors(self, spec: str) -> dict[str, float]:
+        w, d, k = self._parts(spec)
+        return {"log_width": math.log(w), "depth1": d[0], "depth2": d[1], "depth3": d[2],
+                "kernel": k}
 
     def teachers(self) -> list[str]:
         return list(TEACHERS)

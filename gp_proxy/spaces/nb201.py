@@ -137,6 +137,10 @@ class NB201Space(SearchSpace):
         ops[i] = rng.choice([o for o in OPS if o != ops[i]])
         return _format(tuple(ops))
 
+    def descriptors(self, spec: str) -> dict[str, float]:
+        ops = self.parse(spec)
+        return {f"n_{op}": float(ops.count(op)) for op in OPS}
+
     def teachers(self) -> list[str]:
         return ["resnet56"]
 
