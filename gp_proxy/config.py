@@ -39,7 +39,10 @@ class CampaignConfig(BaseModel):
     max_evaluations: int | None = Field(None, ge=1)
     max_seconds: float | None = Field(None, gt=0)
     target_fitness: float | None = None
-    fitness: Literal["tau", "tau_params_bins"] = "tau"
+    # what selection maximises on the training architectures (gp_proxy.fitness.FITNESS_METRICS):
+    # tau; or, so that size alone cannot win, tau_params_bins, partial_tau_params (given
+    # #params) or tau_size_residual
+    fitness: Literal["tau", "tau_params_bins", "partial_tau_params", "tau_size_residual"] = "tau"
     stagnation: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
     init_min_height: int = Field(2, ge=1)

@@ -23,8 +23,9 @@ import numpy as np
 
 from .rank import kendall_tau, spearman_rho
 
-__all__ = ["Assessment", "Splits", "assess", "descriptor_regression", "make_splits",
-           "noise_ceiling", "partial_kendall", "size_residual", "tau_in_params_bins"]
+__all__ = ["FITNESS_METRICS", "Assessment", "Splits", "assess", "descriptor_regression",
+           "make_splits", "noise_ceiling", "partial_kendall", "size_residual",
+           "tau_in_params_bins", "training_metric"]
 
 
 @dataclass(frozen=True)
@@ -144,16 +145,38 @@ class Assessment:
                 for k, v in asdict(self).items()}
 
 
+def training_metric(s: np.ndarray, y: np.ndarray, params: np.ndarray, train: np.ndarray,
+                    metric: str) -> float:
+    """What a campaign selects on, over the training architectures only (signed)."""
+    if metric not in FITNESS_METRICS:
+        raise ValueError(f"unknown fitness metric {metric!r}; choose from "
+                         f"{', '.join(FITNESS_METRICS)}")
+    return FITNESS_METRICS[metric](s[train], y[train], params[train])
+
+
+def _residual_tau(s: np.ndarray, y: np.ndarray, params: np.ndarray) -> float:
+    return kendall_tau(s, size_residual(y, params, np.arange(len(y))))
+
+
+#: fitness metric name -> signed statistic over the training architectures: plain τ, τ
+#: within #params bins, partial τ given #params (fit-free), τ with the size residual (the size
+#: fit made on these same training architectures); the last three cannot be won by size alone
+FITNESS_METRICS: dict[str, Any] = {
+    "tau": lambda s, y, p: kendall_tau(s, y),
+    "tau_params_bins": tau_in_params_bins,
+    "partial_tau_params": lambda s, y, p: partial_kendall(s, y, p),
+    "tau_size_residual": _residual_tau,
+}
+
+
 def assess(scores: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
            metric: str = "tau") -> Assessment:
-    """Orient by the training sign and report; ``metric`` picks what ``fitness`` is:
-    ``tau`` (Kendall on training architectures) or ``tau_params_bins`` (Kendall within #params
-    bins on training architectures, which rewards ranking beyond network size)."""
+    """Orient by the training sign and report; ``metric`` (a key of
+    :data:`FITNESS_METRICS`) picks what ``fitness`` is; every other number is reported as
+    well."""
     s = np.asarray(scores, dtype=np.float64)
     tr, te = splits.train, splits.test
-    tau_tr = kendall_tau(s[tr], y[tr])
-    if metric == "tau_params_bins":
-        tau_tr = tau_in_params_bins(s[tr], y[tr], params[tr])
+    tau_tr = training_metric(s, y, params, tr, metric)
     sign = -1 if tau_tr < 0 else 1
     o = sign * s
     fold_taus = []

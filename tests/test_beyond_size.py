@@ -107,3 +107,39 @@ def test_spaces_without_descriptors_give_none() -> None:
         __import__("random").Random(0))) is None
     assert get_space("cifar-resnet-depth").descriptors("357") == {"blocks1": 3, "blocks2": 5,
                                                                   "blocks3": 7}
+
+
+@pytest.mark.parametrize("metric", ["partial_tau_params", "tau_size_residual"])
+def test_beyond_size_fitness_cannot_be_won_by_size(metric: str) -> None:
+    """#params itself scores (near) zero under a beyond-size fitness, while a proxy carrying
+    signal beyond size keeps a positive one; fitness is computed on training rows only."""
+    rng = np.random.default_rng(3)
+    params = rng.integers(10_000, 1_000_000, 60).astype(float)
+    extra = rng.normal(size=60)
+    y = np.log(params) + 0.5 * extra + rng.normal(0, 0.1, 60)
+    splits = make_splits(60)
+    size_only = assess(params, y, params, splits, metric)
+    beyond = assess(extra, y, params, splits, metric)
+    assert not size_only.fitness > 0.1
+    assert beyond.fitness > 0.3
+    y2 = y.copy()
+    y2[splits.test] = rng.normal(size=len(splits.test))  # held-out targets never enter fitness
+    assert assess(extra, y2, params, splits, metric).fitness == pytest.approx(beyond.fitness)
+
+
+def test_campaign_accepts_beyond_size_fitness(bench, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from gp_proxy.campaign import Campaign
+    from gp_proxy.config import load_config
+
+    from .test_campaign import _cfg
+
+    cfg = load_config(None, _cfg(bench, tmp_path / "cache", generations=1,
+                                 fitness="partial_tau_params"))
+    c = Campaign(cfg, tmp_path / "run")
+    c.run()
+    best = c.best()
+    assert best.assessment is not None
+    s = c.evaluator.evaluate([best.formula])[0].scores
+    tr = c.splits.train
+    assert best.fitness == pytest.approx(abs(partial_kendall(s[tr], c.y[tr],
+                                                             c.bench.params[tr])))
