@@ -550,8 +550,27 @@ class Campaign:
             self._checkpoint()
             if on_generation:
                 on_generation(self, line)
+        self.refit_weights()
         self.write_results()
         return reason
+
+    def refit_weights(self, formula: str | None = None) -> list[Record]:
+        """The best formula's top-level combination with every part weight of its normaliser
+        (``rank_add`` → ``rank_add_w025`` ... ``rank_sub_w4``), scored on the training
+        architectures like any candidate: the weight is fitted there, never on held-out ones,
+        and the variants enter the archive (and the hall of fame if they are fitter)."""
+        node = primitives.parse(formula or self.best().formula, self.cache.feature_kinds)
+        if not node.op.normaliser:
+            return []
+        variants = [primitives.Node(op.name, node.args) for op in primitives.ops()
+                    if op.cross_arch and op.normaliser == node.op.normaliser]
+        trees = []
+        for v in variants:
+            try:
+                trees.append(self.ps.to_tree(primitives.canonicalize(v)))
+            except GpProxyError:  # a variant the grammar cannot express is skipped
+                continue
+        return self._evaluate(trees)
 
 
 def _assessment(d: dict[str, Any]) -> Assessment | None:

@@ -325,16 +325,30 @@ def _combiner(norm: str, sign: float) -> Callable[[Tensor, Tensor], Tensor]:
     return lambda x, y: f(x) + sign * f(y)
 
 
-for _name, _norm, _sign, _doc, _tex in (
-    ("rank_add", "rank01", 1.0, "rank(x) + rank(y), ranks over architectures scaled to [0, 1]",
-     r"\operatorname{{rank}}\left({0}\right) + \operatorname{{rank}}\left({1}\right)"),
-    ("rank_sub", "rank01", -1.0, "rank(x) − rank(y), ranks over architectures scaled to [0, 1]",
-     r"\operatorname{{rank}}\left({0}\right) - \operatorname{{rank}}\left({1}\right)"),
-    ("z_add", "z", 1.0, "z(x) + z(y), z-scores over architectures",
-     r"z\left({0}\right) + z\left({1}\right)"),
-    ("z_sub", "z", -1.0, "z(x) − z(y), z-scores over architectures",
-     r"z\left({0}\right) - z\left({1}\right)"),
-):
+#: weights of the second part in the weighted combiners (log-even around the 1:1 of rank_add;
+#: a part twice or four times as important, either way): the weight is data in the formula
+#: string (``rank_add_w025``) and is chosen on training architectures like any gene
+PART_WEIGHTS = (0.25, 0.5, 2.0, 4.0)
+
+
+def _weight_tag(w: float) -> str:
+    return "w" + f"{w:g}".replace(".", "")  # 0.25 -> w025, 2.0 -> w2
+
+
+_COMBINERS = [
+    ("rank_add", "rank01", 1.0, r"\operatorname{{rank}}\left({0}\right) + "
+     r"\operatorname{{rank}}\left({1}\right)", "rank(x) + rank(y), ranks over architectures "
+     "scaled to [0, 1]"),
+    ("rank_sub", "rank01", -1.0, r"\operatorname{{rank}}\left({0}\right) - "
+     r"\operatorname{{rank}}\left({1}\right)", "rank(x) − rank(y), ranks over architectures "
+     "scaled to [0, 1]"),
+    ("z_add", "z", 1.0, r"z\left({0}\right) + z\left({1}\right)",
+     "z(x) + z(y), z-scores over architectures"),
+    ("z_sub", "z", -1.0, r"z\left({0}\right) - z\left({1}\right)",
+     "z(x) − z(y), z-scores over architectures"),
+]
+
+for _name, _norm, _sign, _tex, _doc in _COMBINERS:
     register(Op(name=_name, family="combine",
                 signatures=(Signature((Kind.SCORE, Kind.SCORE), Kind.SCORE,
                                       _combiner(_norm, _sign), ", ->"),),
@@ -342,3 +356,14 @@ for _name, _norm, _sign, _doc, _tex in (
                 source="gp-proxy (fixes the raw sum of the published code)",
                 commutative=_sign > 0, cross_arch=True, normaliser=_norm,
                 part_signs=(1.0, _sign), latex=_tex))
+    for _w in PART_WEIGHTS:
+        _op, _tag = ("+" if _sign > 0 else "-"), _weight_tag(_w)
+        register(Op(name=f"{_name}_{_tag}", family="combine",
+                    signatures=(Signature((Kind.SCORE, Kind.SCORE), Kind.SCORE,
+                                          _combiner(_norm, _sign * _w), ", ->"),),
+                    doc=f"{_doc.split(',')[0]} with the second part weighted {_w:g}",
+                    source="gp-proxy (a fixed 1:1 combination cannot weight a weak part)",
+                    complexity=2, cross_arch=True, normaliser=_norm,
+                    part_signs=(1.0, _sign * _w),
+                    latex=_tex.replace("{1}", "{1}", 1).replace(f"{_op} ", f"{_op} {_w:g}\\,",
+                                                                 1)))

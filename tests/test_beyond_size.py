@@ -143,3 +143,39 @@ def test_campaign_accepts_beyond_size_fitness(bench, tmp_path) -> None:  # type:
     tr = c.splits.train
     assert best.fitness == pytest.approx(abs(partial_kendall(s[tr], c.y[tr],
                                                              c.bench.params[tr])))
+
+
+def test_weighted_combiners_and_their_refit(bench, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """rank_add_w025(x, y) = rank(x) + 0.25·rank(y); the refit scores every weight of the best
+    formula's normaliser on training architectures and archives them."""
+    import torch
+
+    import primitives
+    from gp_proxy.campaign import Campaign
+    from gp_proxy.config import load_config
+
+    from .test_campaign import _cfg
+
+    x = torch.tensor([3.0, 1.0, 2.0, 5.0], dtype=torch.float64)
+    y = torch.tensor([1.0, 4.0, 2.0, 3.0], dtype=torch.float64)
+    r = primitives.instinct.NORMALISERS["rank01"][0]
+    assert torch.equal(primitives.apply("rank_add_w025", x, y), r(x) + 0.25 * r(y))
+    z = primitives.instinct.NORMALISERS["z"][0]
+    assert torch.equal(primitives.apply("z_sub_w4", x, y), z(x) - 4 * z(y))
+    assert not primitives.get("rank_add_w2").commutative
+    cfg = load_config(None, _cfg(bench, tmp_path / "cache", generations=0,
+                                 guesses=["rank_add(sp_dist(k2),sum_layers(l1_norm(weight)))"]))
+    c = Campaign(cfg, tmp_path / "run")
+    c.initialise()
+    added = c.refit_weights("rank_add(sp_dist(k2),sum_layers(l1_norm(weight)))")
+    names = {primitives.parse(r.formula).name for r in added}
+    assert len(names) == 2 * (1 + len(primitives.instinct.PART_WEIGHTS))
+    assert all(primitives.get(n).normaliser == "rank01" for n in names)
+    assert all(r.formula in c.records for r in added)
+    fits = {r.formula: r.fitness for r in added}
+    for r in added:  # fitness is the training metric of each weighted variant's own scores
+        s = c.evaluator.evaluate([r.formula])[0].scores
+        assert r.fitness == pytest.approx(abs(__import__("gp_proxy.rank", fromlist=["x"])
+                                              .kendall_tau(s[c.splits.train],
+                                                           c.y[c.splits.train])))
+    assert len(set(fits.values())) > 1  # the weight matters

@@ -148,6 +148,10 @@ def _mask_name(mask: frozenset[int]) -> str:
     return "m" + "".join(str(i) for i in sorted(mask)) if mask else "aligned"
 
 
+#: campaign combiner setting -> the combiners' ``normaliser`` property it selects
+_NORMALISER_OF = {"rank": "rank01", "z": "z"}
+
+
 def build_pset(grammar: str = "both", combiner: str = "rank",
                input_kinds: Mapping[str, Kind] | None = None,
                misaligned: Mapping[str, frozenset[int]] | None = None,
@@ -162,7 +166,7 @@ def build_pset(grammar: str = "both", combiner: str = "rank",
     """
     if grammar not in GRAMMARS:
         raise GpProxyError(f"unknown grammar {grammar!r}; choose from {', '.join(GRAMMARS)}")
-    if combiner not in ("rank", "z"):
+    if combiner not in _NORMALISER_OF:
         raise GpProxyError(f"unknown combiner {combiner!r}; choose rank or z")
     kinds = {**primitives.DEFAULT_INPUT_KINDS, **(input_kinds or {})}
     masks = {k: frozenset(v) for k, v in (misaligned or {}).items()}
@@ -237,7 +241,7 @@ def build_pset(grammar: str = "both", combiner: str = "rank",
                 if use_free:
                     add(op.name, [free(ins[0])], sscore, f"{ins[0].value}__free")
             elif op.family == "combine":
-                if grammar == "both" and op.name.startswith(combiner + "_"):
+                if grammar == "both" and op.normaliser == _NORMALISER_OF[combiner]:
                     add(op.name, [iscore, sscore], root, "root")
             elif use_free and ins[0] in primitives.values.RAGGED_KINDS:
                 add(op.name, [free(k) for k in ins], free(sig.output),
