@@ -71,7 +71,8 @@ from primitives import Kind, Ragged  # noqa: E402
 def population(n: int, seed: int, misaligned: dict[str, frozenset[int]] | None = None,
                grammar: str = "both", kinds: dict[str, Kind] | None = None) -> list[str]:
     """Random canonical formulas from the campaign's typed generator for this cache."""
-    ps = build_pset(grammar, input_kinds=kinds, misaligned=misaligned)
+    ps = build_pset(grammar, input_kinds=kinds, misaligned=misaligned,
+                    exclude=frozenset({"log_params"}))  # as a default campaign
     rng = random.Random(seed)
     out: list[str] = []
     while len(out) < n:

@@ -124,6 +124,13 @@ class FeatureCache:
     def archs(self) -> list[str]:
         return [s.spec for s in self.students]
 
+    def smallest_map(self) -> int | None:
+        """The smallest spatial side of any teacher or student feature map (None: no maps)."""
+        sides = [min(t.shape[-2:]) for feats in (self.teacher, *(s.features
+                                                                 for s in self.students))
+                 for k, t in feats.items() if self.feature_kinds.get(k) is Kind.FMAP]
+        return int(min(sides)) if sides else None
+
     def misaligned(self) -> dict[str, frozenset[int]]:
         """Per teacher-student input, the axes whose size differs from the teacher's for at
         least one student (0 = samples, 1 = channels, ...)."""

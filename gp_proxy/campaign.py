@@ -117,8 +117,10 @@ class Campaign:
         self.evaluator = Evaluator(self.cache, config.chunk_size, device, seed=config.seed,
                                    chunk_bytes=config.chunk_bytes, threads=config.threads,
                                    workers=config.workers)
-        self.ps: ProxySet = build_pset(config.grammar, config.combiner, self.cache.feature_kinds,
-                                       self.cache.misaligned())
+        self.ps: ProxySet = build_pset(
+            config.grammar, config.combiner, self.cache.feature_kinds, self.cache.misaligned(),
+            exclude=frozenset() if config.size_prior else frozenset({"log_params"}),
+            smallest_map=self.cache.smallest_map())
         self.y = self.bench.truth.y
         self.splits: Splits = make_splits(len(self.y), config.test_fraction, config.folds,
                                           config.split_seed)

@@ -59,6 +59,9 @@ class CampaignConfig(BaseModel):
     hof_size: int = Field(20, ge=1)
     archive_size: int = Field(200, ge=1)
     guesses: list[str] = Field(default_factory=list)
+    # offer log #params as a student part, so that a combination can weigh a size prior
+    # explicitly (rank_add_w025(log_params, F)) instead of evolving size statistics in disguise
+    size_prior: bool = False
     test_fraction: float = Field(0.3, gt=0, lt=1)
     folds: int = Field(5, ge=2)
     split_seed: int = Field(0, ge=0)

@@ -195,6 +195,8 @@ class Evaluator:
                                      ("weight", Kind.WSET, "weights")):
                 inputs[name] = Ragged.from_layers(
                     kind, [getattr(a, attr) for a in archs]).on(self.device)
+            inputs["log_params"] = torch.log(torch.tensor(
+                [float(a.params) for a in archs], dtype=torch.float64)).to(self.device)
             grad, weight = inputs["grad"], inputs["weight"]
             assert isinstance(grad, Ragged) and isinstance(weight, Ragged)
             if grad.same_layout(weight):  # one segment tensor: binary ops on the two

@@ -46,7 +46,7 @@ from .io import atomic_write_json
 
 __all__ = ["Calibration", "NASLibPredictor", "Proxy", "load_proxy", "make_measure", "read_best"]
 
-_STUDENT_ONLY = {"act", "grad", "weight"}
+_STUDENT_ONLY = {"act", "grad", "weight", "log_params"}
 
 
 def read_best(path: str | os.PathLike[str]) -> tuple[str, int, int]:
@@ -259,6 +259,8 @@ class Proxy:
         weights = [m.weight.detach() for m in layers]
         grads = [m.weight.grad.detach() if m.weight.grad is not None else torch.zeros_like(w)
                  for m, w in zip(layers, weights, strict=True)]
+        env["log_params"] = torch.log(torch.tensor(
+            [float(sum(p.numel() for p in model.parameters()))], dtype=torch.float64))
         env["act"] = Ragged.from_layers(Kind.ASET, [acts])
         env["weight"] = Ragged.from_layers(Kind.WSET, [weights])
         env["grad"] = Ragged.from_layers(Kind.WSET, [grads])

@@ -1,7 +1,8 @@
 """Terminals: the named values a formula reads.
 
 ``k1``/``k2``/``k3`` are read on both the teacher and the student side of a distance;
-``act``/``grad``/``weight`` are student-only statistics for the instinct part. The kind
+``act``/``grad``/``weight`` are student-only statistics for the instinct part; ``log_params``
+is the student's size as a score, so that a combination can weigh a size prior explicitly. The kind
 listed here is the default; a search space whose features have another layout (a ViT's
 token maps are ``seq``) passes its own kinds to the parser.
 """
@@ -20,6 +21,7 @@ DEFAULT_INPUT_KINDS: dict[str, Kind] = {
     "act": Kind.ASET,
     "grad": Kind.WSET,
     "weight": Kind.WSET,
+    "log_params": Kind.SCORE,
 }
 
 _DOCS = {
@@ -29,6 +31,8 @@ _DOCS = {
     "act": ("per-layer activations of the student on the probe batch", r"\mathbf{A}"),
     "grad": ("per-layer weight gradients of one cross-entropy backward", r"\nabla\mathbf{W}"),
     "weight": ("per-layer weights", r"\mathbf{W}"),
+    "log_params": ("log of the student's parameter count: a size prior a combination can "
+                   "weight (campaign option size_prior)", r"\log|\theta|"),
 }
 
 for _name, _kind in DEFAULT_INPUT_KINDS.items():

@@ -67,6 +67,9 @@ class Op:
     #: a cross-architecture combiner: the name of the normaliser it applies to each part over
     #: the architectures (a key of ``primitives.instinct.NORMALISERS``) and each part's sign;
     #: what lets a combined formula score one model against a stored reference population
+    #: the smallest map side (height and width) the op's input must have (a patch size):
+    #: generators leave the op out for features smaller than that
+    min_map: int = 0
     normaliser: str = ""
     part_signs: tuple[float, ...] = ()
     latex: str = ""

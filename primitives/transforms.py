@@ -199,7 +199,8 @@ for _r in (1, 2, 4):
          f"spatial pyramid level (Review, Chen et al. 2021): {_r}x{_r} max pooling",
          [_sig(Kind.FMAP, Kind.FMAP, _multi_scale(_r),
                f"n c h w -> n c h//{_r} w//{_r}" if _r > 1 else "n c h w -> n c h w")],
-         identity=_r == 1, latex=r"\operatorname{{MS}}_{{%d}}\left({0}\right)" % _r)
+         identity=_r == 1, min_map=_r,
+         latex=r"\operatorname{{MS}}_{{%d}}\left({0}\right)" % _r)
 _reg("local_s1", "local patches of 1x1 (LKD): every position becomes its own instance",
      [_sig(Kind.FMAP, Kind.VEC, lambda x: rearrange(x, "a n c h w -> a n (c h w)"),
            "n c h w -> n (c h w)")], latex=r"\operatorname{{local}}_{{1}}\left({0}\right)")
@@ -208,7 +209,7 @@ for _p in (2, 4):
          "channel axis",
          [_sig(Kind.FMAP, Kind.FMAP, _local(_p),
                f"n c h w -> n (c h//{_p} w//{_p}) {_p} {_p}")],
-         latex=r"\operatorname{{local}}_{{%d}}\left({0}\right)" % _p)
+         min_map=_p, latex=r"\operatorname{{local}}_{{%d}}\left({0}\right)" % _p)
 
 
 # ---------------------------------------------------------------- normalisations ----------

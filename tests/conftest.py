@@ -95,6 +95,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def random_formulas(cache: FeatureCache, n: int, rng: random.Random) -> list[str]:
     """Distinct canonical formulas from ``n`` trees (depth 2-5) of the campaign's typed
     generator, given the cache's feature kinds and misaligned axes."""
-    ps = build_pset("both", input_kinds=cache.feature_kinds, misaligned=cache.misaligned())
+    ps = build_pset("both", input_kinds=cache.feature_kinds, misaligned=cache.misaligned(),
+                    smallest_map=cache.smallest_map())
     return list(dict.fromkeys(str(primitives.canonicalize(ps.to_node(ps.random_tree(
         rng, 2, 5)))) for _ in range(n)))

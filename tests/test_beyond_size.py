@@ -179,3 +179,34 @@ def test_weighted_combiners_and_their_refit(bench, tmp_path) -> None:  # type: i
                                               .kendall_tau(s[c.splits.train],
                                                            c.y[c.splits.train])))
     assert len(set(fits.values())) > 1  # the weight matters
+
+
+def test_the_size_prior_input(bench, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """log_params is log #params as a student score, in the evaluator and the plug-in API;
+    campaigns offer it only with size_prior=true."""
+    import torch
+
+    import primitives
+    from gp_proxy.campaign import Campaign
+    from gp_proxy.config import load_config
+    from gp_proxy.proxy import Proxy
+    from gp_proxy.spaces import count_params
+
+    from .test_campaign import _cfg
+
+    off = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=0)),
+                   tmp_path / "a")
+    on = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=0,
+                                         size_prior=True)), tmp_path / "b")
+    assert "log_params" not in off.ps.pset.mapping and "log_params" in on.ps.pset.mapping
+    got = on.evaluator.evaluate(["log_params"])[0].scores
+    np.testing.assert_allclose(got, np.log(on.bench.params))
+    study = on.evaluator.evaluate(["rank_add_w025(log_params,sp_dist(k2))"])[0]
+    assert study.ok
+    b = on.bench
+    x, y = b.probe()
+    model = b.search_space().build(b.truth.archs[0])
+    score = Proxy.from_string("log_params").score(b.trained_teacher(), model, x, y)
+    assert score == pytest.approx(float(torch.log(torch.tensor(float(count_params(model))))))
+    with pytest.raises(primitives.FormulaError, match="student-only"):
+        primitives.parse("l1(log_params)")

@@ -35,6 +35,7 @@ def _naive(formula: str, cache) -> np.ndarray:  # type: ignore[no-untyped-def]
         env["act"] = Ragged.from_layers(Kind.ASET, [s.acts])
         env["grad"] = Ragged.from_layers(Kind.WSET, [s.grads])
         env["weight"] = Ragged.from_layers(Kind.WSET, [s.weights])
+        env["log_params"] = torch.log(torch.tensor([float(s.params)], dtype=torch.float64))
         out.append(float(primitives.evaluate(node, env, teacher, seed=0)[0]))
     return np.array(out)
 

@@ -155,14 +155,17 @@ _NORMALISER_OF = {"rank": "rank01", "z": "z"}
 def build_pset(grammar: str = "both", combiner: str = "rank",
                input_kinds: Mapping[str, Kind] | None = None,
                misaligned: Mapping[str, frozenset[int]] | None = None,
-               exclude: frozenset[str] = frozenset()) -> ProxySet:
+               exclude: frozenset[str] = frozenset(),
+               smallest_map: int | None = None) -> ProxySet:
     """Generate the typed primitive set from the registry.
 
     ``misaligned`` gives, per teacher-student input, the axis positions whose size differs
     between the teacher and some student (``{"k2": {1}}``: students are narrower). Types below
     a distance carry that set, transforms propagate it through their shape contracts, and a
     distance only accepts aligned values (a relation distance only needs the sample axis),
-    so formulas that could only fail with a shape error are never built.
+    so formulas that could only fail with a shape error are never built. ``smallest_map``
+    (the smallest feature-map side of the cache) leaves out ops whose input must be larger
+    (a 4x4 patch on a 2x2 map).
     """
     if grammar not in GRAMMARS:
         raise GpProxyError(f"unknown grammar {grammar!r}; choose from {', '.join(GRAMMARS)}")
@@ -188,7 +191,8 @@ def build_pset(grammar: str = "both", combiner: str = "rank",
         pset.addPrimitive(lambda *a: None, args, ret, name=name)
         op_of[name] = op_name
 
-    ops = [op for op in primitives.ops() if op.name not in exclude and not op.identity]
+    ops = [op for op in primitives.ops() if op.name not in exclude and not op.identity
+           and (smallest_map is None or op.min_map <= smallest_map)]
     # inputs
     frontier: list[tuple[Kind, frozenset[int]]] = []
     for op in ops:
@@ -204,7 +208,9 @@ def build_pset(grammar: str = "both", combiner: str = "rank",
         else:
             if not use_free:
                 continue
-            pset.addTerminal(op.name, free(kinds[op.name]), name=op.name)
+            # a score-valued input (the size prior) is a student part by itself
+            kind = kinds[op.name]
+            pset.addTerminal(op.name, sscore if kind is Kind.SCORE else free(kind), name=op.name)
         op_of[op.name] = op.name
     # below a distance: every (kind, mask) reachable from the inputs through the transforms
     seen = set(frontier)
