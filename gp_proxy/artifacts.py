@@ -62,6 +62,7 @@ class ArchiveEntry(_Strict):
     train_tau_in_params_bins: OptFloat = None
     test_partial_tau_params: OptFloat = None
     test_tau_size_residual: OptFloat = None
+    fitness_spread: OptFloat = None
 
 
 class CampaignCheckpoint(_Strict):

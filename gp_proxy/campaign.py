@@ -17,6 +17,7 @@ held-out numbers are reported, never selected on (the Pareto front is labelled a
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -46,9 +47,18 @@ from .artifacts import (
     write_artifact,
 )
 from .benchmark import Benchmark, load_benchmark
+from .cache import FeatureCache, load_cache
 from .config import CampaignConfig, ConfigError
 from .evaluator import EvalResult, Evaluator
-from .fitness import Assessment, Splits, assess, descriptor_regression, make_splits
+from .fitness import (
+    Assessment,
+    Splits,
+    assess,
+    descriptor_regression,
+    make_splits,
+    partial_kendall,
+    training_metric,
+)
 from .gp.pset import ProxySet, build_pset
 from .gp.variation import crossover, mutate
 from .io import atomic_write_json, atomic_write_text, run_lock
@@ -72,6 +82,7 @@ class Record:
     complexity: int
     size: int
     generation: int
+    spread: float = math.nan  # max − min of the training metric over the fitness variants
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"formula": self.formula, "status": self.status,
@@ -80,7 +91,23 @@ class Record:
                              "generation": self.generation}
         if self.assessment is not None:
             d.update(self.assessment.to_json())
+        if math.isfinite(self.spread):
+            d["fitness_spread"] = self.spread
         return d
+
+
+@dataclass
+class Variant:
+    """One set of features a formula's fitness is computed on: a benchmark with a student
+    init seed and a probe batch (the first variant is the primary one, whose training sign
+    orients the formula everywhere)."""
+
+    name: str
+    bench: Benchmark
+    cache: FeatureCache
+    evaluator: Evaluator
+    y: np.ndarray
+    splits: Splits
 
 
 def _num(x: float) -> float | None:
@@ -117,13 +144,25 @@ class Campaign:
         self.evaluator = Evaluator(self.cache, config.chunk_size, device, seed=config.seed,
                                    chunk_bytes=config.chunk_bytes, threads=config.threads,
                                    workers=config.workers)
-        self.ps: ProxySet = build_pset(
-            config.grammar, config.combiner, self.cache.feature_kinds, self.cache.misaligned(),
-            exclude=frozenset() if config.size_prior else frozenset({"log_params"}),
-            smallest_map=self.cache.smallest_map())
         self.y = self.bench.truth.y
         self.splits: Splits = make_splits(len(self.y), config.test_fraction, config.folds,
                                           config.split_seed)
+        self.variants = [Variant("primary", self.bench, self.cache, self.evaluator, self.y,
+                                 self.splits), *self._extra_variants(device)]
+        caches = [v.cache for v in self.variants]
+        kinds = {tuple(sorted((k, str(v)) for k, v in c.feature_kinds.items())) for c in caches}
+        if len(kinds) > 1:
+            raise ConfigError("benchmarks: the joint benchmarks' features are of different "
+                              "kinds (a CNN and a ViT space); evolve on one family")
+        misaligned: dict[str, frozenset[int]] = {}
+        for c in caches:
+            for k, axes in c.misaligned().items():
+                misaligned[k] = misaligned.get(k, frozenset()) | axes
+        smallest = [m for c in caches if (m := c.smallest_map()) is not None]
+        self.ps: ProxySet = build_pset(
+            config.grammar, config.combiner, self.cache.feature_kinds, misaligned,
+            exclude=frozenset() if config.size_prior else frozenset({"log_params"}),
+            smallest_map=min(smallest) if smallest else None)
         self.rng = random.Random(config.seed)
         self.population: list[gp.PrimitiveTree] = []
         self.records: dict[str, Record] = {}
@@ -145,6 +184,34 @@ class Campaign:
                 descriptor_regression(desc, self.bench.params, self.y, self.splits.train),
                 self.y, self.bench.params, self.splits, config.fitness)
 
+    def _extra_variants(self, device: str | None) -> list[Variant]:
+        c = self.config
+        out = []
+
+        def variant(name: str, bench: Benchmark, init_seed: int, probe: str | None) -> Variant:
+            config = bench.cache_config(c.teacher_init, init_seed, c.act_samples)
+            if probe is not None:
+                config = dataclasses.replace(config, probe=probe)
+            cache = load_cache(c.cache_dir, config, list(bench.truth.archs))
+            ev = Evaluator(cache, c.chunk_size, device, seed=c.seed, chunk_bytes=c.chunk_bytes,
+                           threads=c.threads, workers=c.workers)
+            y = bench.truth.y
+            return Variant(name, bench, cache, ev, y,
+                           make_splits(len(y), c.test_fraction, c.folds, c.split_seed))
+
+        for seed in c.init_seeds:
+            if seed != c.init_seed:
+                out.append(variant(f"init_seed={seed}", self.bench, seed, None))
+        for probe in c.probes:
+            if not Path(probe).is_file():
+                raise ConfigError(f"probes: {probe}: no such probe file")
+            out.append(variant(f"probe={Path(probe).name}", self.bench, c.init_seed, probe))
+        for folder in c.benchmarks:
+            other = load_benchmark(folder, c.target)
+            if other.folder.resolve() != self.bench.folder.resolve():
+                out.append(variant(f"benchmark={other.name}", other, c.init_seed, None))
+        return out
+
     # ------------------------------------------------------------------ fitness -----------
     def _key(self, tree: gp.PrimitiveTree) -> str:
         """The canonical formula string: the identity of an individual everywhere."""
@@ -156,10 +223,11 @@ class Campaign:
         todo = list(dict.fromkeys(k for k in keys if k not in self.records))
         if todo:
             results = self.evaluator.evaluate(todo, keep_memo=True)
-            for res in results:
+            others = [v.evaluator.evaluate(todo, keep_memo=True) for v in self.variants[1:]]
+            for i, res in enumerate(results):
                 node = primitives.parse(res.formula, self.cache.feature_kinds)
                 a: Assessment | None = None
-                fitness = FAILED
+                fitness, spread = FAILED, math.nan
                 status, reason = res.status, res.reason
                 if res.ok and res.scores is not None:
                     a = assess(res.scores, self.y, self.bench.params, self.splits,
@@ -168,12 +236,32 @@ class Campaign:
                         fitness = a.fitness
                     else:
                         status, reason = "constant", "no ranking on the training architectures"
+                if others and fitness > FAILED and a is not None:
+                    fitness, spread, status, reason = self._robust(a, [o[i] for o in others])
+                    a = dataclasses.replace(a, fitness=fitness) if fitness > FAILED else a
                 rec = Record(res.formula, status, reason, fitness, a,
-                             primitives.complexity(node), node.size, self.generation)
+                             primitives.complexity(node), node.size, self.generation, spread)
                 self.records[res.formula] = rec
                 if fitness > FAILED:
                     self._archive(rec)
         return [self.records[k] for k in keys]
+
+    def _robust(self, primary: Assessment, others: list[EvalResult]
+                ) -> tuple[float, float, str, str]:
+        """Fitness over every variant: the training metric of each, oriented by the primary
+        variant's sign, aggregated (mean or worst); a failure on any variant fails the
+        formula. Returns (fitness, spread, status, reason)."""
+        values = [primary.fitness]
+        for v, res in zip(self.variants[1:], others, strict=True):
+            if not res.ok or res.scores is None:
+                return FAILED, math.nan, res.status, f"on {v.name}: {res.reason}"
+            m = training_metric(np.asarray(res.scores, dtype=np.float64), v.y, v.bench.params,
+                                v.splits.train, self.config.fitness)
+            if not math.isfinite(m):
+                return FAILED, math.nan, "constant", f"on {v.name}: no ranking"
+            values.append(primary.sign * m)
+        agg = min(values) if self.config.fitness_aggregate == "worst" else statistics.fmean(values)
+        return agg, max(values) - min(values), "ok", ""
 
     def _archive(self, rec: Record) -> None:
         self.archive[rec.formula] = rec
@@ -379,7 +467,8 @@ class Campaign:
                 fitness = FAILED if d["fitness"] is None else float(d["fitness"])
                 self.records[d["formula"]] = Record(
                     d["formula"], d["status"], d["reason"], fitness, _assessment(d),
-                    d["complexity"], d["size"], d["generation"])
+                    d["complexity"], d["size"], d["generation"],
+                    math.nan if d.get("fitness_spread") is None else d["fitness_spread"])
             rec = self.records[d["formula"]]
             rec.generation = d["generation"]
             self.archive[d["formula"]] = rec
@@ -388,7 +477,7 @@ class Campaign:
         hof = self.hall_of_fame()
         fields = ["rank", "formula", "fitness", "train_tau", "test_tau", "test_rho", "kfold_tau",
                   "test_tau_in_params_bins", "test_partial_tau_params", "test_tau_size_residual",
-                  "sign", "complexity", "size", "generation", "latex"]
+                  "fitness_spread", "sign", "complexity", "size", "generation", "latex"]
         for name, rows in (("hall_of_fame.csv", hof), ("pareto.csv", self.pareto())):
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
@@ -414,9 +503,52 @@ class Campaign:
                "beats_params_on_held_out": bool(
                    best.assessment is not None
                    and best.assessment.test_tau > self.baselines["params"].test_tau)}
+        if len(self.variants) > 1 or self.config.transfer:
+            out["held_out_elsewhere"] = self._elsewhere(best.formula, best.assessment)
         atomic_write_json(self.run_dir / "best_proxy.json", out)
         self._write_calibration(node)
         return out
+
+    def _elsewhere(self, formula: str, a: Assessment | None) -> list[dict[str, Any]]:
+        """Held-out numbers of ``formula`` on every other variant it was evolved on and on
+        every transfer benchmark it never saw (oriented by the primary training sign), each
+        beside #params and the descriptor regression on the same held-out architectures."""
+        sign = 1 if a is None else a.sign
+        c = self.config
+        rows = []
+        targets: list[tuple[str, Variant | None, str | None]] = [
+            (v.name, v, None) for v in self.variants[1:]]
+        targets += [(f"transfer={Path(t).name}", None, t) for t in c.transfer]
+        for name, v, folder in targets:
+            if v is None:
+                assert folder is not None
+                bench = load_benchmark(folder, c.target)
+                cache = bench.cache(c.cache_dir, c.teacher_init, c.init_seed, c.act_samples)
+                ev = Evaluator(cache, c.chunk_size, str(self.evaluator.device), seed=c.seed,
+                               chunk_bytes=c.chunk_bytes, threads=c.threads)
+                y = bench.truth.y
+                splits = make_splits(len(y), c.test_fraction, c.folds, c.split_seed)
+                v = Variant(name, bench, cache, ev, y, splits)
+            res = v.evaluator.evaluate([formula])[0]
+            te = v.splits.test
+            row: dict[str, Any] = {"name": name, "benchmark": str(v.bench.folder),
+                                   "status": res.status, "held_out": len(te)}
+            params = v.bench.params
+            row["params_test_tau"] = _num(kendall_tau(params[te], v.y[te]))
+            desc = v.bench.descriptors()
+            if desc is not None:
+                pred = descriptor_regression(desc, params, v.y, v.splits.train)
+                row["descriptors_test_tau"] = _num(kendall_tau(pred[te], v.y[te]))
+            if res.ok and res.scores is not None:
+                o = sign * np.asarray(res.scores, dtype=np.float64)
+                row["test_tau"] = _num(kendall_tau(o[te], v.y[te]))
+                row["test_partial_tau_params"] = _num(partial_kendall(o[te], v.y[te],
+                                                                      params[te]))
+            ceiling = v.bench.noise_ceiling(te)
+            if ceiling is not None:
+                row["kendall_ceiling"] = _num(ceiling["kendall_ceiling"])
+            rows.append(row)
+        return rows
 
     def _write_calibration(self, node: primitives.Node) -> None:
         """For a rank/z-combined best formula, ``calibration.json``: its parts' values over the

@@ -62,6 +62,17 @@ class CampaignConfig(BaseModel):
     # offer log #params as a student part, so that a combination can weigh a size prior
     # explicitly (rank_add_w025(log_params, F)) instead of evolving size statistics in disguise
     size_prior: bool = False
+    # robust fitness: the training metric is also computed on the features of these extra
+    # student init seeds, extra probe batches (safetensors files like the benchmark's
+    # probe.safetensors) and extra benchmarks (evolved on jointly); fitness is the mean or
+    # the worst case over all of them (oriented by the sign on the primary features), and the
+    # spread is reported
+    init_seeds: list[int] = Field(default_factory=list)
+    probes: list[str] = Field(default_factory=list)
+    benchmarks: list[str] = Field(default_factory=list)
+    fitness_aggregate: Literal["mean", "worst"] = "mean"
+    # benchmarks the best formula is reported on but never evolved on (leave-one-out)
+    transfer: list[str] = Field(default_factory=list)
     test_fraction: float = Field(0.3, gt=0, lt=1)
     folds: int = Field(5, ge=2)
     split_seed: int = Field(0, ge=0)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import primitives
 from gp_proxy.benchmark import load_benchmark
 from gp_proxy.fitness import assess, make_splits, noise_ceiling, partial_kendall, size_residual
 
@@ -210,3 +211,50 @@ def test_the_size_prior_input(bench, tmp_path) -> None:  # type: ignore[no-untyp
     assert score == pytest.approx(float(torch.log(torch.tensor(float(count_params(model))))))
     with pytest.raises(primitives.FormulaError, match="student-only"):
         primitives.parse("l1(log_params)")
+
+
+def test_joint_fitness_is_the_aggregate_of_single_benchmark_fitnesses(bench, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A campaign evolved on two benchmarks (and an extra init seed) gives each formula the
+    mean (or worst) of its training metrics there, oriented by the primary sign; the best
+    formula's report carries held-out numbers on the other benchmark and a transfer one."""
+    from gp_proxy.campaign import Campaign
+    from gp_proxy.config import load_config
+
+    from .test_campaign import _cfg
+    from .tiny_benchmark import make_tiny_benchmark
+
+    other = make_tiny_benchmark(tmp_path / "other", n_archs=18)
+    formulas = ["rank_add(kl_t4(k3),sum_layers(l1_norm(weight)))",
+                "rank_sub(sp_dist(k2),mean_layers(fro_norm(grad)))",
+                "rank_add(sp_dist(k1),sum_layers(fro_norm(weight)))"]
+    single = {}
+    for name, folder in (("a", bench), ("b", other)):
+        c = Campaign(load_config(None, _cfg(folder, tmp_path / "cache", generations=0)),
+                     tmp_path / f"single-{name}")
+        single[name] = {f: c.records[f] if f in c.records else c._evaluate(
+            [c.ps.to_tree(primitives.parse(f, c.cache.feature_kinds))])[0] for f in formulas}
+    for agg in ("mean", "worst"):
+        joint = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=0,
+                                                benchmarks=[str(other)],
+                                                fitness_aggregate=agg)),
+                         tmp_path / f"joint-{agg}")
+        for f in formulas:
+            rec = joint._evaluate([joint.ps.to_tree(primitives.parse(
+                f, joint.cache.feature_kinds))])[0]
+            a, b = single["a"][f].assessment, single["b"][f].assessment
+            assert a is not None and b is not None
+            values = [a.fitness, a.sign * b.train_tau]
+            want = min(values) if agg == "worst" else sum(values) / 2
+            assert rec.fitness == pytest.approx(want), f
+            assert rec.spread == pytest.approx(max(values) - min(values))
+    seeds = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=1,
+                                            init_seeds=[0, 1], transfer=[str(other)])),
+                     tmp_path / "seeds")
+    assert [v.name for v in seeds.variants] == ["primary", "init_seed=1"]
+    seeds.run()
+    import json
+
+    best = json.loads((tmp_path / "seeds" / "best_proxy.json").read_text())
+    names = [r["name"] for r in best["held_out_elsewhere"]]
+    assert names == ["init_seed=1", "transfer=other"]
+    assert all("params_test_tau" in r for r in best["held_out_elsewhere"])
