@@ -1,7 +1,37 @@
-"""gp-proxy: discover training-free proxies for distillation-aware architecture search."""
+"""gp-proxy: discover training-free proxies for distillation-aware architecture search.
+
+The public API (imported lazily, so ``import gp_proxy`` stays light)::
+
+    from gp_proxy import Proxy, Calibration, make_measure, NASLibPredictor
+    from gp_proxy import register_space, get_space, SearchSpace, FeatureNet
+    from gp_proxy import register_dataset, register_measure, register_loss
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from primitives.errors import FormulaError, GpProxyError, KindError, ShapeError
 
-__all__ = ["FormulaError", "GpProxyError", "KindError", "ShapeError", "__version__"]
-
 __version__ = "0.1.0"
+
+#: public name -> the module that defines it
+_LAZY = {
+    "Proxy": "gp_proxy.proxy", "Calibration": "gp_proxy.proxy",
+    "make_measure": "gp_proxy.proxy", "NASLibPredictor": "gp_proxy.proxy",
+    "load_proxy": "gp_proxy.proxy",
+    "SearchSpace": "gp_proxy.spaces", "FeatureNet": "gp_proxy.spaces",
+    "get_space": "gp_proxy.spaces", "register_space": "gp_proxy.spaces",
+    "register_dataset": "gp_proxy.data", "Split": "gp_proxy.data",
+    "register_measure": "gp_proxy.zerocost", "register_loss": "gp_proxy.losses",
+    "load_benchmark": "gp_proxy.benchmark",
+}
+
+__all__ = ["FormulaError", "GpProxyError", "KindError", "ShapeError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gp_proxy' has no attribute {name!r}")

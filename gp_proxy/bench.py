@@ -83,6 +83,8 @@ class BenchConfig:
     image_size: int = 14
     teacher_space: str = ""  # the teacher's family; empty: the student space's own teachers
     teacher_weights: str = ""  # trained weights (relative to the folder): no teacher training
+    channels: int = 0  # image channels and classes: 0 = as the dataset recipe fixes them
+    classes: int = 0
     modes: tuple[str, ...] = MODES
     ce_from: str = ""  # a benchmark folder (relative to this one) whose CE runs are shared
 
@@ -100,7 +102,10 @@ class BenchConfig:
     def check(self) -> None:
         """Fail on an unknown space, teacher, dataset or architecture before any data is read
         or any training starts (each error names the field)."""
-        get_dataset(self.dataset)
+        ds = get_dataset(self.dataset)
+        if not (ds.channels or self.channels) or not (ds.classes or self.classes):
+            raise GpProxyError(f"benchmark config: dataset {self.dataset!r} does not fix its "
+                               "channels and classes: set channels and classes")
         space = self.student_space()
         family = self.teacher_family()
         if not self.teacher_weights and self.teacher not in family.teachers():
@@ -110,14 +115,17 @@ class BenchConfig:
             space.validate(a)
 
     def input_shape(self) -> tuple[int, int, int]:
-        return get_dataset(self.dataset).input_shape(self.image_size)
+        return get_dataset(self.dataset).input_shape(self.image_size, self.channels)
+
+    def num_classes(self) -> int:
+        return get_dataset(self.dataset).classes or self.classes
 
     def student_space(self) -> SearchSpace:
-        return get_space(self.space, self.input_shape(), get_dataset(self.dataset).classes)
+        return get_space(self.space, self.input_shape(), self.num_classes())
 
     def teacher_family(self) -> SearchSpace:
         return get_space(self.teacher_space or self.space, self.input_shape(),
-                         get_dataset(self.dataset).classes)
+                         self.num_classes())
 
     def build_teacher(self, seed: int = 0) -> FeatureNet:
         return self.teacher_family().build_teacher(self.teacher, seed=seed)

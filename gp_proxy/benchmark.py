@@ -164,6 +164,6 @@ def _adaptation(full: BenchConfig) -> tuple[tuple[int, ...], int, str]:
     data), so that their cache keys stay as they were."""
     space = get_space(full.space)
     shape = full.input_shape()
-    classes = get_dataset(full.dataset).classes
+    classes = full.num_classes()
     native = space.input_shape == shape and space.num_classes == classes
     return ((), 0, full.teacher_space) if native else (shape, classes, full.teacher_space)

@@ -103,8 +103,11 @@ def bench_build(
              "modes": None if modes is None else tuple(m for m in modes.split(",") if m),
              "archs": None if archs is None else tuple(a for a in archs.split(",") if a)}
     cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
-    cfg.check()  # a bad space, teacher or architecture is reported before the dataset
     ds = get_dataset(cfg.dataset)
+    if not (ds.channels and ds.classes) and not (cfg.channels and cfg.classes):
+        channels, classes = ds.describe(data, cfg.image_size)  # read from the user's data
+        cfg = replace(cfg, channels=channels, classes=classes)
+    cfg.check()  # a bad space, teacher or architecture is reported before the dataset
     train = ds.load(data, "train", cfg.image_size)
     test = ds.load(data, "test", cfg.image_size)
     counts = build_benchmark(out, cfg, train, test, workers=workers, max_runs=max_runs)

@@ -20,8 +20,10 @@ from torch import Tensor
 
 from primitives.errors import GpProxyError
 
+from .registry import Registry
+
 __all__ = ["DATASETS", "DEFAULT_FMNIST_DIR", "DatasetSpec", "Split", "get_dataset",
-           "load_fashion_mnist", "read_idx"]
+           "load_arrays", "load_fashion_mnist", "read_idx", "register_dataset"]
 
 DEFAULT_FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FILES = {
@@ -101,26 +103,111 @@ def load_fashion_mnist(root: str | os.PathLike[str] | None = None, split: str = 
     return Split(_downsample(images, size), torch.from_numpy(labels.astype(np.int64)))
 
 
+def _standardise(images: np.ndarray | Tensor, size: int, stats: tuple[Tensor, Tensor] | None
+                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """float32 ``n c size size`` images standardised per channel with ``stats`` (the training
+    split's mean and std; computed here when None). uint8 images are scaled to [0, 1] first;
+    ``n h w`` and ``n h w c`` layouts (c in 1 or 3) are accepted."""
+    x = torch.as_tensor(np.asarray(images))
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    x = x.float()
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.ndim != 4:
+        raise DatasetError(f"images of shape {tuple(x.shape)}: expected n c h w, n h w c or n h w")
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.adaptive_avg_pool2d(x, size) if x.shape[-1] >= size else F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False)
+    if stats is None:
+        stats = (x.mean(dim=(0, 2, 3), keepdim=True), x.std(dim=(0, 2, 3), keepdim=True)
+                 .clamp_min(1e-6))
+    return ((x - stats[0]) / stats[1]).contiguous(), stats
+
+
+def load_arrays(root: str | os.PathLike[str] | None, split: str = "train", size: int = 14
+                ) -> Split:
+    """A dataset given as arrays: a ``.npz`` or ``.safetensors`` file holding
+    ``train_images``, ``train_labels``, ``test_images``, ``test_labels`` (images uint8 or
+    float; standardised with the training split's per-channel statistics)."""
+    if root is None:
+        raise DatasetError("dataset 'arrays' needs --data FILE (.npz or .safetensors)")
+    path = Path(root)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such arrays file")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:  # plain arrays only, nothing unpickled
+            arrays = {k: z[k] for k in z.files}
+    elif path.suffix == ".safetensors":
+        from .io import load_tensors
+
+        arrays = {k: v.numpy() for k, v in load_tensors(path).items()}
+    else:
+        raise DatasetError(f"{path}: arrays come as .npz or .safetensors")
+    for key in ("train_images", "train_labels", "test_images", "test_labels"):
+        if key not in arrays:
+            raise DatasetError(f"{path}: no array {key!r} (has {', '.join(sorted(arrays))})")
+    train, stats = _standardise(arrays["train_images"], size, None)
+    if split == "train":
+        images, labels = train, arrays["train_labels"]
+    elif split == "test":
+        images, labels = _standardise(arrays["test_images"], size, stats)[0], arrays["test_labels"]
+    else:
+        raise DatasetError(f"unknown split {split!r}; choose train or test")
+    y = torch.as_tensor(np.asarray(labels)).long().reshape(-1)
+    if len(y) != len(images):
+        raise DatasetError(f"{path}: {len(images)} {split} images but {len(y)} labels")
+    return Split(images, y)
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A data recipe a benchmark names: channels and classes of its images, and a loader
-    ``load(root, split, size)`` returning a standardised :class:`Split` at ``size``×``size``."""
+    """A data recipe a benchmark names: channels and classes of its images (0: read from the
+    data), and a loader ``load(root, split, size)`` returning a standardised :class:`Split`
+    at ``size``×``size``."""
 
     name: str
     channels: int
     classes: int
     load: Callable[[str | os.PathLike[str] | None, str, int], Split]
 
-    def input_shape(self, size: int) -> tuple[int, int, int]:
-        return (self.channels, size, size)
+    def input_shape(self, size: int, channels: int = 0) -> tuple[int, int, int]:
+        return (self.channels or channels, size, size)
+
+    def describe(self, root: str | os.PathLike[str] | None, size: int) -> tuple[int, int]:
+        """(channels, classes), from the data where the recipe does not fix them."""
+        if self.channels and self.classes:
+            return self.channels, self.classes
+        train = self.load(root, "train", size)
+        return int(train.images.shape[1]), int(train.labels.max().item()) + 1
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "fashion-mnist": DatasetSpec("fashion-mnist", 1, 10, load_fashion_mnist),
-}
+def _builtins() -> None:
+    DATASETS.register("fashion-mnist", DatasetSpec("fashion-mnist", 1, 10, load_fashion_mnist))
+    DATASETS.register("arrays", DatasetSpec("arrays", 0, 0, load_arrays))
+
+
+#: dataset name -> its recipe (register your own: ``register_dataset``)
+DATASETS: Registry[DatasetSpec] = Registry("dataset", _builtins)
+
+
+def register_dataset(name: str, channels: int, classes: int,
+                     load: Callable[[str | os.PathLike[str] | None, str, int], Split],
+                     *, replace: bool = False) -> DatasetSpec:
+    """Make a dataset usable by name (``bench build --dataset``, distill, pipeline):
+    ``load(root, split, size)`` returns a :class:`Split` of standardised float32 images
+    ``n c size size`` and int64 labels."""
+    spec = DatasetSpec(name, channels, classes, load)
+    DATASETS.register(name, spec, replace=replace)
+    return spec
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; choose from {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
+    entry = DATASETS.get(name)
+    if isinstance(entry, DatasetSpec):
+        return entry
+    if callable(entry):  # a module:attr loader function: channels and classes from the data
+        return DatasetSpec(name, 0, 0, entry)
+    raise DatasetError(f"dataset {name!r} is not a DatasetSpec or a loader function")

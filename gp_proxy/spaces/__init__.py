@@ -1,43 +1,54 @@
-"""Student search spaces, by name."""
+"""Student search spaces, by name (built-ins and the user's, one registry)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from primitives.errors import GpProxyError
 
+from ..registry import Registry
 from .base import FeatureNet, SearchSpace, SpecError, count_flops, count_params, seeded_init
 
-__all__ = ["FeatureNet", "SearchSpace", "SpecError", "count_flops", "count_params", "get_space",
-           "seeded_init", "space_names"]
+__all__ = ["SPACES", "FeatureNet", "SearchSpace", "SpecError", "count_flops", "count_params",
+           "get_space", "register_space", "seeded_init", "space_names"]
 
 
-def _factories() -> dict[str, Callable[[], SearchSpace]]:
+def _builtins() -> None:
     from .cifar_resnet import CifarResNetSpace
     from .fmnist_cnn import FmnistCNNSpace
     from .nb201 import NB201Space
     from .vit import AutoFormerSpace, PiTSpace
 
-    return {"fmnist-cnn": FmnistCNNSpace, "cifar-resnet-depth": CifarResNetSpace,
-            "nb201": NB201Space, "autoformer": AutoFormerSpace, "pit": PiTSpace}
+    for cls in (FmnistCNNSpace, CifarResNetSpace, NB201Space, AutoFormerSpace, PiTSpace):
+        SPACES.register(cls.name, cls)
+
+
+#: space name -> a SearchSpace subclass (or any callable returning a SearchSpace)
+SPACES: Registry[Callable[[], SearchSpace]] = Registry("search space", _builtins)
+
+
+def register_space(name: str, *, replace: bool = False) -> Callable[[Any], Any]:
+    """Class decorator: ``@register_space("my-space")`` on a :class:`SearchSpace` subclass
+    makes it usable by name everywhere (campaigns, ``bench build``, search, distill)."""
+    return SPACES.register(name, replace=replace)  # type: ignore[return-value]
 
 
 def space_names() -> list[str]:
-    return sorted(_factories())
+    return SPACES.names()
 
 
 def get_space(name: str, input_shape: tuple[int, ...] | None = None,
               num_classes: int | None = None) -> SearchSpace:
-    """The space ``name``, adapted to ``input_shape`` and ``num_classes`` when given."""
-    factories = _factories()
-    if name not in factories:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(factories), n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise GpProxyError(f"unknown search space {name!r}{hint}; "
-                           f"choose from {', '.join(sorted(factories))}")
-    space = factories[name]()
+    """The space ``name`` (or a ``module:attr`` plug-in), adapted to ``input_shape`` and
+    ``num_classes`` when given."""
+    factory = SPACES.get(name)
+    space = factory() if callable(factory) else factory
+    if not isinstance(space, SearchSpace):
+        raise GpProxyError(f"search space {name!r} is not a SearchSpace (got "
+                           f"{type(space).__name__})")
+    if not space.name:
+        space.name = name
     if input_shape is None and num_classes is None:
         return space
     return space.adapt(input_shape, num_classes)

@@ -1,0 +1,92 @@
+"""The plug-in surface from outside the package: a user's space, dataset and combined proxy,
+through the public API and the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import gp_proxy
+from gp_proxy import GpProxyError
+
+
+def test_public_api_names_resolve() -> None:
+    for name in ("Proxy", "Calibration", "make_measure", "NASLibPredictor", "SearchSpace",
+                 "FeatureNet", "get_space", "register_space", "register_dataset",
+                 "load_benchmark"):
+        assert getattr(gp_proxy, name) is not None
+    with pytest.raises(AttributeError):
+        gp_proxy.nothing_here  # noqa: B018
+
+
+def test_a_user_space_by_name_and_by_module_attr() -> None:
+    from . import user_plugin  # registers "tiny-user"
+
+    space = gp_proxy.get_space("tiny-user")
+    assert list(space.enumerate())[:2] == ["4x1", "4x2"]
+    other = gp_proxy.get_space("tests.user_plugin:TinySpace")
+    assert isinstance(other, user_plugin.TinySpace)
+    adapted = gp_proxy.get_space("tiny-user", (3, 8, 8), 5)
+    assert adapted.build("8x2").features(torch.zeros(2, 3, 8, 8))["k3"].shape == (2, 5)
+    with pytest.raises(GpProxyError, match="registered twice"):
+        gp_proxy.register_space("tiny-user")(user_plugin.TinySpace)
+    with pytest.raises(GpProxyError, match="cannot import 'no_such_module'"):
+        gp_proxy.get_space("no_such_module:Space")
+
+
+def _arrays(path: Path, n: int = 90, classes: int = 3) -> Path:
+    """Learnable toy data (the label is the brightest third of the image), uint8 n h w."""
+    rng = np.random.default_rng(0)
+    def make(m: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, classes, m)
+        x = rng.integers(0, 60, (m, 8, 8)).astype(np.uint8)
+        for i, c in enumerate(y):
+            x[i, :, c * 2:(c + 1) * 2] += 150
+        return x, y
+    (xa, ya), (xb, yb) = make(n), make(n // 3)
+    np.savez(path, train_images=xa, train_labels=ya, test_images=xb, test_labels=yb)
+    return path
+
+
+def test_arrays_dataset_standardises_and_names_missing_arrays(tmp_path: Path) -> None:
+    from gp_proxy.data import get_dataset
+
+    f = _arrays(tmp_path / "d.npz")
+    ds = get_dataset("arrays")
+    train = ds.load(f, "train", 8)
+    assert train.images.shape == (90, 1, 8, 8) and train.images.dtype == torch.float32
+    assert abs(float(train.images.mean())) < 1e-5
+    assert ds.describe(f, 8) == (1, 3)
+    np.savez(tmp_path / "bad.npz", train_images=np.zeros((3, 8, 8)))
+    with pytest.raises(GpProxyError, match="no array 'train_labels'"):
+        ds.load(tmp_path / "bad.npz", "train", 8)
+
+
+def test_bench_build_on_a_user_space_and_dataset(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The command line with a plug-in space (module:attr) and an arrays dataset: channels
+    and classes come from the data, the ground truth is built and summarised."""
+    from gp_proxy.bench import BenchConfig
+    from gp_proxy.cli import main
+
+    data = _arrays(tmp_path / "d.npz")
+    out = tmp_path / "bench"
+    argv = ["bench", "build", str(out), "--space", "tests.user_plugin:TinySpace",
+            "--teacher", "wide", "--dataset", "arrays", "--data", str(data),
+            "--image-size", "8", "--epochs", "1", "--teacher-epochs", "1",
+            "--archs", "4x1,8x1,12x2", "--workers", "1"]
+    # a tiny recipe: the config file is written first, then edited like a user would
+    cfg = BenchConfig(space="tests.user_plugin:TinySpace", teacher="wide", dataset="arrays",
+                      image_size=8, epochs=1, teacher_epochs=1, train_size=60,
+                      teacher_train_size=90, probe_size=8, seeds=(0, 1), channels=1,
+                      classes=3, archs=("4x1", "8x1", "12x2"))
+    out.mkdir()
+    (out / "config.json").write_text(__import__("json").dumps(cfg.to_json()))
+    assert main(argv) == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "12 new, 0 remaining" in text
+    bench = gp_proxy.load_benchmark(out)
+    assert bench.truth.archs == ("4x1", "8x1", "12x2")
