@@ -118,6 +118,88 @@ def bench_build(
         _out.print_json(data=noise)
 
 
+@bench_app.command("import")
+def bench_import(
+    csv_file: Annotated[Path, typer.Argument(help="CSV: one row per architecture")],
+    out: Annotated[Path, typer.Argument(help="benchmark folder to create")],
+    space: Annotated[str, typer.Option(help="search space (a name or module:attr)")],
+    teacher: Annotated[str, typer.Option(help="teacher name of --teacher-space")],
+    teacher_space: Annotated[str, typer.Option(help="the teacher's family (default: --space)")
+                             ] = "",
+    teacher_weights: Annotated[Path | None, typer.Option(
+        help="trained teacher weights (safetensors); default: a seeded random-init teacher "
+             "(campaigns then use teacher_init=random)")] = None,
+    dataset: Annotated[str, typer.Option(help="dataset of the probe batch")] = "fashion-mnist",
+    data: Annotated[Path | None, typer.Option(help="folder or file of the dataset")] = None,
+    image_size: Annotated[int, typer.Option(min=1, help="images resized to this side")] = 14,
+    arch_column: Annotated[str, typer.Option(help="column of architecture specs")] = "arch",
+    columns: Annotated[str, typer.Option(help="comma-separated accuracy columns to keep "
+                                              "(the first is the default target)")] = "",
+    probe_size: Annotated[int, typer.Option(min=2, help="probe batch size")] = 64,
+) -> None:
+    """Make a benchmark folder from published ground truth (a CSV of architectures and
+    accuracies) for any registered space: validated, with #params and FLOPs computed."""
+    import csv
+    import io
+
+    import torch
+
+    from .bench import BenchConfig
+    from .data import get_dataset
+    from .groundtruth import load_ground_truth
+    from .io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
+    from .spaces import count_flops, count_params
+
+    if (out / "ground_truth.csv").exists():
+        raise GpProxyError(f"{out}: already holds a benchmark")
+    ds = get_dataset(dataset)
+    channels, classes = ds.describe(data, image_size)
+    cfg = BenchConfig(space=space, teacher=teacher, teacher_space=teacher_space,
+                      dataset=dataset, image_size=image_size, probe_size=probe_size,
+                      channels=0 if ds.channels else channels,
+                      classes=0 if ds.classes else classes,
+                      teacher_weights="teacher.safetensors" if teacher_weights else "")
+    cfg.check()
+    sspace = cfg.student_space()
+    wanted = tuple(c for c in columns.split(",") if c.strip())
+    if not wanted:
+        raise GpProxyError("--columns: name at least one accuracy column")
+    truth = load_ground_truth(csv_file, sspace, wanted[0], arch_column, numeric=wanted[1:])
+    model = cfg.build_teacher(seed=0)
+    if teacher_weights is not None:
+        try:
+            model.load_state_dict(load_tensors(teacher_weights))
+        except RuntimeError as exc:
+            raise GpProxyError(f"{teacher_weights}: not weights of teacher {teacher!r} "
+                               f"({str(exc).splitlines()[0]})") from None
+    train = ds.load(data, "train", image_size)
+    if probe_size > len(train):
+        raise GpProxyError(f"--probe-size {probe_size}: the training split has {len(train)} "
+                           "images")
+    # a seeded sample of the training split (no ground-truth training here to keep apart)
+    probe = torch.randperm(len(train), generator=torch.Generator().manual_seed(
+        cfg.subset_seed))[:probe_size]
+    out.mkdir(parents=True, exist_ok=True)
+    save_tensors(out / "probe.safetensors", {"images": train.images[probe],
+                                             "labels": train.labels[probe]})
+    save_tensors(out / "teacher.safetensors", model.state_dict())
+    atomic_write_json(out / "teacher.json", {"name": teacher, "test_acc": None,
+                                             "weights_from": str(teacher_weights or
+                                                                 "random init, seed 0")})
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["arch", "params", "flops", *wanted])
+    for i, arch in enumerate(truth.archs):
+        m = sspace.build(arch)
+        w.writerow([arch, count_params(m), count_flops(m, sspace.input_shape),
+                    *(repr(float(truth.columns[c][i])) for c in wanted)])
+    atomic_write_text(out / "ground_truth.csv", buf.getvalue())
+    atomic_write_json(out / "config.json", cfg.to_json())
+    _out.print(f"{out}: {len(truth.archs)} architectures of {space}, columns "
+               f"{', '.join(wanted)}; teacher {teacher} "
+               f"({'weights from ' + str(teacher_weights) if teacher_weights else 'random init'})")
+
+
 @bench_app.command("summarize")
 def bench_summarize(
     out: Annotated[Path, typer.Argument(help="benchmark folder")],

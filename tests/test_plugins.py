@@ -90,3 +90,29 @@ def test_bench_build_on_a_user_space_and_dataset(tmp_path: Path,
     assert "12 new, 0 remaining" in text
     bench = gp_proxy.load_benchmark(out)
     assert bench.truth.archs == ("4x1", "8x1", "12x2")
+
+
+def test_bench_import_of_published_ground_truth(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A CSV of (architecture, accuracies) for a registered space becomes a benchmark folder
+    a campaign can run on; a bad row is one line naming the line and column."""
+    from gp_proxy.cli import main
+
+    from . import user_plugin  # noqa: F401  (registers tiny-user)
+
+    data = _arrays(tmp_path / "d.npz")
+    csv_file = tmp_path / "gt.csv"
+    csv_file.write_text("arch,top1,top5\n4x1,51.5,90\n8x1,55.0,91\n12x2,58.25,93\n4x2,53,90\n")
+    out = tmp_path / "imported"
+    base = ["bench", "import", str(csv_file), str(out), "--space", "tests.user_plugin:TinySpace",
+            "--teacher", "wide", "--dataset", "arrays", "--data", str(data), "--image-size",
+            "8", "--columns", "top1,top5", "--probe-size", "8"]
+    assert main(base) == 0, capsys.readouterr().err
+    bench = gp_proxy.load_benchmark(out, "top1")
+    assert bench.truth.archs == ("4x1", "8x1", "12x2", "4x2")
+    assert bench.truth.y.tolist() == [51.5, 55.0, 58.25, 53.0]
+    assert bench.probe()[0].shape == (8, 1, 8, 8)
+    assert main(base) == 2  # the folder already holds a benchmark
+    csv_file.write_text("arch,top1\n4x1,51.5\n9x1,55\n8x1,50\n")
+    assert main([*base[:3], str(tmp_path / "b2"), *base[4:-4], "--columns", "top1"]) == 2
+    assert "gt.csv:3: column 'arch'" in capsys.readouterr().err
