@@ -223,6 +223,13 @@ class Proxy:
             for h in handles:
                 h.remove()
         captured.setdefault("k3", out)
+        missing = sorted((self.inputs - _STUDENT_ONLY) - set(captured))
+        if missing:
+            raise GpProxyError(
+                f"the formula reads {', '.join(missing)} but {type(model).__name__} has no "
+                "features() method giving it: pass features={" + ", ".join(
+                    f"'{k}': '<module name>'" for k in missing) + "} (names from "
+                "model.named_modules()) to Proxy")
         return captured
 
     def _side(self, model: nn.Module, x: Tensor, targets: Tensor | None, student: bool

@@ -116,3 +116,17 @@ def test_bench_import_of_published_ground_truth(tmp_path: Path,
     csv_file.write_text("arch,top1\n4x1,51.5\n9x1,55\n8x1,50\n")
     assert main([*base[:3], str(tmp_path / "b2"), *base[4:-4], "--columns", "top1"]) == 2
     assert "gt.csv:3: column 'arch'" in capsys.readouterr().err
+
+
+def test_a_plain_model_without_features_gets_a_hint_naming_features() -> None:
+    from torch import nn
+
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3, 1, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, 2, 1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    teacher = nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    x = torch.randn(4, 1, 8, 8)
+    with pytest.raises(GpProxyError, match=r"reads k2 .*pass features=\{'k2'"):
+        gp_proxy.Proxy.from_string("sp_dist(k2)").score(teacher, plain, x)
+    proxy = gp_proxy.Proxy.from_string("sp_dist(k2)", features={"k2": "2"})
+    assert np.isfinite(proxy.score(teacher, plain, x))
