@@ -69,7 +69,7 @@ def test_same_seed_same_hall_of_fame(bench: Path, tmp_path: Path) -> None:
     assert len(lines) == 4
     first = json.loads(lines[-1])
     assert {"best", "baselines", "statuses", "median_fitness"} <= set(first)
-    assert set(first["baselines"]) == {"params", "flops"}
+    assert set(first["baselines"]) == {"params", "flops", "descriptors"}  # fmnist-cnn has them
     best = json.loads((tmp_path / "a" / "best_proxy.json").read_text())
     assert best["architectures"]["test"] >= 3 and "latex" in best
     # the anatomy of a combined formula: how size-like it is, and what each part does
