@@ -22,6 +22,21 @@ _out = Console(soft_wrap=True)
 _err = Console(stderr=True, soft_wrap=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        _out.print(f"gp-proxy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version,
+                                                is_eager=True, help="print the version")
+                             ] = False) -> None:
+    """Discover training-free proxies for distillation-aware NAS."""
+
+
 @app.command("primitives")
 def list_primitives(
     family: Annotated[str | None, typer.Option(help="only this family (transform, distance, "
@@ -376,7 +391,7 @@ def inspect(
         rows = list(csv.DictReader(fh))[:top]
     table = Table(title=f"hall of fame of {run_dir}")
     for col in ("rank", "formula", "τ train", "τ held-out", "ρ held-out", "τ params-bins", "cx"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # formulas wrap, never cut
     for r in rows:
         table.add_row(r["rank"], r["formula"], r["fitness"][:6], r["test_tau"][:6],
                       r["test_rho"][:6], r["test_tau_in_params_bins"][:6], r["complexity"])
@@ -510,14 +525,14 @@ def compare_cmd(
                 "P@10% held-out", "τ params-bins held-out", "partial τ | params held-out",
                 "τ size residual held-out", "τ with #params",
                 *(["τ real vs noise data"] if noise_check else [])):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
 
     def f(x: float | None) -> str:
         return "n/a" if x is None or x != x else f"{x:+.3f}"
 
     for r in rows:
         m = r.metrics
-        table.add_row(r.name[:60], f(m.get("train_tau")),
+        table.add_row(r.name, f(m.get("train_tau")),
                       f"{f(m.get('test_tau'))} [{f(m.get('test_tau_lo'))}, "
                       f"{f(m.get('test_tau_hi'))}]", f(m.get("test_rho")),
                       f(m.get("test_pearson")), f(m.get("test_p_at_10")),
@@ -597,8 +612,9 @@ def search_cmd(
                      on_step=lambda i, c: progress.update(task, completed=i))
         progress.update(task, completed=total)
     seconds = time.perf_counter() - t0
-    table = Table(title=f"top {len(top)} students by {label[:60]} "
-                        f"(params <= {max_params}, MACs <= {max_flops})")
+    budget = ", ".join(f"{k} <= {v:,}" for k, v in (("params", max_params), ("MACs", max_flops))
+                       if v is not None) or "no budget"
+    table = Table(title=f"top {len(top)} students by {label} ({budget})")
     for col in ("rank", "student", "proxy score", "#params", "MACs"):
         table.add_column(col)
     for i, c in enumerate(top, 1):

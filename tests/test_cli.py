@@ -47,3 +47,10 @@ def test_table_lists_every_op() -> None:
     text = primitives.table()
     for op in primitives.ops():
         assert f"\n{op.name} " in text
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import gp_proxy
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"gp-proxy {gp_proxy.__version__}"
