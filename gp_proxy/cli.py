@@ -215,6 +215,36 @@ def bench_import(
                f"({'weights from ' + str(teacher_weights) if teacher_weights else 'random init'})")
 
 
+@bench_app.command("probe")
+def bench_probe(
+    folder: Annotated[Path, typer.Argument(help="benchmark folder")],
+    seed: Annotated[int, typer.Option(min=1, help="seed of the extra probe batch (0 is the "
+                                                  "benchmark's own)")] = 1,
+    data: Annotated[Path | None, typer.Option(help="folder or file of the dataset")] = None,
+) -> None:
+    """Draw another probe batch like the benchmark's (same size, from training images the
+    students never trained on) into probe-SEED.safetensors: features of several probe
+    batches make a campaign's fitness robust to the batch (campaign key ``probes``)."""
+    import torch
+
+    from .bench import BenchConfig, _train_subset
+    from .data import get_dataset
+    from .io import save_tensors
+
+    cfg = BenchConfig.load(folder / "config.json")
+    ds = get_dataset(cfg.dataset)
+    train = ds.load(data, "train", cfg.image_size)
+    _, rest = _train_subset(train, min(cfg.train_size, len(train)), cfg.subset_seed)
+    # a seeded sample of the images outside the students' training subset (the benchmark's
+    # own probe batch is the first probe_size of them)
+    pick = rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed))
+                [: cfg.probe_size]]
+    out = folder / f"probe-{seed}.safetensors"
+    save_tensors(out, {"images": train.images[pick], "labels": train.labels[pick]})
+    _out.print(f"wrote {out}: {len(pick)} images the ground-truth students never trained on "
+               f"(campaign: probes='[{out}]')", markup=False, highlight=False)
+
+
 @bench_app.command("summarize")
 def bench_summarize(
     out: Annotated[Path, typer.Argument(help="benchmark folder")],

@@ -258,3 +258,13 @@ def test_joint_fitness_is_the_aggregate_of_single_benchmark_fitnesses(bench, tmp
     names = [r["name"] for r in best["held_out_elsewhere"]]
     assert names == ["init_seed=1", "transfer=other"]
     assert all("params_test_tau" in r for r in best["held_out_elsewhere"])
+
+
+def test_a_second_probe_batch_is_committed_and_disjoint_from_training() -> None:
+    from gp_proxy.io import load_tensors
+
+    a = load_tensors("benchmarks/fmnist/probe.safetensors")["images"]
+    b = load_tensors("benchmarks/fmnist/probe-1.safetensors")["images"]
+    assert a.shape == b.shape
+    flat_a = {tuple(x.flatten().tolist()) for x in a}
+    assert sum(tuple(x.flatten().tolist()) in flat_a for x in b) < len(b)  # another batch
