@@ -63,6 +63,7 @@ class ArchiveEntry(_Strict):
     test_partial_tau_params: OptFloat = None
     test_tau_size_residual: OptFloat = None
     fitness_spread: OptFloat = None
+    train_partial_tau_params: OptFloat = None
 
 
 class CampaignCheckpoint(_Strict):

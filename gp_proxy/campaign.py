@@ -390,6 +390,44 @@ class Campaign:
         self._evaluate(nxt)
         self.population = nxt
 
+    def _nsga2_generation(self) -> None:
+        """NSGA-II survival (Deb et al. 2002, DEAP's selNSGA2): parents and offspring together,
+        the population kept by non-dominated fronts over (fitness, training partial τ given
+        #params), crowding distance within the last front. Parents are drawn by the
+        campaign's fitness tournament; a failed formula is dominated by every working one."""
+        from deap import base, tools
+
+        class Objectives(base.Fitness):
+            weights = (1.0, 1.0)
+
+        class Wrapped:
+            def __init__(self, tree: gp.PrimitiveTree, rec: Record) -> None:
+                self.tree = tree
+                a = rec.assessment
+                beyond = a.sign * a.train_partial_tau_params if a is not None else math.nan
+                self.fitness = Objectives((
+                    rec.fitness if rec.fitness > FAILED else -2.0,
+                    beyond if rec.fitness > FAILED and math.isfinite(beyond) else -2.0))
+
+        c = self.config
+        seen = {self._key(t) for t in self.population}
+        offspring: list[gp.PrimitiveTree] = []
+        attempts = 0
+        while len(offspring) < c.population:
+            attempts += 1
+            child = (self._offspring([self._tournament(), self._tournament()])
+                     if attempts < 20 * c.population else self._random())
+            k = self._key(child)
+            if k in seen:
+                continue
+            seen.add(k)
+            offspring.append(child)
+        self.evaluations += len(offspring)
+        self._evaluate(offspring)
+        pool = sorted(self.population + offspring, key=self._order, reverse=True)
+        chosen = tools.selNSGA2([Wrapped(t, self._rec(t)) for t in pool], c.population)
+        self.population = [w.tree for w in chosen]
+
     # ------------------------------------------------------------------ reporting ---------
     def best(self) -> Record:
         return max((self._rec(t) for t in self.population), key=self._rank_key)
@@ -667,10 +705,7 @@ class Campaign:
         while (reason := self._should_stop()) is None:
             before = set(self.records)
             t0 = time.perf_counter()
-            if self.config.scheme == "steady":
-                self._steady_generation()
-            else:
-                self._generational_generation()
+            SCHEMES[self.config.scheme](self)
             self.generation += 1
             self.evaluator.clear_memo()
             self.elapsed += time.perf_counter() - t0
@@ -707,12 +742,21 @@ class Campaign:
         return self._evaluate(trees)
 
 
+#: campaign scheme name -> one generation of it
+SCHEMES: dict[str, Callable[[Campaign], None]] = {
+    "steady": Campaign._steady_generation,
+    "generational": Campaign._generational_generation,
+    "nsga2": Campaign._nsga2_generation,
+}
+
+
 def _assessment(d: dict[str, Any]) -> Assessment | None:
     keys = ("sign", "fitness", "train_tau", "test_tau", "test_rho", "kfold_tau",
             "test_tau_in_params_bins", "train_tau_in_params_bins")
     if any(k not in d for k in keys):
         return None
-    optional = ("test_partial_tau_params", "test_tau_size_residual")  # newer fields
+    optional = ("test_partial_tau_params", "test_tau_size_residual",  # newer fields
+                "train_partial_tau_params")
     vals = {k: (float("nan") if d.get(k) is None else d[k]) for k in (*keys, *optional)}
     vals["sign"] = int(vals["sign"])
     return Assessment(**vals)  # type: ignore[arg-type]

@@ -33,7 +33,9 @@ class CampaignConfig(BaseModel):
     target: str = "kd_mean"
     grammar: Literal["both", "interaction", "instinct"] = "both"
     combiner: Literal["rank", "z"] = "rank"
-    scheme: Literal["steady", "generational"] = "steady"
+    # steady-state, generational with elitism, or NSGA-II survival over (fitness, training
+    # partial τ given #params): a front of formulas that rank well and beyond size
+    scheme: Literal["steady", "generational", "nsga2"] = "steady"
     population: int = Field(50, ge=4)
     generations: int = Field(20, ge=0)
     max_evaluations: int | None = Field(None, ge=1)

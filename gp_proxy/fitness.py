@@ -139,6 +139,7 @@ class Assessment:
     train_tau_in_params_bins: float = float("nan")
     test_partial_tau_params: float = float("nan")  # held-out partial τ given #params
     test_tau_size_residual: float = float("nan")  # held-out τ with the size residual
+    train_partial_tau_params: float = float("nan")  # training partial τ given #params
 
     def to_json(self) -> dict[str, float]:
         return {k: (None if isinstance(v, float) and np.isnan(v) else v)  # type: ignore[misc]
@@ -191,4 +192,5 @@ def assess(scores: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits
                       tau_in_params_bins(o[te], y[te], params[te]),
                       tau_in_params_bins(o[tr], y[tr], params[tr]),
                       partial_kendall(o[te], y[te], params[te]),
-                      kendall_tau(o[te], resid[te]))
+                      kendall_tau(o[te], resid[te]),
+                      partial_kendall(o[tr], y[tr], params[tr]))

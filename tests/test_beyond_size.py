@@ -268,3 +268,44 @@ def test_a_second_probe_batch_is_committed_and_disjoint_from_training() -> None:
     assert a.shape == b.shape
     flat_a = {tuple(x.flatten().tolist()) for x in a}
     assert sum(tuple(x.flatten().tolist()) in flat_a for x in b) < len(b)  # another batch
+
+
+def test_nsga2_keeps_the_first_front(bench, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """NSGA-II survival over (fitness, training partial τ given #params): every formula of the
+    pool that no other dominates survives (when the first front fits the population)."""
+    from gp_proxy.campaign import FAILED, Campaign
+    from gp_proxy.config import load_config
+
+    from .test_campaign import _cfg
+
+    c = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=2,
+                                        scheme="nsga2")), tmp_path / "run")
+    c.initialise()
+    before = list(c.population)
+    offspring: list = []  # type: ignore[type-arg]
+    real = c._evaluate
+
+    def spy(trees):  # type: ignore[no-untyped-def]
+        offspring.extend(trees)
+        return real(trees)
+
+    c._evaluate = spy  # type: ignore[method-assign]
+    c._nsga2_generation()
+    assert len(c.population) == len(before)
+
+    def objectives(t):  # type: ignore[no-untyped-def]
+        r = c._rec(t)
+        a = r.assessment
+        if r.fitness <= FAILED or a is None:
+            return (-2.0, -2.0)
+        beyond = a.sign * a.train_partial_tau_params
+        return (r.fitness, beyond if np.isfinite(beyond) else -2.0)
+
+    pool = {c._key(t): objectives(t) for t in before + offspring}
+    front = [k for k, v in pool.items()
+             if not any(w[0] >= v[0] and w[1] >= v[1] and w != v for w in pool.values())]
+    kept = {c._key(t) for t in c.population}
+    if len(front) <= len(c.population):
+        assert set(front) <= kept
+    c.run_dir.mkdir(parents=True, exist_ok=True)
+    c._evaluate = real  # type: ignore[method-assign]
