@@ -164,6 +164,7 @@ class Campaign:
             exclude=frozenset() if config.size_prior else frozenset({"log_params"}),
             smallest_map=min(smallest) if smallest else None)
         self.rng = random.Random(config.seed)
+        self._other_kinds = [_feature_kinds(name) for name in config.valid_for]
         self.population: list[gp.PrimitiveTree] = []
         self.records: dict[str, Record] = {}
         self.archive: dict[str, Record] = {}
@@ -285,12 +286,27 @@ class Campaign:
         from .gp.variation import normalise
 
         c = self.config
-        for _ in range(100):
+        for _ in range(1000):
             t = normalise(self.ps, self.ps.random_tree(self.rng, c.init_min_height,
                                                        c.init_max_height))
-            if len(t) <= c.max_size and t.height + 1 <= c.max_height:
+            if len(t) <= c.max_size and t.height + 1 <= c.max_height and self._valid(t):
                 return t
+        if not self._valid(t):
+            raise ConfigError(f"valid_for: no formula of the grammar found in 1000 draws that "
+                              f"is defined on {', '.join(c.valid_for)}")
         return t
+
+    def _valid(self, tree: gp.PrimitiveTree) -> bool:
+        """Defined on the feature kinds of every space in ``valid_for`` as well."""
+        if not self._other_kinds:
+            return True
+        node = self.ps.to_node(tree)
+        for kinds in self._other_kinds:
+            try:
+                primitives.infer_kind(node, kinds)
+            except GpProxyError:
+                return False
+        return True
 
     def initialise(self) -> None:
         seen: set[str] = set()
@@ -301,6 +317,9 @@ class Campaign:
             except primitives.FormulaError as exc:
                 raise ConfigError(f"guess {text!r}: {exc}") from None
             tree = self.ps.to_tree(node)
+            if not self._valid(tree):
+                raise ConfigError(f"guess {text!r} is not defined on every space of valid_for "
+                                  f"({', '.join(self.config.valid_for)})")
             if str(node) not in seen:
                 seen.add(str(node))
                 pop.append(tree)
@@ -325,7 +344,11 @@ class Campaign:
         if self.rng.random() < c.mutation_prob or self._key(child) in (
                 self._key(parents[0]), self._key(parents[1])):
             child = mutate(self.ps, child, self.rng, c.max_height, c.max_size)
-        return child
+        for _ in range(20):  # a child undefined on a valid_for space is mutated again
+            if self._valid(child):
+                return child
+            child = mutate(self.ps, parents[0], self.rng, c.max_height, c.max_size)
+        return child if self._valid(child) else parents[0]
 
     def _steady_generation(self) -> None:
         """Auto-DAS steady state: ``population`` iterations of parents from the top fraction,
@@ -740,6 +763,14 @@ class Campaign:
             except GpProxyError:  # a variant the grammar cannot express is skipped
                 continue
         return self._evaluate(trees)
+
+
+def _feature_kinds(space_name: str) -> dict[str, Any]:
+    """The input kinds of a space's models (k1/k2 maps or token sequences)."""
+    from .spaces import get_space
+
+    space = get_space(space_name)
+    return dict(type(space.build(space.sample(random.Random(0)))).feature_kinds)
 
 
 #: campaign scheme name -> one generation of it

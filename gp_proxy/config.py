@@ -75,6 +75,9 @@ class CampaignConfig(BaseModel):
     fitness_aggregate: Literal["mean", "worst"] = "mean"
     # benchmarks the best formula is reported on but never evolved on (leave-one-out)
     transfer: list[str] = Field(default_factory=list)
+    # build only formulas defined on the feature kinds of these spaces too (a CNN space's
+    # k1/k2 are maps, a ViT's token sequences: local_s1 or satt are undefined on the latter)
+    valid_for: list[str] = Field(default_factory=list)
     test_fraction: float = Field(0.3, gt=0, lt=1)
     folds: int = Field(5, ge=2)
     split_seed: int = Field(0, ge=0)

@@ -309,3 +309,38 @@ def test_nsga2_keeps_the_first_front(bench, tmp_path) -> None:  # type: ignore[n
         assert set(front) <= kept
     c.run_dir.mkdir(parents=True, exist_ok=True)
     c._evaluate = real  # type: ignore[method-assign]
+
+
+def test_valid_for_builds_only_formulas_defined_on_a_vit_space(bench, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Evolved on the CNN benchmark with valid_for=[autoformer]: every formula of the run
+    also type-checks on AutoFormer's token-sequence features (without the option, some do
+    not)."""
+    from gp_proxy.campaign import Campaign, _feature_kinds
+    from gp_proxy.config import ConfigError, load_config
+
+    from .test_campaign import _cfg
+
+    vit = _feature_kinds("autoformer")
+
+    def defined(f: str) -> bool:
+        try:
+            primitives.infer_kind(primitives.parse(f), vit)
+            return True
+        except primitives.GpProxyError:
+            return False
+
+    free = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=1)),
+                    tmp_path / "free")
+    free.run()
+    assert not all(defined(f) for f in free.records)
+    c = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=2,
+                                        valid_for=["autoformer"])), tmp_path / "run")
+    c.run()
+    assert all(defined(c._key(t)) for t in c.population)
+    assert all(defined(r.formula) for r in c.archive.values())
+    with pytest.raises(ConfigError, match="not defined on every space"):
+        Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=0,
+                                        valid_for=["autoformer"],
+                                        guesses=["rank_add(sp_dist(satt(k1)),"
+                                                 "sum_layers(l1_norm(weight)))"])),
+                 tmp_path / "g").initialise()
