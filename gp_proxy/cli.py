@@ -327,7 +327,28 @@ def _report(best: dict[str, Any], label: str = "best formula") -> None:
                f"(held-out τ; sign {best['sign']:+d} chosen on the training split).")
 
 
-@app.command("evolve")
+@app.command("config")
+def config_cmd() -> None:
+    """List every campaign key with its default and meaning (set them in a YAML file given
+    to --config, or as key=value after the command)."""
+    from .config import describe_config
+
+    table = Table(title="campaign keys (gp-proxy evolve key=value ... or --config FILE)")
+    for col in ("key", "default", "meaning"):
+        table.add_column(col, overflow="fold")
+    for row in describe_config():
+        table.add_row(*row)
+    _out.print(table)
+
+
+def _config_epilog() -> str:
+    from .config import describe_config
+
+    keys = "; ".join(f"{k} ({d}): {m}" for k, d, m in describe_config())
+    return f"Campaign keys, given as key=value or in --config FILE: {keys}."
+
+
+@app.command("evolve", epilog=_config_epilog())
 def evolve(
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,

@@ -19,85 +19,97 @@ from primitives.formula import MAX_DEPTH
 
 from .io import read_text
 
-__all__ = ["CampaignConfig", "ConfigError", "load_config", "run_config"]
+__all__ = ["CampaignConfig", "ConfigError", "describe_config", "load_config", "run_config"]
 
 
 class ConfigError(GpProxyError):
     """A configuration file or override that cannot be used."""
 
 
+def _f(default: Any, doc: str, **kw: Any) -> Any:
+    """A config field with its one-line meaning (listed by ``gp-proxy config``)."""
+    if isinstance(default, list):
+        return Field(default_factory=list, description=doc, **kw)
+    return Field(default, description=doc, **kw)
+
+
 class CampaignConfig(BaseModel):
+    """Every key of a campaign, with its default and meaning (``gp-proxy config`` lists them,
+    generated from here, so the list cannot drift)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    benchmark: str = "benchmarks/fmnist"
-    target: str = "kd_mean"
-    grammar: Literal["both", "interaction", "instinct"] = "both"
-    combiner: Literal["rank", "z"] = "rank"
-    # steady-state, generational with elitism, or NSGA-II survival over (fitness, training
-    # partial τ given #params): a front of formulas that rank well and beyond size
-    scheme: Literal["steady", "generational", "nsga2"] = "steady"
-    population: int = Field(50, ge=4)
-    generations: int = Field(20, ge=0)
-    max_evaluations: int | None = Field(None, ge=1)
-    max_seconds: float | None = Field(None, gt=0)
-    target_fitness: float | None = None
-    # what selection maximises on the training architectures (gp_proxy.fitness.FITNESS_METRICS):
-    # tau; or, so that size alone cannot win, tau_params_bins, partial_tau_params (given
-    # #params) or tau_size_residual
-    fitness: Literal["tau", "tau_params_bins", "partial_tau_params", "tau_size_residual"] = "tau"
-    stagnation: int | None = Field(None, ge=1)
-    seed: int = Field(0, ge=0)
-    init_min_height: int = Field(2, ge=1)
-    init_max_height: int = Field(6, ge=1)
-    max_height: int = Field(10, ge=2, le=MAX_DEPTH)
-    max_size: int = Field(30, ge=2)
-    crossover_prob: float = Field(0.5, ge=0, le=1)
-    mutation_prob: float = Field(0.1, ge=0, le=1)
-    parents_top: float = Field(0.2, gt=0, le=1)
-    steady_batch: int = Field(10, ge=1)
-    tournament: int = Field(3, ge=1)
-    elite_start: float = Field(0.1, ge=0, le=1)
-    elite_end: float = Field(0.3, ge=0, le=1)
-    hof_size: int = Field(20, ge=1)
-    archive_size: int = Field(200, ge=1)
-    guesses: list[str] = Field(default_factory=list)
-    # offer log #params as a student part, so that a combination can weigh a size prior
-    # explicitly (rank_add_w025(log_params, F)) instead of evolving size statistics in disguise
-    size_prior: bool = False
-    # robust fitness: the training metric is also computed on the features of these extra
-    # student init seeds, extra probe batches (safetensors files like the benchmark's
-    # probe.safetensors) and extra benchmarks (evolved on jointly); fitness is the mean or
-    # the worst case over all of them (oriented by the sign on the primary features), and the
-    # spread is reported
-    init_seeds: list[int] = Field(default_factory=list)
-    probes: list[str] = Field(default_factory=list)
-    benchmarks: list[str] = Field(default_factory=list)
-    fitness_aggregate: Literal["mean", "worst"] = "mean"
-    # benchmarks the best formula is reported on but never evolved on (leave-one-out)
-    transfer: list[str] = Field(default_factory=list)
-    # build only formulas defined on the feature kinds of these spaces too (a CNN space's
-    # k1/k2 are maps, a ViT's token sequences: local_s1 or satt are undefined on the latter)
-    valid_for: list[str] = Field(default_factory=list)
-    test_fraction: float = Field(0.3, gt=0, lt=1)
-    folds: int = Field(5, ge=2)
-    split_seed: int = Field(0, ge=0)
-    teacher_init: Literal["trained", "random"] = "trained"
-    init_seed: int = Field(0, ge=0)
-    act_samples: int = Field(16, ge=1)
-    chunk_size: int | None = Field(None, ge=1)  # None: chunks of about chunk_bytes
-    chunk_bytes: int = Field(8 << 20, ge=1)
-    # torch threads of a CPU evaluation (evaluator.EVAL_THREADS): fixed, because the count sets
-    # the order in which parallel reductions add up (the last bits of scores, and so the path
-    # a campaign takes)
-    threads: int = Field(2, ge=1)
-    # worker processes sharing the chunks of each CPU evaluation (scores: the same bits for
-    # any number; on the 2-core development machine threads=1 workers=2 vs the default)
-    workers: int = Field(1, ge=1)
-    device: str = "auto"
-    cache_dir: str = ".gp-proxy-cache"
-    # score the best formula (and its parts) again on a noise probe batch: τ near 1 between
-    # the two rankings means it ignores the data (a size or initial-weight statistic)
-    noise_check: bool = True
+    benchmark: str = _f("benchmarks/fmnist", "benchmark folder evolved on")
+    target: str = _f("kd_mean", "ground-truth column ranked against (kd_gain: KD − CE)")
+    grammar: Literal["both", "interaction", "instinct"] = _f(
+        "both", "formula shape: a teacher-student part combined with a student part, or one")
+    combiner: Literal["rank", "z"] = _f("rank", "how the two parts are combined")
+    scheme: Literal["steady", "generational", "nsga2"] = _f(
+        "steady", "steady-state, generational with elitism, or NSGA-II survival over "
+        "(fitness, training partial τ given #params)")
+    population: int = _f(50, "individuals", ge=4)
+    generations: int = _f(20, "generations to run", ge=0)
+    max_evaluations: int | None = _f(None, "stop after this many candidates", ge=1)
+    max_seconds: float | None = _f(None, "stop after this much evolution time", gt=0)
+    target_fitness: float | None = _f(None, "stop once the best fitness reaches this")
+    fitness: Literal["tau", "tau_params_bins", "partial_tau_params", "tau_size_residual"] = _f(
+        "tau", "what selection maximises on the training architectures; the last three "
+        "cannot be won by size alone")
+    stagnation: int | None = _f(None, "stop after this many generations without progress",
+                                ge=1)
+    seed: int = _f(0, "seed of evolution and of stochastic ops", ge=0)
+    init_min_height: int = _f(2, "smallest initial tree height", ge=1)
+    init_max_height: int = _f(6, "largest initial tree height", ge=1)
+    max_height: int = _f(10, "largest tree height", ge=2, le=MAX_DEPTH)
+    max_size: int = _f(30, "largest tree size (nodes)", ge=2)
+    crossover_prob: float = _f(0.5, "probability of crossover", ge=0, le=1)
+    mutation_prob: float = _f(0.1, "probability of mutation", ge=0, le=1)
+    parents_top: float = _f(0.2, "steady: parents drawn from this top fraction", gt=0, le=1)
+    steady_batch: int = _f(10, "steady: offspring evaluated together", ge=1)
+    tournament: int = _f(3, "tournament size", ge=1)
+    elite_start: float = _f(0.1, "generational: elite fraction at the start", ge=0, le=1)
+    elite_end: float = _f(0.3, "generational: elite fraction at the end", ge=0, le=1)
+    hof_size: int = _f(20, "rows of the hall of fame", ge=1)
+    archive_size: int = _f(200, "formulas kept for the hall of fame and Pareto front", ge=1)
+    guesses: list[str] = _f([], "formulas seeded into the initial population")
+    size_prior: bool = _f(False, "offer log #params as a student part (a size prior a "
+                                 "combination can weigh explicitly)")
+    init_seeds: list[int] = _f([], "extra student init seeds the fitness is also computed on")
+    probes: list[str] = _f([], "extra probe batches (files like probe.safetensors) the "
+                               "fitness is also computed on")
+    benchmarks: list[str] = _f([], "extra benchmarks evolved on jointly")
+    fitness_aggregate: Literal["mean", "worst"] = _f(
+        "mean", "fitness over the feature sets: their mean or worst case")
+    transfer: list[str] = _f([], "benchmarks the best formula is reported on, never evolved on")
+    valid_for: list[str] = _f([], "spaces whose feature kinds every formula must also be "
+                                  "defined on (CNN maps and ViT token sequences)")
+    test_fraction: float = _f(0.3, "held-out fraction of architectures", gt=0, lt=1)
+    folds: int = _f(5, "folds of the k-fold τ", ge=2)
+    split_seed: int = _f(0, "seed of the train/held-out split", ge=0)
+    teacher_init: Literal["trained", "random"] = _f(
+        "trained", "teacher weights: the benchmark's trained ones or a random init (DisWOT)")
+    init_seed: int = _f(0, "student initialisation seed of the features", ge=0)
+    act_samples: int = _f(16, "probe images whose activations are kept", ge=1)
+    chunk_size: int | None = _f(None, "architectures per evaluation chunk (None: by "
+                                      "chunk_bytes)", ge=1)
+    chunk_bytes: int = _f(8 << 20, "bytes of features per evaluation chunk", ge=1)
+    # fixed, because the count sets the order in which parallel reductions add up (the last
+    # bits of scores, and so the path a campaign takes)
+    threads: int = _f(2, "torch threads of a CPU evaluation (fixed: it sets the bits)", ge=1)
+    workers: int = _f(1, "worker processes sharing each CPU evaluation (same bits)", ge=1)
+    device: str = _f("auto", "cpu, cuda or auto")
+    cache_dir: str = _f(".gp-proxy-cache", "feature cache folder")
+    noise_check: bool = _f(True, "score the best formula again on a noise probe batch: τ near "
+                                 "1 means it ignores the data")
+
+
+def describe_config() -> list[tuple[str, str, str]]:
+    """(key, default, meaning) of every campaign key, in declaration order."""
+    rows = []
+    for name, field in CampaignConfig.model_fields.items():
+        default = [] if field.default_factory is not None else field.default
+        rows.append((name, repr(default), field.description or ""))
+    return rows
 
 
 def _coerce(value: str) -> Any:

@@ -54,3 +54,14 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"gp-proxy {gp_proxy.__version__}"
+
+
+def test_config_keys_are_listed_from_the_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from gp_proxy.config import CampaignConfig
+
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    for key in CampaignConfig.model_fields:
+        assert key in out
+    assert main(["evolve", "--help"]) == 0
+    assert "valid_for" in capsys.readouterr().out.replace("\n", " ")
