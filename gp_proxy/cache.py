@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from rich.progress import Progress
 from torch import Tensor, nn
 
 from primitives import Kind
 from primitives.errors import GpProxyError
 
 from .io import atomic_write_json, load_tensors, save_tensors
+from .progress import progress
 from .spaces import FeatureNet, SearchSpace, count_flops, count_params, get_space
 
 __all__ = ["CacheConfig", "CachedArch", "FeatureCache", "build_cache", "load_cache",
@@ -233,8 +233,7 @@ def _build_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[
         save_tensors(tfile, tf, {**meta, "spec": config.teacher, "digest": _tensor_digest(tf)})
     specs = [space.validate(a) for a in archs]
     missing = [s for s in specs if not _valid(_arch_file(folder, s), {**meta, "spec": s})]
-    with Progress(disable=quiet or not missing) as progress:
-        task = progress.add_task("feature cache", total=len(missing))
+    with progress(f"feature cache ({config.space}, {key[:8]})", len(missing), quiet) as advance:
         for spec in missing:
             model = space.build(spec, seed=config.init_seed)
             tensors = _student_tensors(model, images, labels, config.act_samples)
@@ -243,7 +242,7 @@ def _build_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[
                           "params": str(count_params(model)),
                           "flops": str(count_flops(model, space.input_shape)),
                           "layers": str(len(model.weight_layers()))})
-            progress.update(task, advance=1)
+            advance()
     return folder
 
 
@@ -288,10 +287,11 @@ def _finite(path: Path, tensors: dict[str, Tensor]) -> None:
                              "or check the model")
 
 
-def load_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[str]
-               ) -> FeatureCache:
-    """Load (building what is missing) the features of ``archs``, in that order."""
-    folder = build_cache(root, config, archs, quiet=True)
+def load_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[str],
+               quiet: bool = False) -> FeatureCache:
+    """Load (building what is missing, with progress unless ``quiet``) the features of
+    ``archs``, in that order."""
+    folder = build_cache(root, config, archs, quiet=quiet)
     key = folder.name
     space = config.student_space()
     tfile = folder / "teacher.safetensors"

@@ -256,9 +256,17 @@ def bench_summarize(
 
 
 def _progress_callback(total: int):  # type: ignore[no-untyped-def]
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     progress = Progress(TextColumn("gen"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(),
                         TextColumn("{task.fields[best]}"), console=_out)
     task = progress.add_task("evolve", total=total, best="")
 

@@ -438,3 +438,14 @@ def test_proxy_combination_refuses_a_non_finite_part(cache) -> None:  # type: ig
              "sum_layers(l1_norm(grad))": torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)}
     with pytest.raises(primitives.GpProxyError, match=r"kl_t4.*1 of 3 students"):
         proxy.combine(parts)
+
+
+def test_a_cache_build_shows_progress_in_a_log(probe: Path, tmp_path: Path,
+                                               capfd: pytest.CaptureFixture[str]) -> None:
+    """Not a terminal: one plain line per built architecture on stderr; quiet: none."""
+    cfg = CacheConfig("fmnist-cnn", "resnet-t", str(probe), act_samples=2)
+    load_cache(tmp_path / "a", cfg, ARCHS[:3])
+    err = capfd.readouterr().err
+    assert "feature cache (fmnist-cnn" in err and "3/3" in err and err.count("\n") == 3
+    load_cache(tmp_path / "b", cfg, ARCHS[:3], quiet=True)
+    assert capfd.readouterr().err == ""
