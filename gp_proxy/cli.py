@@ -580,7 +580,8 @@ def compare_cmd(
                    noise_check=noise_check)
     table = Table(title=f"{benchmark} ({len(splits.train)} train / {len(splits.test)} held-out "
                         f"architectures, target {target}; sign chosen on train)")
-    for col in ("proxy", "τ train", "τ held-out [95% CI]", "ρ held-out", "r held-out",
+    for col in ("proxy", "τ train", "τ held-out [95% CI]", "Δτ vs #params [paired 95% CI]",
+                "ρ held-out", "r held-out",
                 "P@10% held-out", "τ params-bins held-out", "partial τ | params held-out",
                 "τ size residual held-out", "τ with #params",
                 *(["τ real vs noise data"] if noise_check else [])):
@@ -593,7 +594,9 @@ def compare_cmd(
         m = r.metrics
         table.add_row(r.name, f(m.get("train_tau")),
                       f"{f(m.get('test_tau'))} [{f(m.get('test_tau_lo'))}, "
-                      f"{f(m.get('test_tau_hi'))}]", f(m.get("test_rho")),
+                      f"{f(m.get('test_tau_hi'))}]",
+                      f"{f(m.get('test_tau_minus_params'))} [{f(m.get('test_tau_minus_params_lo'))}"
+                      f", {f(m.get('test_tau_minus_params_hi'))}]", f(m.get("test_rho")),
                       f(m.get("test_pearson")), f(m.get("test_p_at_10")),
                       f(m.get("test_tau_params_bins")), f(m.get("test_partial_tau_params")),
                       f(m.get("test_tau_size_residual")), f(m.get("tau_with_params")),

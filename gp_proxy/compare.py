@@ -212,11 +212,25 @@ def _metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
     out["test_partial_tau_params"] = partial_kendall(o[te], y[te], params[te])
     out["test_tau_size_residual"] = kendall_tau(o[te], size_residual(y, params, tr)[te])
     rng = np.random.default_rng(seed)
-    taus = [kendall_tau(o[b], y[b]) for b in (rng.choice(te, len(te)) for _ in range(bootstrap))]
-    taus = [t for t in taus if math.isfinite(t)]
-    out["test_tau_lo"], out["test_tau_hi"] = ((float(np.percentile(taus, 2.5)),
-                                              float(np.percentile(taus, 97.5)))
-                                             if taus else (float("nan"), float("nan")))
+    # #params oriented on the training architectures too, for the paired difference
+    p = (-1.0 if kendall_tau(params[tr], y[tr]) < 0 else 1.0) * params
+    taus, diffs = [], []
+    for b in (rng.choice(te, len(te)) for _ in range(bootstrap)):
+        t = kendall_tau(o[b], y[b])
+        if math.isfinite(t):
+            taus.append(t)
+            d = t - kendall_tau(p[b], y[b])
+            if math.isfinite(d):
+                diffs.append(d)
+
+    def ci(v: list[float]) -> tuple[float, float]:
+        return ((float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if v
+                else (float("nan"), float("nan")))
+
+    out["test_tau_lo"], out["test_tau_hi"] = ci(taus)
+    # the paired bootstrap: the same resampled architectures for the proxy and #params
+    out["test_tau_minus_params"] = out["test_tau"] - kendall_tau(p[te], y[te])
+    out["test_tau_minus_params_lo"], out["test_tau_minus_params_hi"] = ci(diffs)
     return out
 
 

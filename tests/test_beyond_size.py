@@ -344,3 +344,17 @@ def test_valid_for_builds_only_formulas_defined_on_a_vit_space(bench, tmp_path) 
                                         guesses=["rank_add(sp_dist(satt(k1)),"
                                                  "sum_layers(l1_norm(weight)))"])),
                  tmp_path / "g").initialise()
+
+
+def test_paired_bootstrap_difference_against_params() -> None:
+    from gp_proxy.compare import _metrics
+
+    rng = np.random.default_rng(4)
+    params = rng.integers(10_000, 1_000_000, 60).astype(float)
+    y = np.log(params) + rng.normal(0, 0.3, 60)
+    splits = make_splits(60)
+    m = _metrics(params, y, params, splits, 200, 0)
+    assert m["test_tau_minus_params"] == 0.0
+    assert m["test_tau_minus_params_lo"] == m["test_tau_minus_params_hi"] == 0.0
+    oracle = _metrics(y, y, params, splits, 200, 0)
+    assert oracle["test_tau_minus_params_lo"] > 0
