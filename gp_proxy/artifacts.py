@@ -28,8 +28,22 @@ from primitives.errors import GpProxyError
 
 from .io import atomic_write_json, read_json, read_text
 
-__all__ = ["ArchiveEntry", "ArtifactError", "BenchRun", "BestProxyRecord", "CalibrationRecord",
-           "CampaignCheckpoint", "load_artifact", "read_history", "validate", "write_artifact"]
+__all__ = [
+    "ArchiveEntry",
+    "ArtifactError",
+    "BenchRun",
+    "BestProxyRecord",
+    "BestProxyReport",
+    "CalibrationRecord",
+    "CampaignCheckpoint",
+    "ScoreCacheRecord",
+    "SplitsRecord",
+    "TeacherRecord",
+    "load_artifact",
+    "read_history",
+    "validate",
+    "write_artifact",
+]
 
 
 class ArtifactError(GpProxyError):
@@ -100,6 +114,42 @@ class CalibrationRecord(_Strict):
     formula: str = Field(min_length=1)
     population: int = Field(ge=2)
     reference: dict[str, list[FiniteFloat]]
+
+
+class BestProxyReport(BestProxyRecord):
+    """``best_proxy.json`` as ``inspect`` reads it: the record and the report fields."""
+
+    baselines: dict[str, dict[str, Any]]
+    architectures: dict[str, NonNegativeInt]
+    benchmark: str
+    target: str
+    beats_params_on_held_out: bool
+
+
+class SplitsRecord(_Strict):
+    """``splits.json``: a campaign's training and held-out architecture indices."""
+
+    train: list[NonNegativeInt]
+    test: list[NonNegativeInt] = Field(min_length=1)
+    folds: list[list[NonNegativeInt]]
+
+
+class TeacherRecord(BaseModel):
+    """``teacher.json`` of a benchmark folder (accuracy null for an imported teacher)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    test_acc: FiniteFloat | None = Field(ge=0, le=1)
+
+
+class ScoreCacheRecord(BaseModel):
+    """A kept score vector of ``compare`` (a cache: a malformed one is recomputed)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    archs: list[str]
+    scores: list[float | None]
 
 
 class BenchRun(_Strict):

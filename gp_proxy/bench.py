@@ -43,7 +43,7 @@ from scipy import stats
 
 from primitives.errors import GpProxyError
 
-from .artifacts import BenchRun, load_artifact, validate, write_artifact
+from .artifacts import BenchRun, TeacherRecord, load_artifact, validate, write_artifact
 from .data import Split, get_dataset
 from .io import (
     atomic_write_json,
@@ -513,7 +513,7 @@ def summarize(out: str | os.PathLike[str], command: str = "") -> dict[str, Any]:
     rho1 = statistics.fmean(rho_pairs) if rho_pairs else float("nan")
     params = np.array([r["params"] for r in rows], dtype=float)
     flops = np.array([r["flops"] for r in rows], dtype=float)
-    teacher = read_json(out / "teacher.json")
+    teacher = load_artifact(out / "teacher.json", TeacherRecord).model_dump()
     noise = {
         "architectures": len(rows),
         "seeds": list(cfg.seeds),
@@ -530,7 +530,7 @@ def summarize(out: str | os.PathLike[str], command: str = "") -> dict[str, Any]:
         "kd_minus_ce": {"mean": float((kd - ce).mean()), "min": float((kd - ce).min()),
                         "max": float((kd - ce).max()),
                         "fraction_kd_better": float(np.mean(kd > ce))},
-        "teacher_test_acc": 100.0 * teacher["test_acc"],
+        "teacher_test_acc": None if teacher["test_acc"] is None else 100.0 * teacher["test_acc"],
     }
     if ce_src is not None:
         noise["ce_runs_shared_from"] = cfg.ce_from

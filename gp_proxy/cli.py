@@ -108,10 +108,9 @@ def bench_build(
 
     from .bench import BenchConfig, build_benchmark, command_line, summarize
     from .data import get_dataset
-    from .io import read_json
 
     saved = out / "config.json"
-    cfg = BenchConfig.from_json(read_json(saved)) if saved.is_file() else BenchConfig()
+    cfg = BenchConfig.load(saved) if saved.is_file() else BenchConfig()
     given: dict[str, Any] = {"space": space, "teacher": teacher, "teacher_space": teacher_space,
              "dataset": dataset, "image_size": image_size, "ce_from": ce_from,
              "epochs": epochs, "teacher_epochs": teacher_epochs,
@@ -437,11 +436,10 @@ def inspect(
     import numpy as np
 
     from . import report
-    from .artifacts import read_history
+    from .artifacts import BestProxyReport, SplitsRecord, load_artifact, read_history
     from .benchmark import load_benchmark
     from .config import load_config
     from .evaluator import Evaluator
-    from .io import read_json
 
     for name in ("hall_of_fame.csv", "best_proxy.json", "history.jsonl", "config.yaml"):
         if not (run_dir / name).exists():
@@ -457,7 +455,7 @@ def inspect(
     _out.print(table)
     for r in rows[:3]:
         _out.print(f"{r['rank']}. {r['latex']}", markup=False, highlight=False)
-    best = read_json(run_dir / "best_proxy.json")
+    best = load_artifact(run_dir / "best_proxy.json", BestProxyReport).model_dump()
     _report(best)
     if not pictures:
         return
@@ -471,7 +469,7 @@ def inspect(
     res = Evaluator(cache, cfg.chunk_size, seed=cfg.seed, chunk_bytes=cfg.chunk_bytes,
                     threads=cfg.threads).evaluate([best["formula"]])[0]
     if res.scores is not None:
-        splits = read_json(run_dir / "splits.json")
+        splits = load_artifact(run_dir / "splits.json", SplitsRecord).model_dump()
         base = best["baselines"]["params"]
         stats = {"proxy score (oriented)": f"held-out τ={best['test_tau']:.3f} "
                                            f"ρ={best['test_rho']:.3f}",
@@ -771,8 +769,8 @@ def pipeline_cmd(
     """Proxy → search under a budget → distil → report, against #params, DisWOT and random."""
     import time
 
+    from .artifacts import SplitsRecord, load_artifact
     from .benchmark import load_benchmark
-    from .io import read_json
     from .pipeline import PipelineConfig, load_proxy, run_pipeline
     from .search import STRATEGIES
 
@@ -804,7 +802,7 @@ def pipeline_cmd(
         if not split_file.exists():
             raise GpProxyError(f"--held-out-only needs a campaign run directory with "
                                f"splits.json; {proxy} has none")
-        test_idx = read_json(split_file)["test"]
+        test_idx = load_artifact(split_file, SplitsRecord).test
         if max(test_idx, default=-1) >= len(bench.truth.archs):
             raise GpProxyError(f"{split_file}: held-out indices beyond the {len(bench.truth.archs)}"
                                f" architectures of {benchmark}; was it made on this benchmark?")

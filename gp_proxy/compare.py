@@ -25,6 +25,7 @@ import torch
 
 from primitives.errors import GpProxyError
 
+from .artifacts import ScoreCacheRecord, load_artifact
 from .benchmark import Benchmark
 from .cache import FeatureCache, load_cache
 from .config import CampaignConfig, run_config
@@ -36,7 +37,7 @@ from .fitness import (
     size_residual,
     tau_in_params_bins,
 )
-from .io import atomic_write_json, load_tensors, read_json, save_figure, save_tensors
+from .io import atomic_write_json, load_tensors, save_figure, save_tensors
 from .proxy import read_best
 from .rank import kendall_tau, spearman_rho
 from .reported import REPORTED
@@ -170,11 +171,15 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
     file = _file(cache, cache_root, f"{kind}:{item}:{seed}"
                  + "".join(f":{k}={v}" for k, v in sorted(changed.items())))
     if file.exists():
-        kept = read_json(file)
+        try:
+            kept = load_artifact(file, ScoreCacheRecord)
+        except GpProxyError:  # a damaged kept vector is only a cache: compute it again
+            kept = None
         # a vector saved for another architecture list (a benchmark that grew) is stale
-        if kept.get("archs") == list(bench.truth.archs):
+        if kept is not None and kept.archs == list(bench.truth.archs) \
+                and len(kept.scores) == len(kept.archs):
             return item, kind, np.asarray(
-                [float("nan") if v is None else v for v in kept["scores"]], dtype=float)
+                [float("nan") if v is None else v for v in kept.scores], dtype=float)
     if kind == "zero-cost":
         scores = _model_scores(bench, item, probe)
     else:

@@ -226,3 +226,70 @@ def test_pareto_breaks_ties_by_formula(bench: Path, tmp_path: Path) -> None:
         c.archive = {r.formula: r for r in rs}
         orders.append([r.formula for r in c.pareto()])
     assert orders[0] == orders[1] == ["l1(k1)"]
+
+
+def test_inspect_of_a_malformed_best_proxy_is_one_line(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "hall_of_fame.csv").write_text("rank,formula,fitness,test_tau,test_rho,"
+                                          "test_tau_in_params_bins,complexity,latex\n")
+    (run / "history.jsonl").write_text('{"generation": 0}\n')
+    (run / "config.yaml").write_text("seed: 0\n")
+    for content, field in (({"formula": "l1(k2)", "sign": 1}, "baselines"),
+                           ({"formula": 123, "sign": 1}, "formula")):
+        (run / "best_proxy.json").write_text(json.dumps(content))
+        assert main(["inspect", str(run)]) == 2
+        err = _one_line_error(capsys)
+        assert "best_proxy.json" in err and f"field {field}" in err, err
+
+
+def test_score_reports_a_typo_before_building_the_cache(bench: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    cache = tmp_path / "cache"
+    assert main(["score", "rank_add(sp_dist(k2),sum_layers(l1_nrom(weight)))", "--benchmark",
+                 str(bench), "--cache-dir", str(cache)]) == 2
+    assert "unknown op 'l1_nrom'" in _one_line_error(capsys)
+    assert not cache.exists()  # nothing was built
+
+
+def test_score_many_holds_one_student_at_a_time() -> None:
+    """The bound stated for Proxy.part_scores: besides the teacher's features, at most one
+    student's environment (features, activations, weights, gradients) is alive at a time."""
+    import gc
+    import weakref
+
+    from gp_proxy.spaces import get_space
+
+    space = get_space("fmnist-cnn")
+    teacher = space.build_teacher(seed=0).eval()
+    proxy = Proxy.from_string("rank_add(sp_dist(k2),sum_layers(l1_norm(act)))")
+    alive: list[weakref.ref] = []  # type: ignore[type-arg]
+    most = 0
+    real = proxy._side
+
+    def side(model, x, targets, student):  # type: ignore[no-untyped-def]
+        nonlocal most
+        gc.collect()
+        most = max(most, sum(r() is not None for r in alive))
+        env = real(model, x, targets, student)
+        if student:
+            alive.append(weakref.ref(env["act"].values))
+        return env
+
+    proxy._side = side  # type: ignore[method-assign]
+    x = torch.randn(8, 1, 14, 14)
+    y = torch.randint(0, 10, (8,))
+    students = (space.build(a) for a in ["w8-d111-k3", "w12-d211-k5", "w16-d121-k3",
+                                         "w8-d333-k5"])
+    assert len(proxy.score_many(teacher, students, x, y)) == 4
+    assert most <= 1  # when a student is read, no earlier student's tensors are alive
+
+
+def test_a_malformed_teacher_record_names_its_field(tmp_path: Path) -> None:
+    from gp_proxy.artifacts import TeacherRecord
+
+    _write(tmp_path / "teacher.json", {"name": "resnet-t", "test_acc": "high"})
+    with pytest.raises(ArtifactError, match=r"teacher\.json: field test_acc"):
+        load_artifact(tmp_path / "teacher.json", TeacherRecord)
