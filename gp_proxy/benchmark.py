@@ -76,6 +76,11 @@ class Benchmark:
         teacher.load_state_dict(load_tensors(self.folder / "teacher.safetensors"))
         return teacher.eval()
 
+    def random_teacher(self) -> FeatureNet:
+        """The benchmark's teacher architecture at a seeded random initialisation (seed 0; the
+        DisWOT setting), in train mode."""
+        return self.cache_config(teacher_init="random").build_teacher(seed=0).train()
+
     def probe(self) -> tuple[Tensor, Tensor]:
         """The committed probe batch: images and integer labels."""
         p = load_tensors(self.folder / "probe.safetensors")

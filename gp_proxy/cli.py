@@ -563,11 +563,11 @@ def compare_cmd(
     from .fitness import make_splits
     from .io import atomic_write_text
     from .reported import REPORTED
-    from .zerocost import ZERO_COST
+    from .zerocost import MEASURES
 
     bench = load_benchmark(benchmark, target)
     cache = bench.cache(str(cache_dir))
-    items = list(proxies or ["params", "flops", *ZERO_COST, "diswot", *REPORTED])
+    items = list(proxies or ["params", "flops", *MEASURES, *REPORTED])
     for size in ("params", "flops"):
         if size not in items:
             items.insert(0, size)
@@ -649,15 +649,17 @@ def search_cmd(
     from .io import atomic_write_json
     from .proxy import load_proxy
     from .search import baseline_scorer, formula_scorer, search
-    from .zerocost import ZERO_COST
+    from .zerocost import MEASURES, get_measure
 
     bench = load_benchmark(benchmark)
     space = bench.search_space()
     teacher = bench.trained_teacher()
     x, y = bench.probe()
-    if proxy in ("params", "flops", "diswot", *ZERO_COST):
-        scorer = baseline_scorer(proxy, space, space.build_teacher(bench.teacher, seed=0)
-                                 if proxy == "diswot" else teacher, x, y)
+    if proxy in ("params", "flops") or proxy in MEASURES:
+        # a measure comparing with a teacher gets a random-init one, as in DisWOT
+        scorer = baseline_scorer(proxy, space, bench.random_teacher()
+                                 if proxy in MEASURES and get_measure(proxy).needs_teacher
+                                 else teacher, x, y)
         label = proxy
     else:
         p = load_proxy(proxy)

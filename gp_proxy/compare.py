@@ -41,7 +41,7 @@ from .io import atomic_write_json, load_tensors, save_figure, save_tensors
 from .proxy import read_best
 from .rank import kendall_tau, spearman_rho
 from .reported import REPORTED
-from .zerocost import ZERO_COST, diswot, zero_cost
+from .zerocost import MEASURES, get_measure, zero_cost
 
 __all__ = ["ProxyRow", "cache_like_run", "compare", "resolve_scores"]
 
@@ -121,15 +121,13 @@ def _model_scores(bench: Benchmark, name: str, probe: Path | None = None) -> np.
     else:
         p = load_tensors(probe)
         x, y = p["images"], p["labels"].long()
-    teacher = None
-    if name == "diswot":
-        teacher = space.build_teacher(bench.teacher, seed=0)  # random-init, as in DisWOT
+    # a measure that compares with a teacher gets a random-init one, as in DisWOT
+    teacher = bench.random_teacher() if get_measure(name).needs_teacher else None
     out = []
     for arch in bench.truth.archs:
         model = space.build(arch, seed=0)
         torch.manual_seed(0)
-        out.append(diswot(teacher, model, x, y) if teacher is not None
-                   else zero_cost(name, model, x, y))
+        out.append(zero_cost(name, model, x, y, teacher))
     return np.asarray(out, dtype=float)
 
 
@@ -164,7 +162,7 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
             cache = cache_like_run(bench, cache, cache_root, run)
             options = {"chunk_size": run.chunk_size, "chunk_bytes": run.chunk_bytes,
                        "threads": run.threads}
-    kind = "zero-cost" if item in ZERO_COST or item == "diswot" else "formula"
+    kind = "zero-cost" if item in MEASURES else "formula"
     # settings that can change a score's last bits are part of its name (defaults: none, so
     # vectors kept by earlier versions stay valid)
     changed = {k: v for k, v in options.items() if v != _EVALUATOR_DEFAULTS[k]}
@@ -260,7 +258,7 @@ def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root:
                                                 fit_on=splits.train)
         except GpProxyError as err:
             formula = REPORTED[item].formula if item in REPORTED else item
-            if item in (*SIZE, DESCRIPTORS, *ZERO_COST, "diswot") or Path(item).exists():
+            if item in (*SIZE, DESCRIPTORS) or item in MEASURES or Path(item).exists():
                 raise
             parse(formula)  # a malformed formula is the user's error: raise it
             rows.append(ProxyRow(item, "failed", {}, str(err)))

@@ -49,8 +49,7 @@ def run_pipeline(proxy: Proxy, proxy_seconds: float, bench: Benchmark, train: Sp
     selectors: dict[str, Any] = {
         "discovered proxy": formula_scorer(proxy, space, teacher, x, y, seed=cfg.search_seed),
         "#params": baseline_scorer("params", space, None, x, y),
-        "DisWOT": baseline_scorer("diswot", space, space.build_teacher(bench.teacher, seed=0),
-                                  x, y),
+        "DisWOT": baseline_scorer("diswot", space, bench.random_teacher(), x, y),
     }
     chosen: dict[str, dict[str, Any]] = {}
     for name, scorer in selectors.items():

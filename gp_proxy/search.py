@@ -22,7 +22,7 @@ from primitives.errors import GpProxyError
 
 from .proxy import Calibration, Proxy
 from .spaces import SearchSpace, count_flops, count_params
-from .zerocost import ZERO_COST, diswot, zero_cost
+from .zerocost import MEASURES, get_measure, zero_cost
 
 __all__ = ["STRATEGIES", "Candidate", "Scorer", "baseline_scorer", "formula_scorer", "search"]
 
@@ -66,12 +66,11 @@ def baseline_scorer(name: str, space: SearchSpace, teacher: nn.Module | None, x:
         return lambda specs: [float(space.params(s)) for s in specs]
     if name == "flops":
         return lambda specs: [float(space.flops(s)) for s in specs]
-    if name == "diswot":
-        if teacher is None:
-            raise GpProxyError("diswot needs a teacher")
-        return lambda specs: [diswot(teacher, space.build(s, init_seed), x, y) for s in specs]
-    if name in ZERO_COST:
-        return lambda specs: [zero_cost(name, space.build(s, init_seed), x, y) for s in specs]
+    if name in MEASURES:
+        if get_measure(name).needs_teacher and teacher is None:
+            raise GpProxyError(f"{name} compares with a teacher: pass one")
+        return lambda specs: [zero_cost(name, space.build(s, init_seed), x, y, teacher)
+                              for s in specs]
     raise GpProxyError(f"unknown baseline {name!r}")
 
 

@@ -28,12 +28,18 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ZERO_COST", "zero_cost"]
+from primitives.errors import GpProxyError
+
+from .registry import Registry
+
+__all__ = ["MEASURES", "Measure", "get_measure", "register_measure",
+           "student_measures", "zero_cost"]
 
 
 def _weights(model: nn.Module) -> list[Tensor]:
@@ -157,7 +163,8 @@ def nwot(model: nn.Module, x: Tensor, y: Tensor) -> float:
 def zen(model: nn.Module, x: Tensor, y: Tensor, alpha: float = 0.01) -> float:
     feats = getattr(model, "features", None)
     if not callable(feats):
-        raise TypeError("zen needs a model with features(x) returning 'k2'")
+        raise GpProxyError("zen reads the feature k2: the model has no features() method; "
+                           "pass features={'k2': '<module name>'}")
     g = torch.Generator().manual_seed(0)
     z = torch.randn(x.shape, generator=g)
     dz = torch.randn(x.shape, generator=g)
@@ -180,18 +187,69 @@ def zen(model: nn.Module, x: Tensor, y: Tensor, alpha: float = 0.01) -> float:
     return float(torch.log(delta + 1e-12) + sum(torch.log(s.mean() + 1e-12) for s in stds))
 
 
-ZERO_COST: dict[str, Callable[[nn.Module, Tensor, Tensor], float]] = {
-    "grad_norm": grad_norm, "snip": snip, "grasp": grasp, "fisher": fisher,
-    "synflow": synflow, "jacov": jacov, "nwot": nwot, "zen": zen, "plain": plain,
-    "l2_norm": l2_norm,
-}
+@dataclass(frozen=True)
+class Measure:
+    """A zero-cost measure: ``fn(model, x, y)``, or ``fn(teacher, model, x, y)`` when it
+    ``needs_teacher`` (DisWOT compares the student with a teacher)."""
+
+    fn: Callable[..., float]
+    needs_teacher: bool = False
 
 
-def zero_cost(name: str, model: nn.Module, x: Tensor, y: Tensor) -> float:
-    """Score ``model`` with proxy ``name`` on a private copy (the model is left untouched)."""
-    if name not in ZERO_COST:
-        raise KeyError(f"unknown zero-cost proxy {name!r}; choose from {', '.join(ZERO_COST)}")
-    value = ZERO_COST[name](copy.deepcopy(model), x, y)
+def _builtins() -> None:
+    for name, fn in (("grad_norm", grad_norm), ("snip", snip), ("grasp", grasp),
+                     ("fisher", fisher), ("synflow", synflow), ("jacov", jacov),
+                     ("nwot", nwot), ("zen", zen), ("plain", plain), ("l2_norm", l2_norm)):
+        MEASURES.register(name, Measure(fn))
+    MEASURES.register("diswot", Measure(diswot, needs_teacher=True))
+
+
+#: measure name -> :class:`Measure` (register your own with :func:`register_measure`)
+MEASURES: Registry[Measure] = Registry("zero-cost measure", _builtins)
+
+
+def register_measure(name: str, *, needs_teacher: bool = False, replace: bool = False
+                     ) -> Callable[[Callable[..., float]], Callable[..., float]]:
+    """Decorator: ``@register_measure("mine")`` on ``fn(model, x, y) -> float`` (or
+    ``fn(teacher, model, x, y)`` with ``needs_teacher=True``) makes it a baseline of
+    ``compare``, ``search`` and the pipeline by name."""
+
+    def add(fn: Callable[..., float]) -> Callable[..., float]:
+        MEASURES.register(name, Measure(fn, needs_teacher), replace=replace)
+        return fn
+
+    return add
+
+
+def get_measure(name: str) -> Measure:
+    entry = MEASURES.get(name)
+    return entry if isinstance(entry, Measure) else Measure(entry)  # a module:attr function
+
+
+def student_measures() -> list[str]:
+    """The built-in and registered measures that need no teacher."""
+    return [n for n in MEASURES if not MEASURES.get(n).needs_teacher]
+
+
+def zero_cost(name: str, model: nn.Module, x: Tensor, y: Tensor,
+              teacher: nn.Module | None = None, features: dict[str, str] | None = None,
+              teacher_features: dict[str, str] | None = None) -> float:
+    """Score ``model`` with measure ``name`` on private copies (the models are left
+    untouched); a measure that needs a teacher gets ``teacher``. Models without a
+    ``features()`` method (read by zen and DisWOT) name the module giving each feature:
+    ``features={"k2": "layer4"}`` (and ``teacher_features`` for the teacher)."""
+    from .spaces.base import with_features
+
+    model = with_features(model, features)
+    if teacher is not None:
+        teacher = with_features(teacher, teacher_features)
+    m = get_measure(name)
+    if m.needs_teacher:
+        if teacher is None:
+            raise GpProxyError(f"zero-cost measure {name!r} compares with a teacher: pass one")
+        value = m.fn(copy.deepcopy(teacher), copy.deepcopy(model), x, y)
+    else:
+        value = m.fn(copy.deepcopy(model), x, y)
     return value if math.isfinite(value) else float("nan")
 
 
@@ -215,7 +273,9 @@ def diswot(teacher: nn.Module, student: nn.Module, x: Tensor, y: Tensor) -> floa
     grams, compared with the L2 norm). Higher = more similar = predicted better student."""
     feats_t, feats_s = getattr(teacher, "features", None), getattr(student, "features", None)
     if not (callable(feats_t) and callable(feats_s)):
-        raise TypeError("diswot needs models with features(x) returning 'k2'")
+        raise GpProxyError("diswot reads the feature k2 of both models: pass features= "
+                           "(and teacher_features=) {'k2': '<module name>'} for models "
+                           "without a features() method")
     teacher, student = copy.deepcopy(teacher).train(), copy.deepcopy(student).train()
     with torch.no_grad():
         ft, fs = teacher.features(x)["k2"], student.features(x)["k2"]  # type: ignore[operator]

@@ -130,3 +130,38 @@ def test_a_plain_model_without_features_gets_a_hint_naming_features() -> None:
         gp_proxy.Proxy.from_string("sp_dist(k2)").score(teacher, plain, x)
     proxy = gp_proxy.Proxy.from_string("sp_dist(k2)", features={"k2": "2"})
     assert np.isfinite(proxy.score(teacher, plain, x))
+
+
+def test_user_measures_and_features_for_zen_and_diswot() -> None:
+    """A user's zero-cost measure registers by decorator (with needs_teacher as a property,
+    not a special name); zen and DisWOT read plain models through features=."""
+    from torch import nn
+
+    from gp_proxy.zerocost import MEASURES, register_measure, zero_cost
+
+    @register_measure("test-width", replace=True)
+    def width(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+        return float(sum(p.numel() for p in model.parameters()))
+
+    @register_measure("test-vs-teacher", needs_teacher=True, replace=True)
+    def versus(teacher: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+               ) -> float:
+        return float(sum(p.numel() for p in teacher.parameters())
+                     - sum(p.numel() for p in model.parameters()))
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, 1, 1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    big = nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 3, (6,))
+    assert "test-width" in MEASURES
+    assert zero_cost("test-width", net, x, y) == 63
+    with pytest.raises(GpProxyError, match="compares with a teacher"):
+        zero_cost("test-vs-teacher", net, x, y)
+    assert zero_cost("test-vs-teacher", net, x, y, teacher=big) > 0
+    with pytest.raises(GpProxyError, match="features="):
+        zero_cost("zen", net, x, y)
+    assert np.isfinite(zero_cost("zen", net, x, y, features={"k2": "2"}))
+    got = zero_cost("diswot", net, x, y, teacher=big, features={"k2": "2"},
+                    teacher_features={"k2": "2"})
+    assert np.isfinite(got) and got <= 0

@@ -8,10 +8,20 @@ from typing import Any
 from primitives.errors import GpProxyError
 
 from ..registry import Registry
-from .base import FeatureNet, SearchSpace, SpecError, count_flops, count_params, seeded_init
+from .base import (
+    FeatureAdapter,
+    FeatureNet,
+    SearchSpace,
+    SpecError,
+    count_flops,
+    count_params,
+    seeded_init,
+    with_features,
+)
 
-__all__ = ["SPACES", "FeatureNet", "SearchSpace", "SpecError", "count_flops", "count_params",
-           "get_space", "register_space", "seeded_init", "space_names"]
+__all__ = ["SPACES", "FeatureAdapter", "FeatureNet", "SearchSpace", "SpecError", "count_flops",
+           "count_params", "get_space", "register_space", "seeded_init", "space_names",
+           "with_features"]
 
 
 def _builtins() -> None:

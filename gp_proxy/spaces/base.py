@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from primitives import Kind
 from primitives.errors import GpProxyError
 
-__all__ = ["FeatureNet", "SearchSpace", "SpecError", "count_flops", "count_params",
-           "seeded_init"]
+__all__ = ["FeatureAdapter", "FeatureNet", "SearchSpace", "SpecError", "count_flops",
+           "count_params", "seeded_init", "with_features"]
 
 
 class SpecError(GpProxyError):
@@ -45,6 +45,43 @@ class FeatureNet(nn.Module):
     def weight_layers(self) -> list[nn.Module]:
         """Layers with a weight matrix/kernel, in forward order (convolutions and linears)."""
         return [m for m in self.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+class FeatureAdapter(FeatureNet):
+    """Any ``nn.Module`` as a :class:`FeatureNet`: ``features`` maps each feature name to a
+    module name of ``model.named_modules()`` whose output is read by a forward hook; ``k3``
+    is the model's output unless mapped."""
+
+    def __init__(self, model: nn.Module, features: dict[str, str]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = dict(features)
+        modules = dict(model.named_modules())
+        for key, name in self.names.items():
+            if name not in modules:
+                raise GpProxyError(f"feature {key}: the model has no module {name!r}")
+
+    def features(self, x: Tensor) -> dict[str, Tensor]:
+        modules = dict(self.model.named_modules())
+        captured: dict[str, Tensor] = {}
+        handles = [modules[name].register_forward_hook(
+            lambda m, i, o, key=key: captured.__setitem__(key, o))
+            for key, name in self.names.items()]
+        try:
+            out = self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        captured.setdefault("k3", out)
+        return captured
+
+    def weight_layers(self) -> list[nn.Module]:
+        return [m for m in self.model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def with_features(model: nn.Module, features: dict[str, str] | None) -> nn.Module:
+    """``model`` itself when no mapping is given, else a :class:`FeatureAdapter`."""
+    return model if not features else FeatureAdapter(model, features)
 
 
 def seeded_init(model: nn.Module, seed: int) -> nn.Module:
