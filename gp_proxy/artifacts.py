@@ -131,7 +131,7 @@ class SplitsRecord(_Strict):
 
     train: list[NonNegativeInt]
     test: list[NonNegativeInt] = Field(min_length=1)
-    folds: list[list[NonNegativeInt]]
+    folds: list[list[NonNegativeInt]] = Field(default_factory=list)
 
 
 class TeacherRecord(BaseModel):

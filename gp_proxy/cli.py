@@ -722,10 +722,11 @@ def distill_cmd(
             weights[name.strip()] = float(w) if sep else 1.0
         except ValueError:
             raise GpProxyError(f"--losses: {item!r} is not name=weight") from None
-    unknown = sorted(set(weights) - set(LOSSES))
-    if unknown:
-        raise GpProxyError(f"--losses: unknown loss {unknown[0]!r}; choose from "
-                           f"{', '.join(LOSSES)}")
+    for name in weights:
+        try:
+            LOSSES.get(name)
+        except GpProxyError as exc:
+            raise GpProxyError(f"--losses: {exc}") from None
     if formula is not None and Path(formula).exists():
         formula = read_best(formula)[0]
     if "formula" in weights and not formula:

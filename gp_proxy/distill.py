@@ -26,7 +26,7 @@ from primitives.errors import GpProxyError
 
 from .data import Split
 from .io import atomic_write_json, load_tensors, read_json, run_lock, save_tensors
-from .losses import build_loss
+from .losses import build_loss, loss_arguments
 from .spaces import FeatureNet
 from .train import Schedule, cosine_lr, evaluate_accuracy
 
@@ -59,13 +59,10 @@ def _build_losses(losses: nn.ModuleDict, cfg: DistillConfig,
     for name, weight in cfg.losses.items():
         if weight == 0:
             continue
-        kw: dict[str, Any] = {}
-        if name == "kd":
-            kw["temperature"] = cfg.temperature
-        if name == "formula":
-            if not cfg.formula:
-                raise GpProxyError("loss 'formula' needs a formula")
-            kw["formula"] = cfg.formula
+        kw = loss_arguments(name, cfg)  # the hyperparameters the loss declares
+        missing = [k for k, v in kw.items() if v is None or v == ""]
+        if missing:
+            raise GpProxyError(f"loss {name!r} needs {', '.join(missing)}")
         losses[name] = build_loss(name, shapes, **kw)
 
 

@@ -8,7 +8,7 @@ feature dicts hold ``k1``, ``k2`` (maps) and ``k3`` (logits).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -17,13 +17,18 @@ from torch import Tensor, nn
 import primitives
 from primitives.errors import GpProxyError
 
-__all__ = ["LOSSES", "build_loss"]
+from .registry import Registry
+
+__all__ = ["LOSSES", "build_loss", "loss_arguments", "register_loss"]
 
 Feats = dict[str, Tensor]
 
 
 class KD(nn.Module):
     """Hinton et al. 2015: T²·KL(softmax(t/T) ‖ softmax(s/T)) on logits."""
+
+    #: constructor argument -> the distillation config field that supplies it
+    hyperparameters: ClassVar[dict[str, str]] = {"temperature": "temperature"}
 
     def __init__(self, shapes: Any, temperature: float = 4.0) -> None:
         super().__init__()
@@ -181,6 +186,8 @@ class FormulaLoss(nn.Module):
     so a resumed run divides by the same number): every part starts at 1, and the weight a
     user gives the loss means "this many times the cross-entropy scale", as for the others."""
 
+    hyperparameters: ClassVar[dict[str, str]] = {"formula": "formula"}
+
     def __init__(self, shapes: Any, formula: str = "") -> None:
         super().__init__()
         node = primitives.canonicalize(primitives.parse(formula))
@@ -211,16 +218,34 @@ class FormulaLoss(nn.Module):
         return (values / scale.to(values.dtype)).sum()
 
 
-LOSSES: dict[str, Callable[..., nn.Module]] = {
-    "kd": KD, "fitnet": FitNet, "at": AT, "sp": SP, "rkd": RKD, "pkt": PKT, "ickd": ICKD,
-    "dkd": DKD, "formula": FormulaLoss,
-}
+def _builtins() -> None:
+    for name, cls in (("kd", KD), ("fitnet", FitNet), ("at", AT), ("sp", SP), ("rkd", RKD),
+                      ("pkt", PKT), ("ickd", ICKD), ("dkd", DKD), ("formula", FormulaLoss)):
+        LOSSES.register(name, cls)
+
+
+#: loss name -> its class (``cls(shapes, **hyperparameters)``; register your own with
+#: :func:`register_loss`). A class's ``hyperparameters`` maps its constructor arguments to
+#: the distillation config fields that supply them.
+LOSSES: Registry[Callable[..., nn.Module]] = Registry("distillation loss", _builtins)
+
+
+def register_loss(name: str, *, replace: bool = False) -> Callable[[Any], Any]:
+    """Class decorator: ``@register_loss("mine")`` on an ``nn.Module`` taking
+    ``(shapes, **hyperparameters)`` and called as ``loss(student_feats, teacher_feats,
+    labels)`` makes it usable by ``distill --losses mine=1``."""
+    return LOSSES.register(name, replace=replace)
+
+
+def loss_arguments(name: str, config: Any) -> dict[str, Any]:
+    """The constructor arguments loss ``name`` declares, read from ``config``."""
+    cls = LOSSES.get(name)
+    return {arg: getattr(config, field)
+            for arg, field in getattr(cls, "hyperparameters", {}).items()}
 
 
 def build_loss(name: str, shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
                **kwargs: Any) -> nn.Module:
     """``shapes[k] = (student shape, teacher shape)`` of each feature, for losses with
     parameters (FitNet, ICKD)."""
-    if name not in LOSSES:
-        raise GpProxyError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
-    return LOSSES[name](shapes, **kwargs)
+    return LOSSES.get(name)(shapes, **kwargs)

@@ -152,7 +152,7 @@ def test_distill_reports_a_bad_student_or_loss_before_the_dataset(
     assert main([*base, "--student", "w9-d111-k3"]) == 2
     assert "base width 9" in _one_line_error(capsys)
     assert main([*base, "--student", "w8-d111-k3", "--losses", "kd=1,nope=2"]) == 2
-    assert "unknown loss 'nope'" in _one_line_error(capsys)
+    assert "unknown distillation loss 'nope'" in _one_line_error(capsys)
     assert main([*base, "--student", "w8-d111-k3"]) == 2
     assert "Fashion-MNIST not found" in _one_line_error(capsys)
 

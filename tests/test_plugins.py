@@ -165,3 +165,31 @@ def test_user_measures_and_features_for_zen_and_diswot() -> None:
     got = zero_cost("diswot", net, x, y, teacher=big, features={"k2": "2"},
                     teacher_features={"k2": "2"})
     assert np.isfinite(got) and got <= 0
+
+
+def test_a_user_loss_declares_its_hyperparameters() -> None:
+    """A registered loss gets the config fields it declares (no branching on its name)."""
+    from typing import ClassVar
+
+    from torch import nn
+
+    from gp_proxy.distill import DistillConfig
+    from gp_proxy.losses import LOSSES, build_loss, loss_arguments, register_loss
+
+    @register_loss("test-logit-l2", replace=True)
+    class LogitL2(nn.Module):
+        hyperparameters: ClassVar[dict[str, str]] = {"scale": "temperature"}
+
+        def __init__(self, shapes: object, scale: float = 1.0) -> None:
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, s: dict, t: dict, y: torch.Tensor) -> torch.Tensor:  # type: ignore[type-arg]
+            return ((s["k3"] - t["k3"]) ** 2).mean() / self.scale
+
+    assert "test-logit-l2" in LOSSES
+    cfg = DistillConfig(temperature=8.0, losses={"test-logit-l2": 1.0})
+    assert loss_arguments("test-logit-l2", cfg) == {"scale": 8.0}
+    loss = build_loss("test-logit-l2", {}, **loss_arguments("test-logit-l2", cfg))
+    s, t = {"k3": torch.ones(2, 3)}, {"k3": torch.zeros(2, 3)}
+    assert float(loss(s, t, torch.zeros(2))) == pytest.approx(1 / 8)
