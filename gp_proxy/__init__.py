@@ -25,6 +25,7 @@ _LAZY = {
     "get_space": "gp_proxy.spaces", "register_space": "gp_proxy.spaces",
     "register_dataset": "gp_proxy.data", "Split": "gp_proxy.data",
     "register_measure": "gp_proxy.zerocost", "register_loss": "gp_proxy.losses",
+    "zero_cost": "gp_proxy.zerocost",
     "load_benchmark": "gp_proxy.benchmark",
 }
 
