@@ -18,7 +18,8 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Discover training-free proxies for distillation-aware NAS.")
-_out = Console(soft_wrap=True)
+# in a log (not a terminal) tables get room for full formulas instead of rich's 80 columns
+_out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 _err = Console(stderr=True, soft_wrap=True)
 
 
