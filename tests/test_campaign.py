@@ -243,7 +243,8 @@ def test_compare_table_csv_chart_and_cached_scores(bench: Path, tmp_path: Path,
     out = capsys.readouterr().out
     assert "#params" in out and "FLOPS" in out and "snip" in out and "diswot" in out
     csv_text = (tmp_path / "cmp" / "compare.csv").read_text()
-    assert "test_tau_lo" in csv_text and len(csv_text.splitlines()) == 6
+    # header + #params, FLOPS, descriptor regression, snip, diswot, the formula
+    assert "test_tau_lo" in csv_text and len(csv_text.splitlines()) == 7
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
     cached = list(cache.glob("*/scores/*.json"))
     assert len(cached) == 3
