@@ -43,6 +43,7 @@ from .cache import torch_threads
 from .config import run_config
 from .evaluator import EVAL_THREADS
 from .io import atomic_write_json
+from .spaces.base import FeatureAdapter
 
 __all__ = ["Calibration", "NASLibPredictor", "Proxy", "load_proxy", "make_measure", "read_best"]
 
@@ -208,21 +209,7 @@ class Proxy:
         feats = getattr(model, "features", None)
         if callable(feats) and not self.feature_modules:
             return dict(feats(x))
-        names = dict(self.feature_modules)
-        modules = dict(model.named_modules())
-        captured: dict[str, Tensor] = {}
-        handles = []
-        for key, mod_name in names.items():
-            if mod_name not in modules:
-                raise GpProxyError(f"feature {key}: the model has no module {mod_name!r}")
-            handles.append(modules[mod_name].register_forward_hook(
-                lambda m, i, o, key=key: captured.__setitem__(key, o)))
-        try:
-            out = model(x)
-        finally:
-            for h in handles:
-                h.remove()
-        captured.setdefault("k3", out)
+        captured = FeatureAdapter(model, self.feature_modules).features(x)
         missing = sorted((self.inputs - _STUDENT_ONLY) - set(captured))
         if missing:
             raise GpProxyError(
