@@ -23,7 +23,8 @@ from primitives.errors import GpProxyError
 from .registry import Registry
 
 __all__ = ["DATASETS", "DEFAULT_FMNIST_DIR", "DatasetSpec", "Split", "get_dataset",
-           "load_arrays", "load_fashion_mnist", "read_idx", "register_dataset"]
+           "load_arrays", "load_fashion_mnist", "load_image_folder", "read_idx",
+           "register_dataset"]
 
 DEFAULT_FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FILES = {
@@ -162,6 +163,77 @@ def load_arrays(root: str | os.PathLike[str] | None, split: str = "train", size:
     return Split(images, y)
 
 
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def load_image_folder(root: str | os.PathLike[str] | None, split: str = "train", size: int = 14
+                      ) -> Split:
+    """An image folder: ``root/train/<class>/*.png`` and ``root/test/<class>/*.png`` (class
+    names sorted give the labels; grayscale images give one channel, colour three), resized
+    to ``size`` and standardised with the training split's per-channel statistics."""
+    from PIL import Image
+
+    if root is None:
+        raise DatasetError("dataset 'image-folder' needs --data FOLDER (with train/ and test/)")
+    base = Path(root)
+
+    def read(which: str) -> tuple[np.ndarray, np.ndarray]:
+        folder = base / which
+        classes = sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() \
+            else []
+        if not classes:
+            raise DatasetError(f"{folder}: no class folders (expected {folder}/<class>/*.png)")
+        images, labels = [], []
+        for label, name in enumerate(classes):
+            for f in sorted((folder / name).iterdir()):
+                if f.suffix.lower() not in _IMAGE_SUFFIXES:
+                    continue
+                try:
+                    with Image.open(f) as raw:
+                        im = raw.convert("L" if raw.mode in ("1", "L", "I", "F") else "RGB")
+                        images.append(np.asarray(im.resize((size, size))))
+                except OSError as exc:
+                    raise DatasetError(f"{f}: not a readable image ({exc})") from None
+                labels.append(label)
+        shapes = {a.shape for a in images}
+        if len(shapes) != 1:
+            raise DatasetError(f"{folder}: images mix grayscale and colour ({sorted(shapes)})")
+        return np.stack(images), np.asarray(labels)
+
+    train_x, train_y = read("train")
+    train, stats = _standardise(train_x, size, None)
+    if split == "train":
+        return Split(train, torch.as_tensor(train_y).long())
+    if split != "test":
+        raise DatasetError(f"unknown split {split!r}; choose train or test")
+    test_x, test_y = read("test")
+    return Split(_standardise(test_x, size, stats)[0], torch.as_tensor(test_y).long())
+
+
+def _from_torch_dataset(loader: Callable[..., Any]) -> Callable[..., Split]:
+    """A ``module:attr`` dataset: ``attr(root, split, size)`` returning a :class:`Split`, or
+    any map-style ``torch.utils.data.Dataset`` of (image tensor, label) pairs, stacked and
+    standardised with the training split's statistics."""
+
+    def as_arrays(ds: Any) -> tuple[np.ndarray, np.ndarray]:
+        items = [ds[i] for i in range(len(ds))]
+        x = np.stack([np.asarray(img, dtype=np.float32) for img, _ in items])
+        return x, np.asarray([int(lbl) for _, lbl in items])
+
+    def load(root: str | os.PathLike[str] | None, split: str, size: int) -> Split:
+        out = loader(root, split, size)
+        if isinstance(out, Split):
+            return out
+        train_x, train_y = as_arrays(out if split == "train" else loader(root, "train", size))
+        train, stats = _standardise(train_x, size, None)
+        if split == "train":
+            return Split(train, torch.as_tensor(train_y).long())
+        test_x, test_y = as_arrays(out)
+        return Split(_standardise(test_x, size, stats)[0], torch.as_tensor(test_y).long())
+
+    return load
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """A data recipe a benchmark names: channels and classes of its images (0: read from the
@@ -187,6 +259,7 @@ class DatasetSpec:
 def _builtins() -> None:
     DATASETS.register("fashion-mnist", DatasetSpec("fashion-mnist", 1, 10, load_fashion_mnist))
     DATASETS.register("arrays", DatasetSpec("arrays", 0, 0, load_arrays))
+    DATASETS.register("image-folder", DatasetSpec("image-folder", 0, 0, load_image_folder))
 
 
 #: dataset name -> its recipe (register your own: ``register_dataset``)
@@ -208,6 +281,6 @@ def get_dataset(name: str) -> DatasetSpec:
     entry = DATASETS.get(name)
     if isinstance(entry, DatasetSpec):
         return entry
-    if callable(entry):  # a module:attr loader function: channels and classes from the data
-        return DatasetSpec(name, 0, 0, entry)
+    if callable(entry):  # a module:attr loader (or Dataset factory): shape from the data
+        return DatasetSpec(name, 0, 0, _from_torch_dataset(entry))
     raise DatasetError(f"dataset {name!r} is not a DatasetSpec or a loader function")

@@ -212,3 +212,35 @@ def test_readme_tutorial_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     out = capsys.readouterr().out
     assert "score of 8x2:" in out
     assert (tmp_path / "my-run" / "best_proxy.json").exists()
+
+
+def test_image_folder_and_torch_dataset_plugins(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from gp_proxy.data import get_dataset
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("test", 2)):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)).save(
+                    tmp_path / split / c / f"{i}.png")
+    ds = get_dataset("image-folder")
+    train = ds.load(tmp_path, "train", 8)
+    assert train.images.shape == (8, 3, 8, 8) and train.labels.tolist() == [0] * 4 + [1] * 4
+    assert ds.describe(tmp_path, 8) == (3, 2)
+    assert ds.load(tmp_path, "test", 8).images.shape == (4, 3, 8, 8)
+    with pytest.raises(GpProxyError, match="no class folders"):
+        ds.load(tmp_path / "nowhere", "train", 8)
+    torch_ds = get_dataset("tests.test_plugins:_tensor_dataset")
+    got = torch_ds.load(None, "test", 6)
+    assert got.images.shape == (5, 1, 6, 6) and got.labels.tolist() == [0, 1, 2, 0, 1]
+
+
+def _tensor_dataset(root: object, split: str, size: int) -> torch.utils.data.Dataset:  # type: ignore[type-arg]
+    """A map-style torch Dataset, as a user's module:attr dataset may return one."""
+    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    n = 10 if split == "train" else 5
+    return torch.utils.data.TensorDataset(torch.randn(n, 1, 6, 6, generator=g),
+                                          torch.arange(n) % 3)
