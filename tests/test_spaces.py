@@ -20,7 +20,7 @@ def test_all_five_spaces_are_registered() -> None:
 
 
 @pytest.mark.parametrize(("name", "count"), [("cifar-resnet-depth", 64), ("nb201", 15625),
-                                             ("fmnist-cnn", 162), ("pit", 1296)])
+                                             ("fmnist-cnn", 162), ("pit", 11664)])
 def test_enumeration_counts(name: str, count: int) -> None:
     space = get_space(name)
     specs = list(space.enumerate())
@@ -105,3 +105,17 @@ def test_cifar_resnet_teachers() -> None:
     assert count_params(r20) == count_params(space.build("333"))
     with pytest.raises(SpecError, match="unknown teacher"):
         space.build_teacher("resnet18")
+
+
+def test_pit_is_the_published_space() -> None:
+    """Base dim {16, 24, 32, 40}, MLP ratio {2, 4, 6, 8}, stage depths {1,2,3}/{4,6,8}/{2,4,6},
+    heads {2, 4, 8} in every stage (a stage may narrow: heads 8 then 2)."""
+    space = get_space("pit")
+    spec = '{"base_dim":16,"depths":[3,8,6],"heads":[8,2,4],"mlp_ratio":6}'
+    canon = space.validate(spec)
+    feats = space.build(canon).features(torch.randn(2, 3, 32, 32))
+    assert feats["k1"].shape == (2, 32, 4, 4) and feats["k2"].shape == (2, 64, 2, 2)
+    with pytest.raises(SpecError, match="depths"):
+        space.validate('{"base_dim":16,"depths":[3,5,6],"heads":[8,2,4],"mlp_ratio":6}')
+    with pytest.raises(SpecError, match="mlp_ratio"):
+        space.validate('{"base_dim":16,"depths":[3,8,6],"heads":[8,2,4],"mlp_ratio":3.5}')

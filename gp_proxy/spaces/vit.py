@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -204,11 +205,13 @@ class AutoFormerSpace(SearchSpace):
 
 
 class _Pool(nn.Module):
-    """PiT pooling: depth-wise strided conv on the token map, linear on the class token."""
+    """PiT pooling: grouped strided conv on the token map (depth-wise when the width grows by
+    a whole factor; the published space lets a stage narrow too, so the groups are the widths'
+    common divisor), linear on the class token."""
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, 2, 1, groups=c_in)
+        self.conv = nn.Conv2d(c_in, c_out, 3, 2, 1, groups=math.gcd(c_in, c_out))
         self.fc = nn.Linear(c_in, c_out)
 
     def forward(self, fmap: Tensor, cls: Tensor) -> tuple[Tensor, Tensor]:
@@ -252,12 +255,16 @@ class PiTNet(FeatureNet):
 
 
 class PiTSpace(SearchSpace):
+    """The published PiT search space (as in the Auto-DAS/DisWOT experiments): base dim
+    {16, 24, 32, 40}, one MLP ratio {2, 4, 6, 8}, stage depths {1, 2, 3} / {4, 6, 8} /
+    {2, 4, 6}, heads {2, 4, 8} in every stage; stage width = base dim × heads."""
+
     name = "pit"
     input_shape = (3, 32, 32)
-    BASE = (24, 32, 40)
-    RATIO = (3.5, 4.0)
-    DEPTHS = ((1, 2, 3), (4, 5, 6), (2, 3, 4))
-    HEADS = ((1, 2), (2, 4), (4, 8))
+    BASE = (16, 24, 32, 40)
+    RATIO = (2.0, 4.0, 6.0, 8.0)
+    DEPTHS = ((1, 2, 3), (4, 6, 8), (2, 4, 6))
+    HEADS = ((2, 4, 8), (2, 4, 8), (2, 4, 8))
 
     def __init__(self, num_classes: int = 10) -> None:
         self.num_classes = num_classes
@@ -288,7 +295,8 @@ class PiTSpace(SearchSpace):
             yield _dump({"base_dim": b, "depths": list(d), "heads": list(h), "mlp_ratio": r})
 
     def size(self) -> int:
-        return len(self.BASE) * len(self.RATIO) * 27 * 8
+        return len(self.BASE) * len(self.RATIO) * math.prod(
+            len(c) for c in (*self.DEPTHS, *self.HEADS))
 
     def sample(self, rng: random.Random) -> str:
         return _dump({"base_dim": rng.choice(self.BASE), "mlp_ratio": rng.choice(self.RATIO),
