@@ -45,3 +45,32 @@ def test_main_job_runs_on_the_embedded_benchmark(tmp_path: Path,
     best = json.loads((run / "best_proxy.json").read_text())
     assert best["architectures"]["total"] == len(load_benchmark(BENCH).truth)
     assert "#params" in out and "FLOPS" in out
+
+
+SECOND_TEACHER = ROOT / "benchmarks" / "fmnist-wide"
+
+
+def test_second_teacher_benchmark_as_far_as_it_is_built() -> None:
+    """Benchmark 2: the same students and probe batch as benchmarks/fmnist, a wide-shallow
+    CNN teacher, KD runs only (CE shared). Checked as far as it is built: every finished run
+    is a valid record of this config, and a summary (when written) agrees with the runs."""
+    from gp_proxy.artifacts import BenchRun, TeacherRecord, load_artifact
+    from gp_proxy.bench import BenchConfig, shared_ce_source
+
+    cfg = BenchConfig.load(SECOND_TEACHER / "config.json")
+    assert cfg.teacher == "wide-cnn" and cfg.modes == ("kd",) and cfg.ce_from == "../fmnist"
+    assert shared_ce_source(SECOND_TEACHER, cfg) == BENCH.resolve()
+    teacher = load_artifact(SECOND_TEACHER / "teacher.json", TeacherRecord)
+    assert teacher.test_acc is not None and teacher.test_acc >= 0.89
+    mine, theirs = (load_tensors(f / "probe.safetensors") for f in (SECOND_TEACHER, BENCH))
+    assert all((mine[k] == theirs[k]).all() for k in ("images", "labels"))
+    space = cfg.student_space()
+    for p in (SECOND_TEACHER / "runs").glob("*.json"):
+        run = load_artifact(p, BenchRun)
+        assert run.mode == "kd" and run.seed in cfg.seeds
+        assert p.name == f"{space.validate(run.arch)}__kd__s{run.seed}.json"
+    if (SECOND_TEACHER / "ground_truth.csv").exists():
+        bench = load_benchmark(SECOND_TEACHER)
+        noise = read_json(SECOND_TEACHER / "noise.json")
+        assert noise["architectures"] == len(bench.truth)
+        assert noise["teacher_difference"]["architectures"] == len(bench.truth)
