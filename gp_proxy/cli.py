@@ -428,7 +428,8 @@ def resume(
 def inspect(
     run_dir: Annotated[Path, typer.Argument(help="run directory of a campaign")],
     top: Annotated[int, typer.Option(min=1, help="rows of the hall of fame to show")] = 10,
-    pictures: Annotated[bool, typer.Option(help="write evolution.png, scatter.png, tree.png")
+    pictures: Annotated[bool, typer.Option(help="write evolution.png, scatter.png, tree.png, "
+                                                "pareto.png")
                         ] = True,
 ) -> None:
     """Show the hall of fame (with LaTeX) and write pictures of the run."""
@@ -461,9 +462,18 @@ def inspect(
     if not pictures:
         return
     history = read_history(run_dir)
-    report.plot_evolution(history, run_dir / "evolution.png")
+    name = run_dir.resolve().name
+    report.plot_evolution(history, run_dir / "evolution.png",
+                          f"{name}: fitness and held-out τ by generation ({best['target']})")
     node = primitives.parse(best["formula"], None)
     report.plot_formula_tree(node, run_dir / "tree.png")
+    front = []
+    if (run_dir / "pareto.csv").exists():
+        with (run_dir / "pareto.csv").open() as fh:
+            front = list(csv.DictReader(fh))
+    if front:
+        report.plot_pareto(front, best["baselines"]["params"].get("test_tau"),
+                           run_dir / "pareto.png")
     cfg = load_config(run_dir / "config.yaml")
     bench = load_benchmark(cfg.benchmark, cfg.target)
     cache = bench.cache(cfg.cache_dir, cfg.teacher_init, cfg.init_seed, cfg.act_samples)
@@ -477,9 +487,9 @@ def inspect(
                  "#params": f"held-out τ={base['test_tau']:.3f} ρ={base['test_rho']:.3f}"}
         report.plot_scatter(best["sign"] * res.scores, bench.truth.y, bench.params,
                             np.asarray(splits["test"]), best["formula"], stats,
-                            run_dir / "scatter.png")
+                            run_dir / "scatter.png", target=f"{best['target']} (%)")
     _out.print(f"pictures: {run_dir / 'evolution.png'}, {run_dir / 'scatter.png'}, "
-               f"{run_dir / 'tree.png'}")
+               f"{run_dir / 'tree.png'}, {run_dir / 'pareto.png'}")
 
 
 @app.command("score")

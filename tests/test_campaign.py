@@ -427,3 +427,19 @@ def test_a_combined_best_formula_comes_with_its_calibration(bench: Path, tmp_pat
     assert kendall_tau(np.asarray(alone), want) > 0.99
     c._write_calibration(primitives.parse("sp_dist(k2)", c.cache.feature_kinds))
     assert not (c.run_dir / "calibration.json").exists()  # a per-model formula needs none
+
+
+def test_formula_tree_marks_families_and_sides(tmp_path: Path) -> None:
+    from gp_proxy import report
+
+    node = primitives.parse("rank_sub_w2(cosine(tanh(k2)),sum_layers(l1_norm(weight)))")
+    g = report.formula_graph(node)
+    by_label = {d["label"]: d for _, d in g.nodes(data=True)}
+    assert by_label["k2"]["side"] == "pair" and by_label["weight"]["side"] == "student"
+    assert by_label["cosine"]["family"] == "distance"
+    assert by_label["rank_sub_w2"]["family"] == "combine"
+    report.plot_formula_tree(node, tmp_path / "tree.png")
+    report.plot_pareto([{"complexity": "3", "test_tau": "0.7", "formula": "l1(k2)"}], 0.6,
+                       tmp_path / "pareto.png")
+    assert (tmp_path / "tree.png").stat().st_size > 5000
+    assert (tmp_path / "pareto.png").stat().st_size > 5000
