@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import hashlib
 import inspect
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,8 +125,9 @@ def _model_scores(bench: Benchmark, name: str, probe: Path | None = None) -> np.
     out = []
     for arch in bench.truth.archs:
         model = space.build(arch, seed=0)
-        torch.manual_seed(0)
-        out.append(zero_cost(name, model, x, y, teacher))
+        with torch.random.fork_rng():  # measures drawing from the global RNG start from 0,
+            torch.manual_seed(0)       # and the caller's RNG state is left as it was
+            out.append(zero_cost(name, model, x, y, teacher))
     return np.asarray(out, dtype=float)
 
 
@@ -311,6 +311,3 @@ def plot(rows: list[ProxyRow], path: Path) -> None:
     save_figure(fig, path)
     plt.close(fig)
 
-
-def dumps(rows: list[ProxyRow]) -> str:
-    return json.dumps(rows_to_json(rows), indent=1)

@@ -34,7 +34,7 @@ import contextlib
 import multiprocessing as mp
 import signal
 import weakref
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -65,15 +65,11 @@ from primitives.values import Value
 from .allocator import tune_allocator
 from .cache import CacheConfig, FeatureCache, load_cache, torch_threads
 
-__all__ = ["EVAL_THREADS", "STATUSES", "EvalResult", "Evaluator", "count_statuses"]
+__all__ = ["EVAL_THREADS", "EvalResult", "Evaluator"]
 
 #: torch threads of a CPU evaluation unless told otherwise (the development machine's count,
 #: on which every committed campaign ran)
 EVAL_THREADS = 2
-
-STATUSES = ("ok", "nan", "inf", "constant", "constant_part", "shape_error", "kind_error",
-            "parse_error", "runtime_error")
-
 
 @dataclass
 class EvalResult:
@@ -85,10 +81,6 @@ class EvalResult:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
-
-
-def count_statuses(results: Sequence[EvalResult]) -> dict[str, int]:
-    return dict(Counter(r.status for r in results))
 
 
 @dataclass
@@ -314,9 +306,6 @@ class Evaluator:
         if isinstance(exc, KindError):
             return "kind_error", str(exc)
         return "runtime_error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-    def evaluate_one(self, formula: str | Node) -> EvalResult:
-        return self.evaluate([formula])[0]
 
     def evaluate(self, formulas: Sequence[str | Node], keep_memo: bool = False
                  ) -> list[EvalResult]:
