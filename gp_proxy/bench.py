@@ -256,14 +256,17 @@ def _teacher(out: Path, cfg: BenchConfig, train: Split, test: Split, threads: in
         if not progress.console.is_terminal:
             progress.console.print(f"teacher epoch {epoch}/{cfg.teacher_epochs}: loss {loss:.4f}")
 
+    # checkpointed every epoch: a teacher takes an hour or more, a kill must not lose it
+    ckpt = out / "teacher.ckpt.safetensors"
     info = train_classifier(model, train.images[:n], train.labels[:n], cfg.teacher_recipe(),
-                            seed=0, on_epoch=on_epoch)
+                            seed=0, on_epoch=on_epoch, checkpoint=ckpt)
     acc = evaluate_accuracy(model, test.images, test.labels)
     save_tensors(wpath, model.state_dict())
     atomic_write_json(jpath, {"name": cfg.teacher, "test_acc": acc, "train_images": n,
                               "train_seconds": info["seconds"], "train_loss": info["train_loss"],
                               "params": count_params(model),
                               "flops": count_flops(model, cfg.input_shape())})
+    ckpt.unlink(missing_ok=True)
     return model
 
 

@@ -8,13 +8,19 @@ generator seeded by ``seed``, the model from :func:`seeded_init`, so a run is re
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from primitives.errors import GpProxyError
+
+from .io import load_tensors, save_tensors
 
 __all__ = ["Recipe", "Schedule", "cosine_lr", "evaluate_accuracy", "hinton_kd_loss",
            "predict_logits", "sgd", "train_classifier"]
@@ -93,13 +99,48 @@ def evaluate_accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float
     return float((logits.argmax(dim=1) == labels).float().mean().item())
 
 
+def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                     g: torch.Generator, epoch: int, step: int, seconds: float) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"opt.{k}": s["momentum_buffer"] for k, s in opt.state_dict()["state"].items()
+                    if s.get("momentum_buffer") is not None})
+    tensors["rng"] = g.get_state()
+    save_tensors(path, tensors, {"epoch": str(epoch), "step": str(step),
+                                 "seconds": repr(seconds)})
+
+
+def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                     g: torch.Generator) -> tuple[int, int, float]:
+    from safetensors import safe_open
+
+    tensors = load_tensors(path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    try:
+        epoch, step, seconds = int(meta["epoch"]), int(meta["step"]), float(meta["seconds"])
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state = opt.state_dict()
+        state["state"] = {int(k[4:]): {"momentum_buffer": v}
+                          for k, v in tensors.items() if k.startswith("opt.")}
+        opt.load_state_dict(state)
+        g.set_state(tensors["rng"])
+    except (KeyError, ValueError, RuntimeError):
+        raise GpProxyError(f"{path}: not a training checkpoint of this model; remove it to "
+                           "start over") from None
+    return epoch, step, seconds
+
+
 def train_classifier(model: nn.Module, images: Tensor, labels: Tensor, recipe: Recipe, seed: int,
                      teacher_logits: Tensor | None = None,
-                     on_epoch: Callable[[int, float], None] | None = None) -> dict[str, float]:
+                     on_epoch: Callable[[int, float], None] | None = None,
+                     checkpoint: str | os.PathLike[str] | None = None) -> dict[str, float]:
     """Train in place; KD when ``teacher_logits`` (aligned with ``images``) is given.
 
     Teacher logits are precomputed once (no augmentation), so KD costs the same as
-    cross-entropy. Returns the final epoch's mean training loss and the wall time.
+    cross-entropy. Returns the final epoch's mean training loss and the wall time. With
+    ``checkpoint`` (a file) the model, optimiser and data-order state are saved atomically
+    after every epoch and a killed training resumes there, ending with the same weights as an
+    uninterrupted one (long teacher trainings use it).
     """
     if recipe.augment and teacher_logits is not None:
         raise ValueError("precomputed teacher logits do not match augmented images")
@@ -109,10 +150,14 @@ def train_classifier(model: nn.Module, images: Tensor, labels: Tensor, recipe: R
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     total = recipe.epochs * steps_per_epoch
     step = 0
-    start = time.perf_counter()
+    first_epoch, before = 0, 0.0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        first_epoch, step, before = _load_checkpoint(ckpt, model, opt, g)
+    start = time.perf_counter() - before
     loss_sum = 0.0
     model.train()
-    for epoch in range(recipe.epochs):
+    for epoch in range(first_epoch, recipe.epochs):
         order = torch.randperm(n, generator=g)
         loss_sum, seen = 0.0, 0
         for i in range(0, n, recipe.batch_size):
@@ -135,6 +180,9 @@ def train_classifier(model: nn.Module, images: Tensor, labels: Tensor, recipe: R
             seen += len(idx)
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"training diverged at epoch {epoch + 1}")
+        if ckpt is not None:
+            _save_checkpoint(ckpt, model, opt, g, epoch + 1, step,
+                             time.perf_counter() - start)
         if on_epoch is not None:
             on_epoch(epoch + 1, loss_sum / seen)
     return {"train_loss": loss_sum / max(n, 1), "seconds": time.perf_counter() - start}

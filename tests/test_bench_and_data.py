@@ -199,3 +199,31 @@ def test_teacher_difference_statistics_by_hand() -> None:
     # cells 1,2 / 2,1: interaction SS = 3 reps * 4 * 0.5^2 = 3; error SS = 4 cells * 0.08
     assert res["df"] == [1, 8]
     assert res["F"] == pytest.approx((3.0 / 1) / (0.32 / 8))
+
+
+def test_a_killed_teacher_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """Teacher trainings checkpoint every epoch (model, optimiser, data-order RNG): stopped
+    after epoch 1 and resumed, the weights equal an uninterrupted training's, bit for bit."""
+    from gp_proxy.train import Recipe, train_classifier
+
+    data = _synthetic(96, 0)
+    recipe = Recipe(epochs=3, batch_size=32, augment=True)
+    space = get_space("fmnist-cnn")
+    full = space.build_teacher("wide-cnn", seed=0)
+    train_classifier(full, data.images, data.labels, recipe, seed=0)
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch: int, loss: float) -> None:
+        raise Stop
+
+    ckpt = tmp_path / "teacher.ckpt.safetensors"
+    part = space.build_teacher("wide-cnn", seed=0)
+    with pytest.raises(Stop):
+        train_classifier(part, data.images, data.labels, recipe, seed=0, on_epoch=stop,
+                         checkpoint=ckpt)
+    resumed = space.build_teacher("wide-cnn", seed=0)
+    train_classifier(resumed, data.images, data.labels, recipe, seed=0, checkpoint=ckpt)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
