@@ -398,9 +398,17 @@ class Campaign:
         ranked = sorted(self.population, key=self._order, reverse=True)
         n_elite = max(1, round(self.elite_ratio() * c.population))
         nxt = ranked[:n_elite]
-        seen = {self._key(t) for t in nxt}
+        self._fill_distinct(nxt, c.population, {self._key(t) for t in nxt})
+        self.evaluations += len(nxt) - n_elite
+        self._evaluate(nxt)
+        self.population = nxt
+
+    def _fill_distinct(self, out: list[gp.PrimitiveTree], size: int, seen: set[str]) -> None:
+        """Append tournament offspring to ``out`` until it holds ``size`` formulas none of
+        which is in ``seen`` or repeated (random newcomers once offspring keep repeating)."""
+        c = self.config
         attempts = 0
-        while len(nxt) < c.population:
+        while len(out) < size:
             attempts += 1
             child = (self._offspring([self._tournament(), self._tournament()])
                      if attempts < 20 * c.population else self._random())
@@ -408,10 +416,7 @@ class Campaign:
             if k in seen:
                 continue
             seen.add(k)
-            nxt.append(child)
-        self.evaluations += len(nxt) - n_elite
-        self._evaluate(nxt)
-        self.population = nxt
+            out.append(child)
 
     def _nsga2_generation(self) -> None:
         """NSGA-II survival (Deb et al. 2002, DEAP's selNSGA2): parents and offspring together,
@@ -433,18 +438,8 @@ class Campaign:
                     beyond if rec.fitness > FAILED and math.isfinite(beyond) else -2.0))
 
         c = self.config
-        seen = {self._key(t) for t in self.population}
         offspring: list[gp.PrimitiveTree] = []
-        attempts = 0
-        while len(offspring) < c.population:
-            attempts += 1
-            child = (self._offspring([self._tournament(), self._tournament()])
-                     if attempts < 20 * c.population else self._random())
-            k = self._key(child)
-            if k in seen:
-                continue
-            seen.add(k)
-            offspring.append(child)
+        self._fill_distinct(offspring, c.population, {self._key(t) for t in self.population})
         self.evaluations += len(offspring)
         self._evaluate(offspring)
         pool = sorted(self.population + offspring, key=self._order, reverse=True)
