@@ -753,7 +753,9 @@ def distill_cmd(
                         seed=seed)
     model = space.build(student, seed=seed)
     metrics = distill(model, teacher, train, test, cfg, out,
-                      on_epoch=lambda e, loss: _out.print(f"epoch {e}/{epochs}: loss {loss:.4f}"))
+                      on_epoch=lambda e, loss: _out.print(f"epoch {e}/{epochs}: loss {loss:.4f}",
+                                                          end=""),
+                      on_accuracy=lambda e, acc: _out.print(f", test accuracy {100 * acc:.2f} %"))
     _out.print(f"{student}: test accuracy {100 * metrics['test_acc']:.2f} % "
                f"({metrics['train_seconds']:.0f} s); run directory {out}")
 

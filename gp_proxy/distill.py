@@ -91,16 +91,18 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
 
 def distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split,
             cfg: DistillConfig, run_dir: str | os.PathLike[str],
-            on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+            on_epoch: Callable[[int, float], None] | None = None,
+            on_accuracy: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Distil ``student`` in place (resuming ``run_dir``'s checkpoint); returns the metrics.
     The run directory is locked while it is written (a second writer fails at once)."""
     run = Path(run_dir)
     with run_lock(run):
-        return _distill(student, teacher, train, test, cfg, run, on_epoch)
+        return _distill(student, teacher, train, test, cfg, run, on_epoch, on_accuracy)
 
 
 def _distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split,
-             cfg: DistillConfig, run: Path, on_epoch: Callable[[int, float], None] | None
+             cfg: DistillConfig, run: Path, on_epoch: Callable[[int, float], None] | None,
+             on_accuracy: Callable[[int, float], None] | None = None
              ) -> dict[str, Any]:
     cfg_json = asdict(cfg)
     if (run / "config.json").exists() and read_json(run / "config.json") != cfg_json:
@@ -167,6 +169,8 @@ def _distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split
              "seconds": seconds})})
         if on_epoch is not None:
             on_epoch(epoch + 1, history[-1])
+        if on_accuracy is not None:  # for the reader only: never used to select anything
+            on_accuracy(epoch + 1, evaluate_accuracy(student, test.images, test.labels))
     acc = evaluate_accuracy(student, test.images, test.labels)
     metrics = {"test_acc": acc, "train_loss": history, "train_seconds": seconds,
                "epochs": cfg.epochs, "losses": cfg.losses}

@@ -228,3 +228,19 @@ def test_committed_distillation_records_match_the_current_config() -> None:
     for path in records:
         saved = json.loads(path.read_text())
         assert saved == asdict(DistillConfig(epochs=saved["epochs"], seed=saved["seed"])), path
+
+
+def test_accuracy_per_epoch_is_reported_without_changing_the_training(tmp_path: Path) -> None:
+    space = get_space("fmnist-cnn")
+    train, test = _data(96, 0), _data(40, 1)
+    teacher = space.build_teacher(seed=0)
+    cfg = DistillConfig(epochs=2, batch_size=32)
+    plain = space.build("w8-d111-k3", seed=0)
+    distill(plain, teacher, train, test, cfg, tmp_path / "a")
+    seen: list[tuple[int, float]] = []
+    watched = space.build("w8-d111-k3", seed=0)
+    distill(watched, teacher, train, test, cfg, tmp_path / "b",
+            on_accuracy=lambda e, acc: seen.append((e, acc)))
+    assert [e for e, _ in seen] == [1, 2] and all(0 <= a <= 1 for _, a in seen)
+    for (k, a), b in zip(plain.state_dict().items(), watched.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
