@@ -21,6 +21,7 @@ from .benchmark import Benchmark
 from .data import Split
 from .distill import DistillConfig, distill
 from .io import atomic_write_json, atomic_write_text
+from .progress import progress
 from .proxy import Proxy, load_proxy
 from .search import baseline_scorer, formula_scorer, search
 
@@ -41,7 +42,10 @@ class PipelineConfig:
 
 
 def run_pipeline(proxy: Proxy, proxy_seconds: float, bench: Benchmark, train: Split,
-                 test: Split, cfg: PipelineConfig, out: Path) -> dict[str, Any]:
+                 test: Split, cfg: PipelineConfig, out: Path, quiet: bool = False
+                 ) -> dict[str, Any]:
+    """Search with each selector, distil each chosen student on every seed, report; each
+    stage reports its progress (a bar on a terminal, a line per unit in logs)."""
     space = bench.search_space()
     teacher = bench.trained_teacher()
     x, y = bench.probe()
@@ -52,12 +56,14 @@ def run_pipeline(proxy: Proxy, proxy_seconds: float, bench: Benchmark, train: Sp
         "DisWOT": baseline_scorer("diswot", space, bench.random_teacher(), x, y),
     }
     chosen: dict[str, dict[str, Any]] = {}
-    for name, scorer in selectors.items():
-        t0 = time.perf_counter()
-        top = search(space, scorer, cfg.strategy, cfg.iterations, max_params=cfg.max_params,
-                     max_flops=cfg.max_flops, seed=cfg.search_seed, top_k=1,
-                     candidates=cfg.among)
-        chosen[name] = {"arch": top[0].spec, "search_seconds": time.perf_counter() - t0}
+    with progress("pipeline: search", len(selectors), quiet) as advance:
+        for name, scorer in selectors.items():
+            t0 = time.perf_counter()
+            top = search(space, scorer, cfg.strategy, cfg.iterations,
+                         max_params=cfg.max_params, max_flops=cfg.max_flops,
+                         seed=cfg.search_seed, top_k=1, candidates=cfg.among)
+            chosen[name] = {"arch": top[0].spec, "search_seconds": time.perf_counter() - t0}
+            advance(info=f"{name}: {top[0].spec}")
     rng = random.Random(cfg.search_seed)
     among = set(cfg.among) if cfg.among is not None else None
     fits = [a for a in bench.truth.archs
@@ -72,12 +78,14 @@ def run_pipeline(proxy: Proxy, proxy_seconds: float, bench: Benchmark, train: Sp
     for name, info in chosen.items():
         arch = info["arch"]
         accs, secs = [], 0.0
-        for seed in cfg.seeds:
-            run = out / "distill" / f"{arch}__s{seed}"
-            m = distill(space.build(arch, seed=seed), teacher, train, test,
-                        DistillConfig(epochs=cfg.epochs, seed=seed), run)
-            accs.append(100 * m["test_acc"])
-            secs += m["train_seconds"]
+        with progress(f"pipeline: distil {name} ({arch})", len(cfg.seeds), quiet) as advance:
+            for seed in cfg.seeds:
+                run = out / "distill" / f"{arch}__s{seed}"
+                m = distill(space.build(arch, seed=seed), teacher, train, test,
+                            DistillConfig(epochs=cfg.epochs, seed=seed), run)
+                accs.append(100 * m["test_acc"])
+                secs += m["train_seconds"]
+                advance(info=f"seed {seed}: {accs[-1]:.2f} %")
         results[name] = {
             **info, "params": space.params(arch), "flops": space.flops(arch),
             "kd_acc_mean": statistics.fmean(accs),
