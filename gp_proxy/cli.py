@@ -628,7 +628,8 @@ def compare_cmd(
         w.writeheader()
         w.writerows(data)
         atomic_write_text(out / "compare.csv", buf.getvalue())
-        plot(rows, out / "compare.png")
+        plot(rows, out / "compare.png", f"{benchmark.name}: held-out τ ({target}, "
+                                        f"{len(splits.test)} architectures)")
         _out.print(f"wrote {out / 'compare.csv'} and {out / 'compare.png'}")
 
 

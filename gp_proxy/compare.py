@@ -292,20 +292,38 @@ def rows_to_json(rows: list[ProxyRow]) -> list[dict[str, Any]]:
     return [{"proxy": r.name, "kind": r.kind, **r.metrics, "note": r.note} for r in rows]
 
 
-def plot(rows: list[ProxyRow], path: Path) -> None:
+def plot(rows: list[ProxyRow], path: Path, title: str = "") -> None:
+    """Held-out τ of every proxy with its bootstrap interval; names wrapped, never cut;
+    #params as a reference line; a proxy that could not be evaluated shows "n/a"."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r.name[:40] for r in rows]
+    names = ["\n".join(textwrap.wrap(r.name, 48)) for r in rows]
     tau = [r.metrics.get("test_tau", float("nan")) for r in rows]
-    lo = [t - r.metrics.get("test_tau_lo", t) for t, r in zip(tau, rows, strict=True)]
-    hi = [r.metrics.get("test_tau_hi", t) - t for t, r in zip(tau, rows, strict=True)]
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.5))
-    ax.barh(names, tau, xerr=[lo, hi], color=["#888" if r.kind == "size" else "#4a7"
-                                              for r in rows])
+    ok = [math.isfinite(t) for t in tau]
+    lo = [t - r.metrics.get("test_tau_lo", t) if k else 0.0
+          for t, r, k in zip(tau, rows, ok, strict=True)]
+    hi = [r.metrics.get("test_tau_hi", t) - t if k else 0.0
+          for t, r, k in zip(tau, rows, ok, strict=True)]
+    lines = sum(n.count("\n") + 1 for n in names)
+    fig, ax = plt.subplots(figsize=(9, 0.3 * lines + 0.25 * len(rows) + 1.6))
+    colours = {"size": "#888888", "fitted": "#b58900"}
+    ax.barh(names, [t if k else 0.0 for t, k in zip(tau, ok, strict=True)], xerr=[lo, hi],
+            color=[colours.get(r.kind, "#4a7") for r in rows])
+    for i, k in enumerate(ok):
+        if not k:
+            ax.text(0.01, i, "n/a (not evaluated)", va="center", fontsize=8, color="#c0392b")
+    params = next((r.metrics.get("test_tau") for r in rows if r.name == "#params"), None)
+    if params is not None and math.isfinite(params):
+        ax.axvline(params, color="#555555", ls="--", lw=1, label="#params")
+        ax.legend(fontsize=8, loc="lower right")
     ax.set_xlabel("held-out Kendall τ (95 % bootstrap interval)")
+    ax.set_title(title or "proxies on the same held-out architectures", fontsize=10)
+    ax.tick_params(axis="y", labelsize=7)
     ax.invert_yaxis()
     fig.tight_layout()
     save_figure(fig, path)
