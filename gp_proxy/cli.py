@@ -492,6 +492,29 @@ def inspect(
                f"{run_dir / 'tree.png'}, {run_dir / 'pareto.png'}")
 
 
+@app.command("export")
+def export_run(
+    run: Annotated[Path, typer.Argument(help="run directory (or its best_proxy.json)")],
+    to: Annotated[str, typer.Option("--to", help="torch: a self-contained module scoring one "
+                                                 "student, torch its only dependency; sympy: "
+                                                 "the formula as mathematics with every "
+                                                 "tensor op defined; latex: the same typeset")
+                  ] = "torch",
+    out: Annotated[Path | None, typer.Option("--out", help="write here instead of printing")
+                   ] = None,
+) -> None:
+    """Export a run's best proxy as PyTorch code, sympy or LaTeX."""
+    from .export import export
+    from .io import atomic_write_text
+
+    text = export(run, to)
+    if out is None:
+        _out.print(text, markup=False, highlight=False, end="")
+        return
+    atomic_write_text(out, text)
+    _out.print(f"wrote {out}")
+
+
 @app.command("score")
 def score(
     formula: Annotated[str, typer.Argument(

@@ -19,15 +19,20 @@ from .formula import Node
 from .registry import apply, get
 from .values import Value
 
-__all__ = ["evaluate", "node_generator"]
+__all__ = ["evaluate", "node_generator", "node_seed"]
+
+
+def node_seed(seed: int, subtree: str) -> int:
+    """The seed of the stochastic node printing as ``subtree`` (a 63-bit hash of both)."""
+    digest = hashlib.blake2b(f"{seed}:{subtree}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def node_generator(seed: int, subtree: str, device: torch.device | str = "cpu"
                    ) -> torch.Generator:
     """The generator of the stochastic node printing as ``subtree``, for seed ``seed``."""
-    digest = hashlib.blake2b(f"{seed}:{subtree}".encode(), digest_size=8).digest()
     g = torch.Generator(device=device)
-    g.manual_seed(int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF)
+    g.manual_seed(node_seed(seed, subtree))
     return g
 
 

@@ -222,9 +222,16 @@ def test_calibrated_rank_places_values_between_neighbours() -> None:
     over, against = NORMALISERS["rank01"]
     ref = torch.tensor([1.0, 2.0, 2.0, 4.0, 8.0], dtype=torch.float64)
     assert torch.equal(against(ref, ref), over(ref))  # members: their own ranks
-    got = against(ref, torch.tensor([3.0, 6.0, 0.0, 9.0, 2.0], dtype=torch.float64)) * 4
-    # 3 between 2 (ranks 1,2) and 4 (rank 3): from rank 2 half-way to 3; 6 between ranks 3, 4
-    assert got.tolist() == [2.5, 3.5, -0.5, 4.5, 1.5]
+    got = against(ref, torch.tensor([3.0, 6.0, 0.0, 9.0, 2.0, 0.75, 10.0],
+                                    dtype=torch.float64)) * 4
+    # 3 between 2 (ranks 1,2) and 4 (rank 3): from rank 2 half-way to 3; 6 between ranks 3, 4;
+    # outside the range the end gap extrapolated (1 -> 2 below, 4 -> 8 above), at most half a
+    # step: 0 -> -0.5 (capped), 0.75 -> -0.25, 9 -> 4.25, 10 -> 4.5 (capped)
+    assert got.tolist() == [2.5, 3.5, -0.5, 4.25, 1.5, -0.25, 4.5]
+    # continuous at the ends: a rounding below the smallest member moves its rank by as little
+    eps = torch.tensor([1.0 - 1e-9, 8.0 + 1e-9], dtype=torch.float64)
+    assert torch.allclose(against(ref, eps), torch.tensor([0.0, 1.0], dtype=torch.float64),
+                          atol=1e-8)
     assert torch.isnan(against(ref, torch.tensor([float("nan")]))).all()
 
 
