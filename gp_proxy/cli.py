@@ -737,6 +737,9 @@ def distill_cmd(
                                              "ickd, dkd, formula")] = "kd=0.9",
     formula: Annotated[str | None, typer.Option(help="formula (or run dir) for the 'formula' "
                                                      "loss")] = None,
+    distiller: Annotated[str | None, typer.Option(
+        help="a searched distiller (its string, or a distiller-search directory), used as "
+             "the 'distiller' loss (added with weight 1 unless --losses names it)")] = None,
     ce_weight: Annotated[float, typer.Option(help="weight of cross-entropy")] = 0.1,
     epochs: Annotated[int, typer.Option(min=1, help="epochs")] = 10,
     train_size: Annotated[int, typer.Option(min=1, help="training images (the benchmark's subset)")
@@ -766,6 +769,19 @@ def distill_cmd(
         formula = read_best(formula)[0]
     if "formula" in weights and not formula:
         raise GpProxyError("--losses: the 'formula' loss needs --formula")
+    if distiller is not None:
+        from .distiller import Distiller
+
+        if Path(distiller).is_dir():
+            best = Path(distiller) / "best.json"
+            if not best.is_file():
+                raise GpProxyError(f"--distiller {distiller}: no best.json (not a finished "
+                                   "distiller search)")
+            distiller = str(json.loads(best.read_text())["best"])
+        distiller = str(Distiller.parse(distiller))
+        weights.setdefault("distiller", 1.0)
+    if "distiller" in weights and not distiller:
+        raise GpProxyError("--losses: the 'distiller' loss needs --distiller")
     bench = load_benchmark(benchmark)
     space = bench.search_space()
     student = space.validate(student)  # arguments first, then the dataset
@@ -774,7 +790,7 @@ def distill_cmd(
     if train_size < len(train):
         train = Split(train.images[:train_size], train.labels[:train_size])
     cfg = DistillConfig(epochs=epochs, ce_weight=ce_weight, losses=weights, formula=formula,
-                        seed=seed)
+                        seed=seed, distiller=distiller)
     model = space.build(student, seed=seed)
     metrics = distill(model, teacher, train, test, cfg, out,
                       on_epoch=lambda e, loss: _out.print(f"epoch {e}/{epochs}: loss {loss:.4f}",
@@ -782,6 +798,52 @@ def distill_cmd(
                       on_accuracy=lambda e, acc: _out.print(f", test accuracy {100 * acc:.2f} %"))
     _out.print(f"{student}: test accuracy {100 * metrics['test_acc']:.2f} % "
                f"({metrics['train_seconds']:.0f} s); run directory {out}")
+
+
+@app.command("distiller-search")
+def distiller_search(
+    student: Annotated[str, typer.Option(help="student spec of the benchmark's space")],
+    out: Annotated[Path, typer.Option(help="search directory (resumes what it holds)")],
+    benchmark: Annotated[Path, typer.Option(help="benchmark folder: space and teacher")
+                         ] = Path("benchmarks/fmnist"),
+    data: Annotated[Path | None, typer.Option(help="dataset folder (Fashion-MNIST IDX files)")
+                    ] = None,
+    algorithm: Annotated[str, typer.Option(help="mcts, random or gp (a DEAP GA)")] = "mcts",
+    budget: Annotated[int, typer.Option(min=1, help="proxy trainings")] = 32,
+    epochs: Annotated[int, typer.Option(min=1, help="epochs of a proxy training")] = 3,
+    train_size: Annotated[int, typer.Option(min=1, help="images a proxy training uses")] = 3000,
+    val_size: Annotated[int, typer.Option(min=1, help="images of the rest of the training "
+                                                      "subset it is scored on")] = 1000,
+    exploration: Annotated[float, typer.Option(min=0.0, help="the UCT constant c")] = 0.7,
+    batch: Annotated[int, typer.Option(min=1, help="proxy trainings per round")] = 2,
+    workers: Annotated[int, typer.Option(min=1, help="processes for a round's trainings")] = 1,
+    seed: Annotated[int, typer.Option(min=0, help="seed of the search and the trainings")] = 0,
+) -> None:
+    """Search the distiller for one student (Auto-KD): MCTS, random search or a GA, every
+    candidate scored by a short distillation on a validation split of the training data."""
+    from .autokd import SearchConfig, run_search
+    from .benchmark import load_benchmark
+
+    bench = load_benchmark(benchmark)
+    student = bench.search_space().validate(student)
+    cfg = SearchConfig(algorithm=algorithm, budget=budget, epochs=epochs, train_size=train_size,
+                       val_size=val_size, exploration=exploration, batch=batch, seed=seed)
+    from .progress import progress
+
+    with progress(f"{algorithm} distiller search", budget) as advance:
+        seen = [0]
+
+        def report(n: int, total: int, best: str) -> None:
+            advance(n - seen[0], f"best {best}")
+            seen[0] = n
+
+        record = run_search(str(benchmark), student, cfg, out,
+                            data=str(data) if data is not None else None, workers=workers,
+                            progress=report)
+    _out.print(f"best distiller {record['best']}: validation accuracy "
+               f"{100 * record['reward']:.2f} % after {record['evaluated']} proxy trainings "
+               f"({record['proxy_seconds']:.0f} s); {out}/best.json", markup=False,
+               highlight=False)
 
 
 @app.command("pipeline")

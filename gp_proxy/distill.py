@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,15 @@ class DistillConfig(Schedule):
     temperature: float = 4.0
     formula: str | None = None
     seed: int = 0
+    distiller: str | None = None  # the 'distiller' loss's spec (gp_proxy.distiller)
+
+    #: fields added after runs were committed: recorded only when set, so the config.json of
+    #: an existing run still reads as the same settings (and resumes)
+    LATER: ClassVar[tuple[str, ...]] = ("distiller",)
+
+    def record(self) -> dict[str, Any]:
+        """What ``config.json`` holds: the settings a run resumes only under."""
+        return {k: v for k, v in asdict(self).items() if not (k in self.LATER and v is None)}
 
 
 def _shapes(student: FeatureNet, teacher: FeatureNet, x: torch.Tensor
@@ -92,19 +101,23 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
 def distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split,
             cfg: DistillConfig, run_dir: str | os.PathLike[str],
             on_epoch: Callable[[int, float], None] | None = None,
-            on_accuracy: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+            on_accuracy: Callable[[int, float], None] | None = None,
+            teacher_features: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Distil ``student`` in place (resuming ``run_dir``'s checkpoint); returns the metrics.
-    The run directory is locked while it is written (a second writer fails at once)."""
+    The run directory is locked while it is written (a second writer fails at once).
+    ``teacher_features``: the teacher's features of every training image, computed once
+    (the recipe has no augmentation), so no teacher forward runs per step."""
     run = Path(run_dir)
     with run_lock(run):
-        return _distill(student, teacher, train, test, cfg, run, on_epoch, on_accuracy)
+        return _distill(student, teacher, train, test, cfg, run, on_epoch, on_accuracy,
+                        teacher_features)
 
 
 def _distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split,
              cfg: DistillConfig, run: Path, on_epoch: Callable[[int, float], None] | None,
-             on_accuracy: Callable[[int, float], None] | None = None
-             ) -> dict[str, Any]:
-    cfg_json = asdict(cfg)
+             on_accuracy: Callable[[int, float], None] | None = None,
+             teacher_features: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    cfg_json = cfg.record()
     if (run / "config.json").exists() and read_json(run / "config.json") != cfg_json:
         raise GpProxyError(f"{run}: holds a distillation with other settings")
     atomic_write_json(run / "config.json", cfg_json)
@@ -144,8 +157,11 @@ def _distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split
             cosine_lr(opt, cfg.lr, step, total)
             idx = order[i:i + cfg.batch_size]
             x, y = train.images[idx], train.labels[idx]
-            with torch.no_grad():
-                ft = teacher.features(x)
+            if teacher_features is not None:
+                ft = {k: v[idx] for k, v in teacher_features.items()}
+            else:
+                with torch.no_grad():
+                    ft = teacher.features(x)
             fs = student.features(x)
             loss = cfg.ce_weight * F.cross_entropy(fs["k3"], y)
             for name, module in losses.items():

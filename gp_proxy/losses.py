@@ -219,8 +219,11 @@ class FormulaLoss(nn.Module):
 
 
 def _builtins() -> None:
+    from .distiller import DistillerLoss
+
     for name, cls in (("kd", KD), ("fitnet", FitNet), ("at", AT), ("sp", SP), ("rkd", RKD),
-                      ("pkt", PKT), ("ickd", ICKD), ("dkd", DKD), ("formula", FormulaLoss)):
+                      ("pkt", PKT), ("ickd", ICKD), ("dkd", DKD), ("formula", FormulaLoss),
+                      ("distiller", DistillerLoss)):
         LOSSES.register(name, cls)
 
 

@@ -64,12 +64,15 @@ class Op:
     #: op(x, x) is exactly +0 for every layer when x is finite (a distance of a value with
     #: itself): evaluators may skip computing it
     zero_on_equal: bool = False
-    #: a cross-architecture combiner: the name of the normaliser it applies to each part over
-    #: the architectures (a key of ``primitives.instinct.NORMALISERS``) and each part's sign;
-    #: what lets a combined formula score one model against a stored reference population
     #: the smallest map side (height and width) the op's input must have (a patch size):
     #: generators leave the op out for features smaller than that
     min_map: int = 0
+    #: a distance over softmax distributions at this temperature (KL, CWD): what a distiller
+    #: search reads to offer one distance family at the temperatures it chooses
+    temperature: float = 0.0
+    #: a cross-architecture combiner: the name of the normaliser it applies to each part over
+    #: the architectures (a key of ``primitives.instinct.NORMALISERS``) and each part's sign;
+    #: what lets a combined formula score one model against a stored reference population
     normaliser: str = ""
     part_signs: tuple[float, ...] = ()
     latex: str = ""

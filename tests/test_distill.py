@@ -220,14 +220,12 @@ def test_committed_distillation_records_match_the_current_config() -> None:
     """A distillation resumes only if its config.json equals the settings asked for: every
     committed pipeline run must still read as the DistillConfig the pipeline builds (so a
     change of the config's fields or defaults cannot silently orphan them)."""
-    from dataclasses import asdict
-
     root = Path(__file__).resolve().parents[1] / "results"
     records = sorted(root.glob("*/distill/*/config.json"))
     assert len(records) >= 20
     for path in records:
         saved = json.loads(path.read_text())
-        assert saved == asdict(DistillConfig(epochs=saved["epochs"], seed=saved["seed"])), path
+        assert saved == DistillConfig(epochs=saved["epochs"], seed=saved["seed"]).record(), path
 
 
 def test_accuracy_per_epoch_is_reported_without_changing_the_training(tmp_path: Path) -> None:
