@@ -846,6 +846,57 @@ def distiller_search(
                highlight=False)
 
 
+@app.command("distiller-compare")
+def distiller_compare(
+    out: Annotated[Path, typer.Option(help="results directory (resumes what it holds)")],
+    benchmark: Annotated[Path, typer.Option(help="benchmark folder")] = Path("benchmarks/fmnist"),
+    students: Annotated[str, typer.Option(help="comma-separated student specs")
+                        ] = "w8-d111-k3,w12-d212-k5,w16-d333-k3",
+    data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
+    budget: Annotated[int, typer.Option(min=1, help="proxy trainings per search")] = 24,
+    top: Annotated[int, typer.Option(min=1, help="distillers of each search trained fully")] = 2,
+    seeds: Annotated[str, typer.Option(help="seeds of the full trainings")] = "0,1,2",
+    epochs: Annotated[int, typer.Option(min=1, help="epochs of a full training")] = 10,
+    proxy_epochs: Annotated[int, typer.Option(min=1, help="epochs of a proxy training")] = 3,
+    workers: Annotated[int, typer.Option(min=1, help="processes")] = 2,
+) -> None:
+    """Searched distillers (MCTS, random, GA) against KD, FitNet, AT, SP, RKD, PKT, ICKD, DKD
+    and CE at the full recipe over seeds; writes report.json and report.md."""
+    from .autokd import SearchConfig
+    from .benchmark import load_benchmark
+    from .kdcompare import CompareConfig, compare_distillers
+    from .progress import progress
+
+    space = load_benchmark(benchmark).search_space()
+    specs = tuple(space.validate(x.strip()) for x in students.split(",") if x.strip())
+    try:
+        seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
+    except ValueError:
+        raise GpProxyError(f"--seeds {seeds!r}: not comma-separated integers") from None
+    cfg = CompareConfig(benchmark=str(benchmark), students=specs,
+                        search=SearchConfig(budget=budget, epochs=proxy_epochs), top=top,
+                        seeds=seed_list, epochs=epochs, workers=workers,
+                        data=str(data) if data is not None else None)
+    from contextlib import ExitStack
+
+    bars: dict[str, list[Any]] = {}  # label -> [advance, units reported]
+    with ExitStack() as stack:
+        def report(label: str, n: int, total: int) -> None:
+            if label not in bars:
+                bars[label] = [stack.enter_context(progress(label, total)), 0]
+            bars[label][0](n - bars[label][1])
+            bars[label][1] = n
+
+        result = compare_distillers(cfg, out, progress=report)
+    for student, r in result["students"].items():
+        _out.print(f"{student}: best searched {r['best_searched']} "
+                   f"{r['rows'][r['best_searched']]['mean']:.2f} %, best hand-designed "
+                   f"{r['best_hand_designed']} {r['rows'][r['best_hand_designed']]['mean']:.2f} % "
+                   f"(p {r['welch_p']:.2f}); proxy vs full Spearman "
+                   f"{r['proxy_vs_full']['spearman']:.2f}", markup=False, highlight=False)
+    _out.print(f"wrote {out}/report.md")
+
+
 @app.command("pipeline")
 def pipeline_cmd(
     out: Annotated[Path, typer.Option(help="report folder")],

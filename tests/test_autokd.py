@@ -238,3 +238,32 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["distill", "--student", "w8-d111-k3", "--out", str(tmp_path / "d"),
                  "--benchmark", str(bench), "--distiller", str(tmp_path)]) == 2
     assert "best.json" in capsys.readouterr().err
+
+
+def test_comparison_runs_end_to_end_and_resumes(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The full-budget comparison on a tiny benchmark and fake data: every candidate trained
+    over the seeds, proxy rewards for all, the correlation and the Welch test reported; run
+    again, it trains nothing (every training is on disk)."""
+    from gp_proxy.kdcompare import HAND_DESIGNED, CompareConfig, compare_distillers
+
+    from .test_bench_and_data import _fake_fmnist
+
+    data = tmp_path / "idx"
+    data.mkdir()
+    _fake_fmnist(data, 60, gz=True)
+    bench = make_tiny_benchmark(tmp_path / "bench", n_archs=4)
+    cfg = CompareConfig(benchmark=str(bench), students=("w8-d111-k3",),
+                        search=SearchConfig(budget=3, epochs=1, train_size=24, val_size=12),
+                        top=1, seeds=(0, 1), epochs=1, train_size=36, workers=1, data=str(data),
+                        exploration_check=(1.4,))
+    report = compare_distillers(cfg, tmp_path / "out")
+    r = report["students"]["w8-d111-k3"]
+    assert set(HAND_DESIGNED) | {"mcts #1", "random #1", "gp #1"} == set(r["rows"])
+    assert all(len(row["per_seed"]) == 2 and row["proxy_reward"] is not None
+               for row in r["rows"].values())
+    assert r["proxy_vs_full"]["n"] == len(r["rows"])
+    assert set(report["exploration_check"]["by_c"]) == {"0.7", "1.4"}
+    assert "Spearman" in (tmp_path / "out" / "report.md").read_text()
+    again = compare_distillers(cfg, tmp_path / "out")
+    assert again["students"] == report["students"]
