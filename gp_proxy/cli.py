@@ -740,6 +740,12 @@ def distill_cmd(
     distiller: Annotated[str | None, typer.Option(
         help="a searched distiller (its string, or a distiller-search directory), used as "
              "the 'distiller' loss (added with weight 1 unless --losses names it)")] = None,
+    process: Annotated[Path | None, typer.Option(
+        help="a DistPro process.json (or its search directory), used as the 'distpro' loss "
+             "(added with weight 1 unless --losses names it)")] = None,
+    process_mode: Annotated[str, typer.Option(help="learned (the process interpolated to "
+                                                   "this run), final (α_T held) or equal")
+                            ] = "learned",
     ce_weight: Annotated[float, typer.Option(help="weight of cross-entropy")] = 0.1,
     epochs: Annotated[int, typer.Option(min=1, help="epochs")] = 10,
     train_size: Annotated[int, typer.Option(min=1, help="training images (the benchmark's subset)")
@@ -782,6 +788,18 @@ def distill_cmd(
         weights.setdefault("distiller", 1.0)
     if "distiller" in weights and not distiller:
         raise GpProxyError("--losses: the 'distiller' loss needs --distiller")
+    process_file: str | None = None
+    if process is not None:
+        from .distpro import MODES, Process
+
+        path = process / "process.json" if process.is_dir() else process
+        Process.load(path)  # a bad file is one line now, not after the data loads
+        if process_mode not in MODES:
+            raise GpProxyError(f"--process-mode {process_mode}: choose one of {', '.join(MODES)}")
+        process_file = str(path)
+        weights.setdefault("distpro", 1.0)
+    if "distpro" in weights and not process_file:
+        raise GpProxyError("--losses: the 'distpro' loss needs --process")
     bench = load_benchmark(benchmark)
     space = bench.search_space()
     student = space.validate(student)  # arguments first, then the dataset
@@ -790,7 +808,8 @@ def distill_cmd(
     if train_size < len(train):
         train = Split(train.images[:train_size], train.labels[:train_size])
     cfg = DistillConfig(epochs=epochs, ce_weight=ce_weight, losses=weights, formula=formula,
-                        seed=seed, distiller=distiller)
+                        seed=seed, distiller=distiller, process=process_file,
+                        process_mode=process_mode)
     model = space.build(student, seed=seed)
     metrics = distill(model, teacher, train, test, cfg, out,
                       on_epoch=lambda e, loss: _out.print(f"epoch {e}/{epochs}: loss {loss:.4f}",
@@ -846,6 +865,54 @@ def distiller_search(
                highlight=False)
 
 
+@app.command("distpro-search")
+def distpro_search(
+    student: Annotated[str, typer.Option(help="student spec of the benchmark's space")],
+    out: Annotated[Path, typer.Option(help="search directory (resumes what it holds)")],
+    benchmark: Annotated[Path, typer.Option(help="benchmark folder")] = Path("benchmarks/fmnist"),
+    data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="search epochs (T_search)")] = 4,
+    distance: Annotated[str, typer.Option(help="l2, l1 or hcl (ReviewKD)")] = "hcl",
+    alpha_lr: Annotated[float, typer.Option(help="Adam learning rate of α̃")] = 0.05,
+    train_size: Annotated[int, typer.Option(min=2, help="training images (the benchmark's "
+                                                        "subset; 20% become the validation "
+                                                        "split)")] = 5000,
+    seed: Annotated[int, typer.Option(min=0, help="seed")] = 0,
+) -> None:
+    """Learn a DistPro distillation process (the search phase) and plot it."""
+    from . import report
+    from .benchmark import load_benchmark
+    from .distpro import SearchSettings, search_process
+    from .progress import progress
+    from .train import Schedule
+
+    bench = load_benchmark(benchmark)
+    space = bench.search_space()
+    student = space.validate(student)
+    teacher = bench.trained_teacher()
+    train, _ = bench.load_data(data)
+    x, y = train.images[:train_size], train.labels[:train_size]
+    import torch
+
+    with torch.no_grad():
+        feats = [teacher.features(x[i:i + 500]) for i in range(0, len(x), 500)]
+    t_feats = {k: torch.cat([f[k] for f in feats]) for k in feats[0]}
+    settings = SearchSettings(epochs=epochs, distance=distance, alpha_lr=alpha_lr, seed=seed)
+    with progress("DistPro search", epochs) as advance:
+        proc = search_process(space.build(student, seed=seed), t_feats, x, y, Schedule(),
+                              settings, out,
+                              on_epoch=lambda e, loss: advance(1, f"loss {loss:.3f}"))
+    report.plot_process(proc.pathways, proc.alpha, proc.raw, out / "process.png",
+                        int(proc.settings["steps_per_epoch"]),
+                        f"DistPro process: {student} from the {bench.teacher} teacher")
+    final = proc.alpha[-1]
+    top = sorted(range(len(final)), key=lambda i: -final[i])[:3]
+    strongest = ", ".join(f"{proc.pathways[i]} {final[i]:.3f}" for i in top)
+    _out.print(f"process of {proc.steps} steps ({proc.settings['search_seconds']:.0f} s): "
+               f"strongest at the end {strongest}; {out}/process.json, {out}/process.png",
+               markup=False, highlight=False)
+
+
 @app.command("distiller-compare")
 def distiller_compare(
     out: Annotated[Path, typer.Option(help="results directory (resumes what it holds)")],
@@ -894,6 +961,49 @@ def distiller_compare(
                    f"{r['best_hand_designed']} {r['rows'][r['best_hand_designed']]['mean']:.2f} % "
                    f"(p {r['welch_p']:.2f}); proxy vs full Spearman "
                    f"{r['proxy_vs_full']['spearman']:.2f}", markup=False, highlight=False)
+    _out.print(f"wrote {out}/report.md")
+
+
+@app.command("distpro-compare")
+def distpro_compare(
+    out: Annotated[Path, typer.Option(help="results directory (resumes what it holds)")],
+    benchmark: Annotated[Path, typer.Option(help="benchmark folder")] = Path("benchmarks/fmnist"),
+    students: Annotated[str, typer.Option(help="comma-separated student specs")
+                        ] = "w8-d111-k3,w12-d212-k5,w16-d333-k3",
+    data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
+    search_epochs: Annotated[int, typer.Option(min=1, help="epochs of the search phase")] = 3,
+    seeds: Annotated[str, typer.Option(help="seeds of the trainings")] = "0,1,2",
+    epochs: Annotated[int, typer.Option(min=1, help="epochs of the full recipe")] = 10,
+    short_epochs: Annotated[int, typer.Option(min=1, help="epochs of the shortened recipe")
+                            ] = 5,
+    autokd: Annotated[Path | None, typer.Option(help="an Auto-KD comparison folder: its best "
+                                                     "distiller per student joins")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="processes")] = 2,
+) -> None:
+    """DistPro against CE and KD: equal weights, α_T held, the learned process, at the full
+    and a shortened recipe over seeds; writes report.json, report.md and process pictures."""
+    from .benchmark import load_benchmark
+    from .kdcompare import DistProCompareConfig, compare_distpro
+
+    space = load_benchmark(benchmark).search_space()
+    specs = tuple(space.validate(x.strip()) for x in students.split(",") if x.strip())
+    try:
+        seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
+    except ValueError:
+        raise GpProxyError(f"--seeds {seeds!r}: not comma-separated integers") from None
+    if autokd is not None and not (autokd / "report.json").is_file():
+        raise GpProxyError(f"--autokd {autokd}: no report.json (run distiller-compare first)")
+    cfg = DistProCompareConfig(benchmark=str(benchmark), students=specs,
+                               search_epochs=search_epochs, seeds=seed_list, epochs=epochs,
+                               short_epochs=short_epochs, workers=workers,
+                               data=str(data) if data is not None else None,
+                               autokd=str(autokd) if autokd is not None else None)
+    result = compare_distpro(cfg, out)
+    for student, r in result["students"].items():
+        learned = r["rows"][f"DistPro learned @{epochs}"]
+        kd = r["rows"][f"KD @{epochs}"]
+        _out.print(f"{student}: learned process {learned['mean']:.2f} ± {learned['std']:.2f} %, "
+                   f"KD {kd['mean']:.2f} ± {kd['std']:.2f} %", markup=False, highlight=False)
     _out.print(f"wrote {out}/report.md")
 
 

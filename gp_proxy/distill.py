@@ -41,14 +41,18 @@ class DistillConfig(Schedule):
     formula: str | None = None
     seed: int = 0
     distiller: str | None = None  # the 'distiller' loss's spec (gp_proxy.distiller)
+    process: str | None = None  # the 'distpro' loss's process file (gp_proxy.distpro)
+    process_mode: str = "learned"  # learned, final or equal
 
-    #: fields added after runs were committed: recorded only when set, so the config.json of
-    #: an existing run still reads as the same settings (and resumes)
-    LATER: ClassVar[tuple[str, ...]] = ("distiller",)
+    #: fields added after runs were committed: recorded only when not at their default, so
+    #: the config.json of an existing run still reads as the same settings (and resumes)
+    LATER: ClassVar[tuple[str, ...]] = ("distiller", "process", "process_mode")
 
     def record(self) -> dict[str, Any]:
         """What ``config.json`` holds: the settings a run resumes only under."""
-        return {k: v for k, v in asdict(self).items() if not (k in self.LATER and v is None)}
+        defaults = DistillConfig()
+        return {k: v for k, v in asdict(self).items()
+                if not (k in self.LATER and v == getattr(defaults, k))}
 
 
 def _shapes(student: FeatureNet, teacher: FeatureNet, x: torch.Tensor
@@ -126,6 +130,11 @@ def _distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split
     with torch.random.fork_rng():  # regressors (FitNet, ICKD) start from the run's seed alone
         torch.manual_seed(cfg.seed)
         _build_losses(losses, cfg, shapes)
+    n_steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+    for module in losses.values():  # a loss that follows a schedule learns the run's length
+        set_total = getattr(module, "set_total_steps", None)
+        if callable(set_total):
+            set_total(n_steps)
     params = list(student.parameters()) + list(losses.parameters())
     opt = cfg.optimizer(params)
     g = torch.Generator().manual_seed(cfg.seed)

@@ -37,7 +37,8 @@ from primitives.errors import GpProxyError
 from .autokd import ALGORITHMS, SearchConfig, run_search
 from .io import atomic_write_json, atomic_write_text
 
-__all__ = ["HAND_DESIGNED", "CompareConfig", "compare_distillers"]
+__all__ = ["HAND_DESIGNED", "CompareConfig", "DistProCompareConfig", "compare_distillers",
+           "compare_distpro"]
 
 #: name -> (cross-entropy weight, losses)
 HAND_DESIGNED: dict[str, tuple[float, dict[str, float]]] = {
@@ -84,6 +85,8 @@ class _Job:
     train_size: int  # first images of the training subset trained on
     eval_slice: tuple[int, int] | None  # (start, stop) of the training subset; None: test
     run: str
+    process: str | None = None
+    process_mode: str = "learned"
 
 
 _CTX: dict[str, Any] = {}
@@ -122,7 +125,8 @@ def _train(job: _Job) -> dict[str, Any]:
         a, b = job.eval_slice
         evaluation = Split(ctx["train"].images[a:b], ctx["train"].labels[a:b])
     cfg = DistillConfig(epochs=job.epochs, ce_weight=job.ce_weight, losses=dict(job.losses),
-                        distiller=job.distiller, seed=job.seed)
+                        distiller=job.distiller, seed=job.seed, process=job.process,
+                        process_mode=job.process_mode)
     t0 = time.process_time()
     try:
         metrics = distill(ctx["space"].build(job.student, seed=job.seed), ctx["teacher"], train,
@@ -299,3 +303,150 @@ def load_report(folder: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise GpProxyError(f"{folder}: no report.json")
     return dict(json.loads(path.read_text()))
+
+
+# ---------------------------------------------------------------- DistPro -------------------
+@dataclass(frozen=True)
+class DistProCompareConfig:
+    benchmark: str = "benchmarks/fmnist"
+    students: tuple[str, ...] = ("w8-d111-k3", "w12-d212-k5", "w16-d333-k3")
+    search_epochs: int = 3
+    search_images: int = 5000  # of the training subset; 20% of them validate
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = 10
+    short_epochs: int = 5  # the shortened recipe (the paper's headline is faster KD)
+    train_size: int = 5000
+    workers: int = 2
+    data: str | None = None
+    autokd: str | None = None  # an Auto-KD comparison folder: its best distiller per student
+
+
+def _search_job(args: tuple[DistProCompareConfig, str, str]) -> dict[str, Any]:
+    """One DistPro search phase in a worker (seed 0), returning its process settings."""
+    from .distpro import SearchSettings, search_process
+    from .train import Schedule
+
+    cfg, student, out = args
+    job = _Job(cfg.benchmark, cfg.data, student, 1.0, (), None, 0, 1, cfg.search_images, None,
+               out)
+    ctx = _context(job)
+    n = cfg.search_images
+    t0 = time.process_time()
+    proc = search_process(ctx["space"].build(student, seed=0),
+                          {k: v[:n] for k, v in ctx["feats"].items()},
+                          ctx["train"].images[:n], ctx["train"].labels[:n], Schedule(),
+                          SearchSettings(epochs=cfg.search_epochs), out)
+    settings = dict(proc.settings)
+    settings.setdefault("cpu_seconds", time.process_time() - t0)
+    return settings
+
+
+def compare_distpro(cfg: DistProCompareConfig, out: str | os.PathLike[str],
+                    progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """DistPro's comparison: for each student a process is searched (seed 0), then CE, KD,
+    equal weights, α_T constant, the learned process (and the Auto-KD comparison's best
+    distiller for that student, when given) are trained at the full recipe over the seeds,
+    and KD and the learned process also at ``short_epochs``. Resumable like the Auto-KD one;
+    writes ``report.json``, ``report.md`` and each student's ``process.png``."""
+    from . import report as pictures
+    from .distpro import Process
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"benchmark": cfg.benchmark, "seeds": list(cfg.seeds),
+                              "epochs": cfg.epochs, "short_epochs": cfg.short_epochs,
+                              "search_epochs": cfg.search_epochs,
+                              "search_images": cfg.search_images, "students": {}}
+    pool = ProcessPoolExecutor(cfg.workers) if cfg.workers > 1 else None
+    run_map = pool.map if pool is not None else map
+    try:
+        searches = list(run_map(_search_job, [(cfg, s, str(folder / s / "search"))
+                                              for s in cfg.students]))
+        for student, settings in zip(cfg.students, searches, strict=True):
+            process = str(folder / student / "search" / "process.json")
+            proc = Process.load(process)
+            pictures.plot_process(proc.pathways, proc.alpha, proc.raw,
+                                  folder / student / "process.png",
+                                  int(proc.settings["steps_per_epoch"]),
+                                  f"DistPro process: {student}")
+            candidates: dict[str, tuple[float, dict[str, float], str | None, str | None, str]] = {
+                "CE": (1.0, {}, None, None, "learned"),
+                "KD": (0.1, {"kd": 0.9}, None, None, "learned"),
+                "DistPro equal": (1.0, {"distpro": 1.0}, None, process, "equal"),
+                "DistPro α_T": (1.0, {"distpro": 1.0}, None, process, "final"),
+                "DistPro learned": (1.0, {"distpro": 1.0}, None, process, "learned")}
+            if cfg.autokd is not None:
+                best = json.loads((Path(cfg.autokd) / "report.json").read_text())[
+                    "students"].get(student)
+                if best is not None:
+                    name = best["best_searched"]
+                    candidates[f"Auto-KD ({name})"] = (1.0, {"distiller": 1.0},
+                                                      best["rows"][name]["distiller"], None,
+                                                      "learned")
+            jobs = []
+            for name, (ce, losses, d, proc_file, mode) in candidates.items():
+                budgets = [cfg.epochs]
+                if name in ("KD", "DistPro learned"):
+                    budgets.append(cfg.short_epochs)
+                for epochs in budgets:
+                    for seed in cfg.seeds:
+                        jobs.append(((name, epochs), _Job(
+                            cfg.benchmark, cfg.data, student, ce, tuple(losses.items()), d, seed,
+                            epochs, cfg.train_size, None,
+                            str(folder / student / "full" / _key(name, epochs, seed)),
+                            proc_file, mode)))
+            accs: dict[tuple[str, int], list[float]] = {}
+            cpu: dict[tuple[str, int], float] = {}
+            for i, (key, m) in enumerate(zip([k for k, _ in jobs],
+                                             run_map(_train, [j for _, j in jobs]), strict=True),
+                                         1):
+                accs.setdefault(key, []).append(100 * float(m["test_acc"]))
+                cpu[key] = cpu.get(key, 0.0) + float(m["cpu_seconds"])
+                if progress is not None:
+                    progress(f"{student} DistPro trainings", i, len(jobs))
+            rows = {}
+            for (name, epochs), values in accs.items():
+                a = np.asarray(values)
+                rows[f"{name} @{epochs}"] = {"name": name, "epochs": epochs,
+                                             "mean": float(a.mean()),
+                                             "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+                                             "per_seed": a.tolist(), "cpu_seconds": cpu[
+                                                 (name, epochs)]}
+            full_kd = rows[f"KD @{cfg.epochs}"]["per_seed"]
+            tests = {}
+            for label, row in rows.items():
+                if row["name"] != "KD" and len(row["per_seed"]) > 1:
+                    t = stats.ttest_ind(row["per_seed"], full_kd, equal_var=False)
+                    tests[label] = {"minus_kd": row["mean"] - float(np.mean(full_kd)),
+                                  "welch_p": float(t.pvalue)}
+            result["students"][student] = {"rows": rows, "vs_kd_full": tests,
+                                           "search": settings, "pathways": proc.pathways,
+                                           "final_alpha": proc.alpha[-1]}
+            atomic_write_json(folder / "report.json", result)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    atomic_write_text(folder / "report.md", _distpro_markdown(result))
+    return result
+
+
+def _distpro_markdown(r: dict[str, Any]) -> str:
+    lines = [f"# DistPro on {r['benchmark']}", "",
+             f"Search phase: {r['search_epochs']} epochs on {r['search_images']} training images "
+             f"(20% of them the validation split), seed 0. Trainings: {r['epochs']} epochs "
+             f"(and {r['short_epochs']} for the shortened recipe), seeds {r['seeds']}.", ""]
+    for student, s in r["students"].items():
+        lines += [f"## {student}", "", f"![process]({student}/process.png)", "",
+                  f"Search phase: {s['search'].get('search_seconds', 0):.0f} s of one CPU "
+                  "thread.", "",
+                  "| training | epochs | test acc. % (mean ± std) | per seed | vs KD@full "
+                  "(points, Welch p) |", "| --- | --- | --- | --- | --- |"]
+        for key, row in sorted(s["rows"].items(), key=lambda kv: (-kv[1]["epochs"],
+                                                                   -kv[1]["mean"])):
+            vs = s["vs_kd_full"].get(key)
+            cell = f"{vs['minus_kd']:+.2f} (p {vs['welch_p']:.2f})" if vs else "reference"
+            lines.append(f"| {row['name']} | {row['epochs']} | {row['mean']:.2f} ± "
+                         f"{row['std']:.2f} | {', '.join(f'{v:.2f}' for v in row['per_seed'])} "
+                         f"| {cell} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"

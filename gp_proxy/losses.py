@@ -220,10 +220,11 @@ class FormulaLoss(nn.Module):
 
 def _builtins() -> None:
     from .distiller import DistillerLoss
+    from .distpro import DistProLoss
 
     for name, cls in (("kd", KD), ("fitnet", FitNet), ("at", AT), ("sp", SP), ("rkd", RKD),
                       ("pkt", PKT), ("ickd", ICKD), ("dkd", DKD), ("formula", FormulaLoss),
-                      ("distiller", DistillerLoss)):
+                      ("distiller", DistillerLoss), ("distpro", DistProLoss)):
         LOSSES.register(name, cls)
 
 

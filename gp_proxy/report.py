@@ -177,3 +177,33 @@ def plot_pareto(rows: list[dict[str, Any]], params_tau: float | None,
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def plot_process(pathways: list[str], alpha: list[list[float]], raw: list[list[float]],
+                 path: str | os.PathLike[str], steps_per_epoch: int = 0, title: str = "",
+                 clip: float = 0.5) -> None:
+    """A DistPro process: every pathway's weight α over the search steps (one line each,
+    coloured by teacher-student connection, dashed where the pathway is clipped), and the
+    share of the loss left to the pathways (1 − Σα goes to the biased softmax's constant)."""
+    a, r = np.asarray(alpha), np.asarray(raw)
+    x = np.arange(len(a)) / steps_per_epoch if steps_per_epoch else np.arange(len(a))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 1]})
+    connections = list(dict.fromkeys(p.split("/")[0] for p in pathways))
+    colours = plt.get_cmap("tab10")
+    styles = ["-", "--", ":", "-."]
+    for i, name in enumerate(pathways):
+        conn, block = name.split("/")
+        colour = colours(connections.index(conn) % 10)
+        active = np.where(r[:, i] > clip, a[:, i], np.nan)
+        top.plot(x, active, styles[(int(block[1:]) - 1) % 4], color=colour, lw=1.5, label=name)
+        top.plot(x, np.where(r[:, i] > clip, np.nan, a[:, i]), color=colour, lw=0.6, alpha=0.4)
+    top.set_ylabel("α (pathway weight)")
+    top.legend(fontsize=7, ncol=3, loc="upper right")
+    top.set_title(_wrap(title or "DistPro: learned distillation process"))
+    bottom.plot(x, a.sum(axis=1), color="black")
+    bottom.set_ylabel("Σα")
+    bottom.set_xlabel("search epoch" if steps_per_epoch else "search step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
