@@ -304,9 +304,10 @@ def _virtual_step(params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
 
 
 def hypergradient(joint: _Joint, raw: Tensor, train: Batch, val: tuple[Tensor, Tensor],
-                  opt: torch.optim.SGD) -> Tensor:
+                  opt: torch.optim.SGD, eps_scale: float = 0.01) -> Tensor:
     """∇α̃ L_val(θ'(α̃)) by Eq. 4-5: −c · (∇α̃ L_train(θ⁺) − ∇α̃ L_train(θ⁻)) / 2ε with
-    θ± = θ ± ε∇θ'L_val(θ'), ε = 0.01 / ‖∇θ'L_val(θ')‖, c the inner step's factor."""
+    θ± = θ ± ε∇θ'L_val(θ'), ε = eps_scale / ‖∇θ'L_val(θ')‖ (the paper's 0.01: a step of norm
+    0.01 in parameter space), c the inner step's factor."""
     params = dict(joint.named_parameters())
     buffers = {k: v.clone() for k, v in joint.named_buffers()}
     detached = {k: v.detach().requires_grad_(True) for k, v in params.items()}
@@ -322,7 +323,7 @@ def hypergradient(joint: _Joint, raw: Tensor, train: Batch, val: tuple[Tensor, T
     norm = torch.sqrt(sum((g * g).sum() for g in vec.values()))  # type: ignore[arg-type]
     if not bool(norm > 0):
         return torch.zeros_like(raw)
-    eps = 0.01 / norm
+    eps = eps_scale / norm
     group = opt.param_groups[0]
     c = inner_factor(group["lr"], group["momentum"], group["nesterov"])
     sides = []
@@ -337,8 +338,9 @@ def hypergradient(joint: _Joint, raw: Tensor, train: Batch, val: tuple[Tensor, T
 
 def direct_hypergradient(joint: _Joint, raw: Tensor, train: Batch, val: tuple[Tensor, Tensor],
                          opt: torch.optim.SGD) -> Tensor:
-    """The same derivative by autograd through the inner step (second order, exact): what
-    :func:`hypergradient` approximates, for tests on tiny networks."""
+    """The same derivative by autograd through the optimiser's whole update (weight decay,
+    momentum buffer, Nesterov), second order and exact: what :func:`hypergradient`
+    approximates, for tests on tiny networks."""
     params = dict(joint.named_parameters())
     buffers = {k: v.clone() for k, v in joint.named_buffers()}
     r = raw.detach().requires_grad_(True)
@@ -347,11 +349,7 @@ def direct_hypergradient(joint: _Joint, raw: Tensor, train: Batch, val: tuple[Te
     grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True, allow_unused=True)
     g = {k: gr if gr is not None else torch.zeros_like(theta[k])
          for k, gr in zip(theta, grads, strict=True)}
-    fixed = _virtual_step(params, {k: v.detach() for k, v in g.items()}, opt)
-    group = opt.param_groups[0]
-    c = inner_factor(group["lr"], group["momentum"], group["nesterov"])
-    # θ' as a function of α̃: its value is the virtual step's, its α̃-dependence −c·g(α̃)
-    moved = {k: fixed[k] - c * (g[k] - g[k].detach()) for k in params}
+    moved = _virtual_step(params, g, opt)  # θ'(α̃), differentiable through g
     v_loss = _val_loss(joint, moved, {k: b.clone() for k, b in buffers.items()}, val)
     (h,) = torch.autograd.grad(v_loss, r)
     return h
