@@ -403,6 +403,8 @@ def search_process(student: nn.Module, teacher_features: dict[str, Tensor], imag
             (folder / "search.json").read_text()) != json.loads(json.dumps(cfg)):
         raise GpProxyError(f"{folder}: holds a DistPro search with other settings")
     atomic_write_json(folder / "search.json", cfg)
+    if (folder / "process.json").is_file():  # finished: the process is the record
+        return Process.load(folder / "process.json")
     if ckpt.is_file():
         from safetensors import safe_open
 
