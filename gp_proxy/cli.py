@@ -918,7 +918,7 @@ def distiller_compare(
     out: Annotated[Path, typer.Option(help="results directory (resumes what it holds)")],
     benchmark: Annotated[Path, typer.Option(help="benchmark folder")] = Path("benchmarks/fmnist"),
     students: Annotated[str, typer.Option(help="comma-separated student specs")
-                        ] = "w8-d111-k3,w12-d212-k5,w16-d333-k3",
+                        ] = "w8-d111-k3,w12-d212-k5,w16-d111-k3",
     data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
     budget: Annotated[int, typer.Option(min=1, help="proxy trainings per search")] = 24,
     top: Annotated[int, typer.Option(min=1, help="distillers of each search trained fully")] = 2,
@@ -969,7 +969,7 @@ def distpro_compare(
     out: Annotated[Path, typer.Option(help="results directory (resumes what it holds)")],
     benchmark: Annotated[Path, typer.Option(help="benchmark folder")] = Path("benchmarks/fmnist"),
     students: Annotated[str, typer.Option(help="comma-separated student specs")
-                        ] = "w8-d111-k3,w12-d212-k5,w16-d333-k3",
+                        ] = "w8-d111-k3,w12-d212-k5,w16-d111-k3",
     data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
     search_epochs: Annotated[int, typer.Option(min=1, help="epochs of the search phase")] = 3,
     seeds: Annotated[str, typer.Option(help="seeds of the trainings")] = "0,1,2",

@@ -57,7 +57,7 @@ HAND_DESIGNED: dict[str, tuple[float, dict[str, float]]] = {
 @dataclass(frozen=True)
 class CompareConfig:
     benchmark: str = "benchmarks/fmnist"
-    students: tuple[str, ...] = ("w8-d111-k3", "w12-d212-k5", "w16-d333-k3")
+    students: tuple[str, ...] = ("w8-d111-k3", "w12-d212-k5", "w16-d111-k3")
     search: SearchConfig = field(default_factory=SearchConfig)
     top: int = 2  # distillers of each algorithm trained at the full recipe
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -309,7 +309,7 @@ def load_report(folder: str | os.PathLike[str]) -> dict[str, Any]:
 @dataclass(frozen=True)
 class DistProCompareConfig:
     benchmark: str = "benchmarks/fmnist"
-    students: tuple[str, ...] = ("w8-d111-k3", "w12-d212-k5", "w16-d333-k3")
+    students: tuple[str, ...] = ("w8-d111-k3", "w12-d212-k5", "w16-d111-k3")
     search_epochs: int = 3
     search_images: int = 5000  # of the training subset; 20% of them validate
     seeds: tuple[int, ...] = (0, 1, 2)
