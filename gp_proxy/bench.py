@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from scipy import stats
 
 from primitives.errors import GpProxyError
@@ -53,6 +52,7 @@ from .io import (
     run_lock,
     save_tensors,
 )
+from .progress import progress
 from .provenance import cpu_name, git_revision
 from .spaces import FeatureNet, SearchSpace, count_flops, count_params, get_space
 from .train import Recipe, evaluate_accuracy, predict_logits, train_classifier
@@ -232,7 +232,7 @@ def _check_config(out: Path, cfg: BenchConfig) -> None:
 
 
 def _teacher(out: Path, cfg: BenchConfig, train: Split, test: Split, threads: int,
-             progress: Progress) -> torch.nn.Module:
+             quiet: bool) -> torch.nn.Module:
     model = cfg.build_teacher(seed=0)
     wpath, jpath = out / "teacher.safetensors", out / "teacher.json"
     if wpath.exists() and jpath.exists():
@@ -249,17 +249,13 @@ def _teacher(out: Path, cfg: BenchConfig, train: Split, test: Split, threads: in
                                   "flops": count_flops(model, cfg.input_shape())})
         return model
     n = min(cfg.teacher_train_size, len(train))
-    task = progress.add_task("teacher", total=cfg.teacher_epochs)
-
-    def on_epoch(epoch: int, loss: float) -> None:
-        progress.update(task, completed=epoch)
-        if not progress.console.is_terminal:
-            progress.console.print(f"teacher epoch {epoch}/{cfg.teacher_epochs}: loss {loss:.4f}")
-
     # checkpointed every epoch: a teacher takes an hour or more, a kill must not lose it
     ckpt = out / "teacher.ckpt.safetensors"
-    info = train_classifier(model, train.images[:n], train.labels[:n], cfg.teacher_recipe(),
-                            seed=0, on_epoch=on_epoch, checkpoint=ckpt)
+    with progress(f"{out.name}: teacher epochs", cfg.teacher_epochs, quiet) as advance:
+        info = train_classifier(model, train.images[:n], train.labels[:n], cfg.teacher_recipe(),
+                                seed=0, checkpoint=ckpt,
+                                on_epoch=lambda epoch, loss: advance(
+                                    1, f"epoch {epoch}: loss {loss:.4f}"))
     acc = evaluate_accuracy(model, test.images, test.labels)
     save_tensors(wpath, model.state_dict())
     atomic_write_json(jpath, {"name": cfg.teacher, "test_acc": acc, "train_images": n,
@@ -291,54 +287,51 @@ def _build(out: Path, cfg: BenchConfig, train: Split, test: Split, workers: int,
     archs = [space.validate(a) for a in cfg.archs] if cfg.archs else list(space.enumerate())
     idx, rest = _train_subset(train, cfg.train_size, cfg.subset_seed)
     x, y = train.images[idx], train.labels[idx]
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), disable=quiet) as progress:
-        teacher = _teacher(out, cfg, train, test, workers, progress)
-        if not (out / "probe.safetensors").exists():
-            probe = rest[: cfg.probe_size]
-            save_tensors(out / "probe.safetensors",
-                         {"images": train.images[probe], "labels": train.labels[probe]})
-        teacher_logits = predict_logits(teacher, x) if "kd" in cfg.modes else None
-        runs_dir = out / "runs"
-        runs_dir.mkdir(exist_ok=True)
-        todo = [(a, m, s) for a, m, s in itertools.product(_build_order(archs, cfg, runs_dir),
-                                                           cfg.modes, cfg.seeds)
-                if not (runs_dir / f"{_run_name(a, m, s)}.json").exists()]
-        done_before = len(archs) * len(cfg.modes) * len(cfg.seeds) - len(todo)
-        if max_runs is not None:
-            todo = todo[:max_runs]
-        task = progress.add_task("students", total=len(todo))
-        payload = {"config": cfg, "x": x, "y": y, "test_x": test.images, "test_y": test.labels,
-                   "teacher_logits": teacher_logits}
-        new = 0
-        if todo:
-            import multiprocessing as mp
+    teacher = _teacher(out, cfg, train, test, workers, quiet)
+    if not (out / "probe.safetensors").exists():
+        probe = rest[: cfg.probe_size]
+        save_tensors(out / "probe.safetensors",
+                     {"images": train.images[probe], "labels": train.labels[probe]})
+    teacher_logits = predict_logits(teacher, x) if "kd" in cfg.modes else None
+    runs_dir = out / "runs"
+    runs_dir.mkdir(exist_ok=True)
+    todo = [(a, m, s) for a, m, s in itertools.product(_build_order(archs, cfg, runs_dir),
+                                                       cfg.modes, cfg.seeds)
+            if not (runs_dir / f"{_run_name(a, m, s)}.json").exists()]
+    done_before = len(archs) * len(cfg.modes) * len(cfg.seeds) - len(todo)
+    if max_runs is not None:
+        todo = todo[:max_runs]
+    payload = {"config": cfg, "x": x, "y": y, "test_x": test.images, "test_y": test.labels,
+               "teacher_logits": teacher_logits}
+    new = 0
+    if todo:
+        import multiprocessing as mp
 
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(payload,)) as pool:
-                pending: set[Future[dict[str, Any]]] = set()
-                queue = iter(todo)
-                try:
-                    for item in itertools.islice(queue, workers * 2):
-                        pending.add(pool.submit(_train_one, *item))
-                    while pending:
-                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for fut in finished:
-                            rec = fut.result()
-                            write_artifact(
-                                runs_dir / f"{_run_name(rec['arch'], rec['mode'], rec['seed'])}"
-                                ".json", BenchRun(**rec))
-                            new += 1
-                            progress.update(task, advance=1)
-                            if not progress.console.is_terminal and new % 20 == 0:
-                                progress.console.print(f"students: {new}/{len(todo)} runs done")
-                            nxt = next(queue, None)
-                            if nxt is not None:
-                                pending.add(pool.submit(_train_one, *nxt))
-                except BaseException:
-                    for fut in pending:
-                        fut.cancel()
-                    raise
+        with progress(f"{out.name}: student trainings", len(todo), quiet) as advance, \
+                ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(payload,)) as pool:
+            pending: set[Future[dict[str, Any]]] = set()
+            queue = iter(todo)
+            try:
+                for item in itertools.islice(queue, workers * 2):
+                    pending.add(pool.submit(_train_one, *item))
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        rec = fut.result()
+                        write_artifact(
+                            runs_dir / f"{_run_name(rec['arch'], rec['mode'], rec['seed'])}"
+                            ".json", BenchRun(**rec))
+                        new += 1
+                        advance(1, f"{_run_name(rec['arch'], rec['mode'], rec['seed'])}: "
+                                   f"{100 * rec['test_acc']:.2f} %")
+                        nxt = next(queue, None)
+                        if nxt is not None:
+                            pending.add(pool.submit(_train_one, *nxt))
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
     remaining = len(archs) * len(cfg.modes) * len(cfg.seeds) - done_before - new
     return {"done_before": done_before, "new": new, "remaining": remaining}
 
