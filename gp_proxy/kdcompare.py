@@ -268,6 +268,11 @@ def _summarise(candidates: dict[str, Any], accs: dict[str, list[float]], cpu: di
     }
 
 
+def _cell(distiller: str) -> str:
+    """A distiller string in a markdown table cell (its ``|`` separators escaped)."""
+    return "`" + distiller.replace("|", "\\|") + "`"
+
+
 def _markdown(report: dict[str, Any]) -> str:
     lines = [f"# Searched distillers vs hand-designed ones ({report['benchmark']})", "",
              f"Full recipe: {report['full_recipe']['epochs']} epochs on "
@@ -281,13 +286,13 @@ def _markdown(report: dict[str, Any]) -> str:
         lines += [f"MCTS exploration constant c on {check['student']} (same budget and seed):", "",
                   "| c | best distiller | best reward % |", "| --- | --- | --- |"]
         for c, rec in sorted(check["by_c"].items(), key=lambda kv: float(kv[0])):
-            lines.append(f"| {c} | `{rec['best']}` | {100 * rec['reward']:.1f} |")
+            lines.append(f"| {c} | {_cell(rec['best'])} | {100 * rec['reward']:.1f} |")
         lines.append("")
     for student, r in report["students"].items():
         lines += [f"## {student}", "", "| distiller | test acc. % (mean ± std) | per seed | "
                   "proxy reward % |", "| --- | --- | --- | --- |"]
         for name, row in sorted(r["rows"].items(), key=lambda kv: -kv[1]["mean"]):
-            label = f"{name}: `{row['distiller']}`" if row["distiller"] else name
+            label = f"{name}: {_cell(row['distiller'])}" if row["distiller"] else name
             reward = (f"{100 * row['proxy_reward']:.1f}" if row["proxy_reward"] is not None
                       else "n/a")
             lines.append(f"| {label} | {row['mean']:.2f} ± {row['std']:.2f} | "
@@ -303,10 +308,11 @@ def _markdown(report: dict[str, Any]) -> str:
                   "Each search's first choice (by proxy reward alone) against KD: " + "; ".join(
                       f"{n} {v['minus_kd']:+.2f} points (p {v['welch_p']:.3f})"
                       for n, v in r.get("first_choice_vs_kd", {}).items()) + ".", "",
-                  "| search | best distiller | reward % | proxy trainings | CPU s |",
+                  "| search | best distiller | reward % | proxy trainings | "
+                  "training s (summed, 1 thread each) |",
                   "| --- | --- | --- | --- | --- |"]
         for a, srec in r["search"].items():
-            lines.append(f"| {a} | `{srec['best']}` | {100 * srec['reward']:.1f} | "
+            lines.append(f"| {a} | {_cell(srec['best'])} | {100 * srec['reward']:.1f} | "
                          f"{srec['evaluated']} | {srec['proxy_cpu_seconds']:.0f} |")
         lines.append("")
     return "\n".join(lines) + "\n"
