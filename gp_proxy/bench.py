@@ -31,7 +31,7 @@ import random
 import statistics
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -267,20 +267,26 @@ def _teacher(out: Path, cfg: BenchConfig, train: Split, test: Split, threads: in
 
 
 def build_benchmark(out: str | os.PathLike[str], cfg: BenchConfig, train: Split, test: Split,
-                    workers: int = 2, max_runs: int | None = None, quiet: bool = False
+                    workers: int = 2, max_runs: int | None = None, quiet: bool = False,
+                    backend: str = "processes", scheduler: str | None = None
                     ) -> dict[str, int]:
     """Build (or resume) a benchmark in ``out``; returns counts of done/new/remaining runs.
 
-    ``max_runs`` stops after that many new trainings (used to test resumption). The folder
-    is locked while it is built: a second build of it fails at once naming the holder.
+    Student trainings run on ``backend`` (``processes``: ``workers`` local processes;
+    ``dask``: a cluster at ``scheduler`` or a new LocalCluster); each finished training's run
+    file is written atomically here as it arrives, so a lost worker loses only the training it
+    was running (Dask runs it again elsewhere). ``max_runs`` stops after that many new
+    trainings (used to test resumption). The folder is locked while it is built: a second
+    build of it fails at once naming the holder.
     """
     out = Path(out)
     with run_lock(out):
-        return _build(out, cfg, train, test, workers, max_runs, quiet)
+        return _build(out, cfg, train, test, workers, max_runs, quiet, backend, scheduler)
 
 
 def _build(out: Path, cfg: BenchConfig, train: Split, test: Split, workers: int,
-           max_runs: int | None, quiet: bool) -> dict[str, int]:
+           max_runs: int | None, quiet: bool, backend: str = "processes",
+           scheduler: str | None = None) -> dict[str, int]:
     cfg.check()
     _check_config(out, cfg)
     space = cfg.student_space()
@@ -305,15 +311,18 @@ def _build(out: Path, cfg: BenchConfig, train: Split, test: Split, workers: int,
                "teacher_logits": teacher_logits}
     new = 0
     if todo:
-        import multiprocessing as mp
+        from .backends import executor
 
         with progress(f"{out.name}: student trainings", len(todo), quiet) as advance, \
-                ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(payload,)) as pool:
+                executor(backend, workers, scheduler, initializer=_init_worker,
+                         initargs=(payload,)) as pool:
             pending: set[Future[dict[str, Any]]] = set()
             queue = iter(todo)
             try:
-                for item in itertools.islice(queue, workers * 2):
+                # a few ahead per local process (Ctrl-C then cancels the rest at once); a Dask
+                # cluster, whose size this process does not set, schedules them all itself
+                ahead = len(todo) if backend == "dask" else workers * 2
+                for item in itertools.islice(queue, ahead):
                     pending.add(pool.submit(_train_one, *item))
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -111,9 +111,11 @@ class Benchmark:
                            tuple(self.input_shape), self.num_classes)
 
     def cache(self, cache_dir: str, teacher_init: str = "trained", init_seed: int = 0,
-              act_samples: int = 16) -> FeatureCache:
+              act_samples: int = 16, lazy: bool = False) -> FeatureCache:
+        """The benchmark's feature cache, built where missing; ``lazy``: headers only, the
+        evaluator reads chunks when it needs them (see :func:`load_cache`)."""
         return load_cache(cache_dir, self.cache_config(teacher_init, init_seed, act_samples),
-                          list(self.truth.archs))
+                          list(self.truth.archs), lazy=lazy)
 
 
 def load_benchmark(folder: str | os.PathLike[str], target: str = "kd_mean") -> Benchmark:

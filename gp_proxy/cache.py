@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from .progress import progress
 from .spaces import FeatureNet, SearchSpace, count_flops, count_params, get_space
 
 __all__ = ["CacheConfig", "CachedArch", "FeatureCache", "build_cache", "load_cache",
-           "torch_threads"]
+           "load_students", "torch_threads"]
 
 FORMAT_VERSION = 2  # 2: built on one thread (bit-reproducible)
 
@@ -119,6 +120,7 @@ class FeatureCache:
     students: list[CachedArch]
     feature_kinds: dict[str, Kind]
     folder: Path | None = None  # where it was loaded from (workers load their share there)
+    lazy: bool = False  # students hold shape-only meta tensors; features load per chunk
 
     @property
     def archs(self) -> list[str]:
@@ -183,15 +185,44 @@ def _student_tensors(model: FeatureNet, images: Tensor, labels: Tensor, act_samp
 
 
 def build_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[str],
-                quiet: bool = False) -> Path:
+                quiet: bool = False, backend: str = "local", workers: int = 1,
+                scheduler: str | None = None) -> Path:
     """Compute what is missing (or stale) for ``archs``; returns the cache folder.
 
     Built on one torch thread: a convolution's backward sums in an order that depends on the
     thread count, so weight gradients built on 2 threads differed from those built on 1 in the
     7th digit, and a campaign (a chaotic process) found a different best formula from them.
+
+    With ``backend`` ``processes`` or ``dask`` the missing architectures are built one task
+    each on that backend's workers (the same bits: one thread each); every task writes its
+    own file atomically, so an interrupted build keeps what finished and a rerun builds only
+    the rest.
     """
+    if backend != "local":
+        folder = build_cache(root, config, [], quiet=True)  # the teacher, here
+        space = config.student_space()
+        specs = [space.validate(a) for a in archs]
+        missing = [s for s in specs if not _valid(_arch_file(folder, s),
+                                                  {"key": folder.name, "spec": s})]
+        if missing:
+            from .backends import executor
+
+            with progress(f"feature cache ({config.space}, {folder.name[:8]}) on {backend}",
+                          len(missing), quiet) as advance, \
+                    executor(backend, workers, scheduler) as pool:
+                futures = [pool.submit(_build_one, str(root), config, s) for s in missing]
+                for f in as_completed(futures):
+                    f.result()
+                    advance()
     with torch_threads(1):
         return _build_cache(root, config, archs, quiet)
+
+
+def _build_one(root: str, config: CacheConfig, spec: str) -> str:
+    """One architecture's cache file (a task of a distributed build)."""
+    with torch_threads(1):
+        _build_cache(root, config, [spec], quiet=True)
+    return spec
 
 
 @contextmanager
@@ -287,10 +318,44 @@ def _finite(path: Path, tensors: dict[str, Tensor]) -> None:
                              "or check the model")
 
 
+def _header(path: Path) -> dict[str, Tensor]:
+    """A cache file's tensors as shape-only ``meta`` tensors, read from its header alone."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            out = {}
+            for name in fh.keys():
+                part = fh.get_slice(name)
+                out[name] = torch.empty(part.get_shape(), device="meta",
+                                        dtype=_DTYPES[part.get_dtype()])
+            return out
+    except Exception as exc:
+        raise CacheError(f"{path}: cannot read its header ({exc})") from None
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+           "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "BOOL": torch.bool}
+
+
+def _arch(spec: str, t: dict[str, Tensor], meta: dict[str, str]) -> CachedArch:
+    n = int(meta["layers"])
+    return CachedArch(
+        spec, {k: t[k] for k in ("k1", "k2", "k3")},
+        [t[f"act.{i}"] for i in range(n)], [t[f"weight.{i}"] for i in range(n)],
+        [t[f"grad.{i}"] for i in range(n)], int(meta["params"]), int(meta["flops"]))
+
+
 def load_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[str],
-               quiet: bool = False) -> FeatureCache:
+               quiet: bool = False, lazy: bool = False) -> FeatureCache:
     """Load (building what is missing, with progress unless ``quiet``) the features of
-    ``archs``, in that order."""
+    ``archs``, in that order.
+
+    ``lazy`` reads only the files' headers: the students' tensors are shape-only ``meta``
+    tensors (enough to plan chunks, check alignment and count bytes) and an evaluator loads
+    each chunk's features from disk when it needs them, within its ``held_bytes``: a space of
+    tens of thousands of architectures is scored without ever being in memory at once.
+    """
     folder = build_cache(root, config, archs, quiet=quiet)
     key = folder.name
     space = config.student_space()
@@ -301,14 +366,33 @@ def load_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[st
     for arch in archs:
         spec = space.validate(arch)
         path = _arch_file(folder, spec)
-        t, meta = _load_checked(root, config, path, spec)
+        if lazy:
+            meta = _read_metadata(path) or {}
+            t = _header(path)
+        else:
+            t, meta = _load_checked(root, config, path, spec)
         if meta.get("key") != key or meta.get("spec") != spec:
             raise CacheError(f"{path}: stale or corrupted cache file for {spec!r}")
-        _finite(path, t)
-        n = int(meta["layers"])
-        students.append(CachedArch(
-            spec, {k: t[k] for k in ("k1", "k2", "k3")},
-            [t[f"act.{i}"] for i in range(n)], [t[f"weight.{i}"] for i in range(n)],
-            [t[f"grad.{i}"] for i in range(n)], int(meta["params"]), int(meta["flops"])))
+        if not lazy:
+            _finite(path, t)
+        students.append(_arch(spec, t, meta))
     kinds = dict(space.build(archs[0]).feature_kinds) if archs else {}
-    return FeatureCache(config, key, teacher, students, kinds, folder)
+    return FeatureCache(config, key, teacher, students, kinds, folder.resolve(), lazy)
+
+
+def load_students(cache: FeatureCache, positions: list[int]) -> list[CachedArch]:
+    """The students at ``positions`` of a (lazy or loaded) cache with their tensors read from
+    disk and checked (digest, finiteness) as :func:`load_cache` does."""
+    if cache.folder is None:
+        raise CacheError("loading students needs a cache loaded from disk (load_cache)")
+    root = cache.folder.parent
+    out = []
+    for i in positions:
+        spec = cache.students[i].spec
+        path = _arch_file(cache.folder, spec)
+        t, meta = _load_checked(root, cache.config, path, spec)
+        if meta.get("key") != cache.key or meta.get("spec") != spec:
+            raise CacheError(f"{path}: stale or corrupted cache file for {spec!r}")
+        _finite(path, t)
+        out.append(_arch(spec, t, meta))
+    return out

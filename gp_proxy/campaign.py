@@ -46,8 +46,9 @@ from .artifacts import (
     read_history,
     write_artifact,
 )
+from .backends import make_evaluator
 from .benchmark import Benchmark, load_benchmark
-from .cache import FeatureCache, load_cache
+from .cache import CacheConfig, FeatureCache, build_cache, load_cache
 from .config import CampaignConfig, ConfigError
 from .evaluator import EvalResult, Evaluator
 from .fitness import (
@@ -139,11 +140,9 @@ class Campaign:
         self.run_dir = Path(run_dir)
         self.bench = benchmark or load_benchmark(config.benchmark, config.target)
         device = None if config.device == "auto" else config.device
-        self.cache = self.bench.cache(config.cache_dir, config.teacher_init, config.init_seed,
-                                      config.act_samples)
-        self.evaluator = Evaluator(self.cache, config.chunk_size, device, seed=config.seed,
-                                   chunk_bytes=config.chunk_bytes, threads=config.threads,
-                                   workers=config.workers)
+        self.cache = self._features(self.bench, self.bench.cache_config(
+            config.teacher_init, config.init_seed, config.act_samples))
+        self.evaluator = make_evaluator(self.cache, config)
         self.y = self.bench.truth.y
         self.splits: Splits = make_splits(len(self.y), config.test_fraction, config.folds,
                                           config.split_seed)
@@ -185,6 +184,16 @@ class Campaign:
                 descriptor_regression(desc, self.bench.params, self.y, self.splits.train),
                 self.y, self.bench.params, self.splits, config.fitness)
 
+    def _features(self, bench: Benchmark, config: CacheConfig) -> FeatureCache:
+        """A benchmark's feature cache, built on the campaign's backend where missing, loaded
+        lazily: the evaluator (or its workers) reads each chunk when it needs it and holds at
+        most ``held_bytes``, so a large space never sits in memory whole or twice."""
+        c = self.config
+        archs = list(bench.truth.archs)
+        build_cache(c.cache_dir, config, archs, backend=c.backend, workers=c.workers,
+                    scheduler=c.scheduler)
+        return load_cache(c.cache_dir, config, archs, lazy=True)
+
     def _extra_variants(self, device: str | None) -> list[Variant]:
         c = self.config
         out = []
@@ -193,9 +202,8 @@ class Campaign:
             config = bench.cache_config(c.teacher_init, init_seed, c.act_samples)
             if probe is not None:
                 config = dataclasses.replace(config, probe=probe)
-            cache = load_cache(c.cache_dir, config, list(bench.truth.archs))
-            ev = Evaluator(cache, c.chunk_size, device, seed=c.seed, chunk_bytes=c.chunk_bytes,
-                           threads=c.threads, workers=c.workers)
+            cache = self._features(bench, config)
+            ev = make_evaluator(cache, c)
             y = bench.truth.y
             return Variant(name, bench, cache, ev, y,
                            make_splits(len(y), c.test_fraction, c.folds, c.split_seed))
@@ -579,9 +587,9 @@ class Campaign:
             if v is None:
                 assert folder is not None
                 bench = load_benchmark(folder, c.target)
-                cache = bench.cache(c.cache_dir, c.teacher_init, c.init_seed, c.act_samples)
-                ev = Evaluator(cache, c.chunk_size, str(self.evaluator.device), seed=c.seed,
-                               chunk_bytes=c.chunk_bytes, threads=c.threads)
+                cache = self._features(bench, bench.cache_config(
+                    c.teacher_init, c.init_seed, c.act_samples))
+                ev = make_evaluator(cache, c)
                 y = bench.truth.y
                 splits = make_splits(len(y), c.test_fraction, c.folds, c.split_seed)
                 v = Variant(name, bench, cache, ev, y, splits)
@@ -666,8 +674,7 @@ class Campaign:
 
         c = self.config
         cache = noise_cache(self.bench, self.cache, c.cache_dir)
-        return Evaluator(cache, c.chunk_size, str(self.evaluator.device), seed=c.seed,
-                         chunk_bytes=c.chunk_bytes, threads=c.threads).evaluate(texts)
+        return make_evaluator(cache, c).evaluate(texts)
 
     # ------------------------------------------------------------------ driver ------------
     def _should_stop(self) -> str | None:

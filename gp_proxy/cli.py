@@ -23,6 +23,27 @@ _out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 _err = Console(stderr=True, soft_wrap=True)
 
 
+# where evaluations (and other fanned-out work) run: the config keys of the same names
+BackendOpt = Annotated[str, typer.Option(
+    help="local (this process), processes (--workers local processes) or dask (a cluster at "
+         "--scheduler, or a new LocalCluster); every backend gives the same bits")]
+WorkersOpt = Annotated[int, typer.Option(min=1, help="processes of the processes backend, or "
+                                                     "of a new Dask LocalCluster")]
+SchedulerOpt = Annotated[str | None, typer.Option(
+    help="dask: a running scheduler's address, e.g. tcp://10.0.0.5:8786")]
+
+
+def _evaluation(backend: str, workers: int, scheduler: str | None) -> dict[str, Any]:
+    """The evaluation keys of a campaign config, checked as the config checks them."""
+    from .config import load_config
+
+    overrides = [f"backend={backend}", f"workers={workers}"]
+    if scheduler:
+        overrides.append(f"scheduler={scheduler}")
+    c = load_config(None, overrides)
+    return {"backend": c.backend, "workers": c.workers, "scheduler": c.scheduler}
+
+
 def _version(value: bool) -> None:
     if value:
         from . import __version__
@@ -101,6 +122,10 @@ def bench_build(
     teacher_epochs: Annotated[int | None, typer.Option(min=1, help="teacher epochs")] = None,
     max_runs: Annotated[int | None, typer.Option(min=1, help="stop after this many new trainings")
                         ] = None,
+    backend: Annotated[str, typer.Option(
+        help="where student trainings run: processes (--workers local processes) or dask (a "
+             "cluster at --scheduler, or a new LocalCluster)")] = "processes",
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Train the teacher and every student (KD and CE, 3 seeds); resumes where it stopped.
 
@@ -125,7 +150,8 @@ def bench_build(
     cfg.check()  # a bad space, teacher or architecture is reported before the dataset
     train = ds.load(data, "train", cfg.image_size)
     test = ds.load(data, "test", cfg.image_size)
-    counts = build_benchmark(out, cfg, train, test, workers=workers, max_runs=max_runs)
+    counts = build_benchmark(out, cfg, train, test, workers=workers, max_runs=max_runs,
+                             backend=backend, scheduler=scheduler)
     _out.print(f"runs: {counts['done_before']} already done, {counts['new']} new, "
                f"{counts['remaining']} remaining")
     if counts["remaining"] == 0:
@@ -439,9 +465,9 @@ def inspect(
 
     from . import report
     from .artifacts import BestProxyReport, SplitsRecord, load_artifact, read_history
+    from .backends import make_evaluator
     from .benchmark import load_benchmark
     from .config import load_config
-    from .evaluator import Evaluator
 
     for name in ("hall_of_fame.csv", "best_proxy.json", "history.jsonl", "config.yaml"):
         if not (run_dir / name).exists():
@@ -476,9 +502,10 @@ def inspect(
                            run_dir / "pareto.png")
     cfg = load_config(run_dir / "config.yaml")
     bench = load_benchmark(cfg.benchmark, cfg.target)
-    cache = bench.cache(cfg.cache_dir, cfg.teacher_init, cfg.init_seed, cfg.act_samples)
-    res = Evaluator(cache, cfg.chunk_size, seed=cfg.seed, chunk_bytes=cfg.chunk_bytes,
-                    threads=cfg.threads).evaluate([best["formula"]])[0]
+    cache = bench.cache(cfg.cache_dir, cfg.teacher_init, cfg.init_seed, cfg.act_samples,
+                        lazy=True)
+    with make_evaluator(cache, cfg) as ev:
+        res = ev.evaluate([best["formula"]])[0]
     if res.scores is not None:
         splits = load_artifact(run_dir / "splits.json", SplitsRecord).model_dump()
         base = best["baselines"]["params"]
@@ -529,10 +556,13 @@ def score(
                                                         "run's split_seed)")] = 0,
     test_fraction: Annotated[float, typer.Option(min=0.05, max=0.95,
                                                  help="held-out fraction")] = 0.3,
+    backend: BackendOpt = "local",
+    workers: WorkersOpt = 1,
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Evaluate one formula on a benchmark, next to the #params and FLOPs baselines."""
+    from .backends import make_evaluator
     from .benchmark import load_benchmark
-    from .evaluator import Evaluator
     from .fitness import assess, make_splits
     from .rank import kendall_tau
     from .reported import REPORTED
@@ -544,8 +574,10 @@ def score(
     bench = load_benchmark(benchmark, target)
     # a typo is reported at once, before the feature cache is built (minutes on a new machine)
     primitives.check(formula, bench.search_space().build(bench.truth.archs[0]).feature_kinds)
-    cache = bench.cache(str(cache_dir), teacher_init)
-    res = Evaluator(cache, seed=seed).evaluate([formula])[0]
+    cache = bench.cache(str(cache_dir), teacher_init, lazy=True)
+    with make_evaluator(cache, None, seed=seed, **_evaluation(backend, workers, scheduler)
+                        ) as ev:
+        res = ev.evaluate([formula])[0]
     if not res.ok or res.scores is None:
         raise GpProxyError(f"formula {formula!r}: {res.status}: {res.reason}")
     splits = make_splits(len(bench.truth.y), test_fraction, seed=split_seed)
@@ -587,6 +619,9 @@ def compare_cmd(
                                                         "run's split_seed)")] = 0,
     test_fraction: Annotated[float, typer.Option(min=0.05, max=0.95,
                                                  help="held-out fraction")] = 0.3,
+    backend: BackendOpt = "local",
+    workers: WorkersOpt = 1,
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """One table of proxies on the same train/held-out split, next to #params and FLOPs."""
     import csv
@@ -609,7 +644,7 @@ def compare_cmd(
         items.insert(2, "descriptors")
     splits = make_splits(len(bench.truth.y), test_fraction, seed=split_seed)
     rows = compare(items, bench, cache, str(cache_dir), splits, bootstrap,
-                   noise_check=noise_check)
+                   noise_check=noise_check, evaluation=_evaluation(backend, workers, scheduler))
     table = Table(title=f"{benchmark} ({len(splits.train)} train / {len(splits.test)} held-out "
                         f"architectures, target {target}; sign chosen on train)")
     for col in ("proxy", "τ train", "τ held-out [95% CI]", "Δτ vs #params [paired 95% CI]",

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import inspect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 from primitives.errors import GpProxyError
 
 from .artifacts import ScoreCacheRecord, load_artifact
+from .backends import make_evaluator
 from .benchmark import Benchmark
 from .cache import FeatureCache, load_cache
 from .config import CampaignConfig, run_config
@@ -132,11 +134,14 @@ def _model_scores(bench: Benchmark, name: str, probe: Path | None = None) -> np.
 
 
 def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root: str,
-                   seed: int = 0, probe: Path | None = None, fit_on: np.ndarray | None = None
+                   seed: int = 0, probe: Path | None = None, fit_on: np.ndarray | None = None,
+                   evaluation: Mapping[str, Any] | None = None
                    ) -> tuple[str, str, np.ndarray]:
     """(display name, kind, scores) for a baseline name, a run directory or a formula.
     ``probe`` (with ``cache`` built on it) replaces the benchmark's probe batch; ``fit_on``
-    (training architectures) is where the descriptor regression is fitted."""
+    (training architectures) is where the descriptor regression is fitted; ``evaluation``
+    (``backend``, ``workers``, ``scheduler``: config keys that never change a score) says
+    where formulas are evaluated."""
     if item == DESCRIPTORS:
         desc = bench.descriptors()
         if desc is None or fit_on is None:
@@ -151,7 +156,8 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
     if item in REPORTED:
         name = item
         item = REPORTED[item].formula
-        _, _, scores = resolve_scores(item, bench, cache, cache_root, seed, probe)
+        _, _, scores = resolve_scores(item, bench, cache, cache_root, seed, probe,
+                                      evaluation=evaluation)
         return name, "reported", scores
     path = Path(item)
     options: dict[str, Any] = {}
@@ -181,7 +187,8 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
     if kind == "zero-cost":
         scores = _model_scores(bench, item, probe)
     else:
-        res = Evaluator(cache, seed=seed, **options).evaluate([item])[0]
+        with make_evaluator(cache, None, seed=seed, **options, **(evaluation or {})) as ev:
+            res = ev.evaluate([item])[0]
         if not res.ok or res.scores is None:
             raise GpProxyError(f"proxy {item!r}: {res.status}: {res.reason}")
         scores = res.scores
@@ -239,7 +246,8 @@ def _metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
 
 def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root: str,
             splits: Splits, bootstrap: int = 1000, seed: int = 0,
-            noise_check: bool = False) -> list[ProxyRow]:
+            noise_check: bool = False, evaluation: Mapping[str, Any] | None = None
+            ) -> list[ProxyRow]:
     """One row per proxy. A formula that parses but cannot be evaluated on this benchmark
     (for example teacher and student features of different shapes) gives a row with its
     status as the note instead of stopping the table; a malformed formula still raises.
@@ -255,7 +263,7 @@ def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root:
     for item in items:
         try:
             name, kind, scores = resolve_scores(item, bench, cache, cache_root, seed,
-                                                fit_on=splits.train)
+                                                fit_on=splits.train, evaluation=evaluation)
         except GpProxyError as err:
             formula = REPORTED[item].formula if item in REPORTED else item
             if item in (*SIZE, DESCRIPTORS) or item in MEASURES or Path(item).exists():
@@ -266,13 +274,14 @@ def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root:
         metrics = _metrics(scores, y, bench.params, splits, bootstrap, seed)
         if noise_check:
             metrics["tau_real_vs_noise"] = _noise_tau(item, kind, scores, bench, cache,
-                                                      cache_root, seed)
+                                                      cache_root, seed, evaluation)
         rows.append(ProxyRow(name, kind, metrics))
     return rows
 
 
 def _noise_tau(item: str, kind: str, scores: np.ndarray, bench: Benchmark,
-               cache: FeatureCache, cache_root: str, seed: int) -> float:
+               cache: FeatureCache, cache_root: str, seed: int,
+               evaluation: Mapping[str, Any] | None = None) -> float:
     if kind in ("size", "fitted"):
         return 1.0  # no data involved at all
     if kind == "column":
@@ -280,7 +289,7 @@ def _noise_tau(item: str, kind: str, scores: np.ndarray, bench: Benchmark,
     noisy = noise_cache(bench, cache, cache_root)
     try:
         _, _, other = resolve_scores(item, bench, noisy, cache_root, seed,
-                                     Path(noisy.config.probe))
+                                     Path(noisy.config.probe), evaluation=evaluation)
     except GpProxyError:
         return float("nan")
     if not (np.isfinite(scores).all() and np.isfinite(other).all()):

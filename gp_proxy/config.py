@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from primitives.errors import GpProxyError
 from primitives.formula import MAX_DEPTH
@@ -96,11 +96,29 @@ class CampaignConfig(BaseModel):
     # fixed, because the count sets the order in which parallel reductions add up (the last
     # bits of scores, and so the path a campaign takes)
     threads: int = _f(2, "torch threads of a CPU evaluation (fixed: it sets the bits)", ge=1)
-    workers: int = _f(1, "worker processes sharing each CPU evaluation (same bits)", ge=1)
+    backend: str = _f("local", "where evaluations run: local (this process), processes "
+                               "(`workers` local processes) or dask (a cluster); same bits")
+    workers: int = _f(1, "worker processes of the processes backend (dask: of a new "
+                         "LocalCluster; 1 there: one per core)", ge=1)
+    scheduler: str | None = _f(None, "dask: a running scheduler's address (tcp://host:8786); "
+                                     "none: start a LocalCluster")
+    held_bytes: int = _f(1 << 30, "features of a lazily read cache held in memory at once, "
+                                  "over all workers", ge=1)
     device: str = _f("auto", "cpu, cuda or auto")
     cache_dir: str = _f(".gp-proxy-cache", "feature cache folder")
     noise_check: bool = _f(True, "score the best formula again on a noise probe batch: τ near "
                                  "1 means it ignores the data")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        from .backends import BACKENDS  # (backends import the evaluator, torch)
+
+        try:
+            BACKENDS.get(name)
+        except GpProxyError as exc:
+            raise ValueError(str(exc)) from None
+        return name
 
 
 def describe_config() -> list[tuple[str, str, str]]:

@@ -30,16 +30,10 @@ one :class:`EvalResult` per formula with a status and the score vector over arch
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing as mp
-import signal
-import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -63,9 +57,9 @@ from primitives.instinct import zero_per_layer
 from primitives.values import Value
 
 from .allocator import tune_allocator
-from .cache import CacheConfig, FeatureCache, load_cache, torch_threads
+from .cache import CachedArch, FeatureCache, load_students, torch_threads
 
-__all__ = ["EVAL_THREADS", "EvalResult", "Evaluator"]
+__all__ = ["EVAL_THREADS", "Backend", "EvalResult", "Evaluator"]
 
 #: torch threads of a CPU evaluation unless told otherwise (the development machine's count,
 #: on which every committed campaign ran)
@@ -87,7 +81,7 @@ class EvalResult:
 class _Chunk:
     cid: int
     index: np.ndarray  # positions of its architectures in the cache order
-    inputs: dict[str, Value]
+    inputs: dict[str, Value] | None  # None: loaded from disk when needed (a lazy cache)
 
 
 #: student-side values of at most this size per chunk are kept across calls (see kept_bytes)
@@ -129,10 +123,15 @@ def plan_chunks(cache: FeatureCache, size: int | None = None, chunk_bytes: int =
 class Evaluator:
     """Scores batches of formulas over a feature cache (see the module docstring).
 
-    ``workers > 1`` (CPU) spreads the chunks over that many worker processes, each loading
-    only its chunks' features from the cache folder and running on ``threads`` threads. Every
-    chunk is evaluated exactly as in one process, so scores are the same bits for any number
-    of workers (tested); only the thread count per process changes bits.
+    Where the per-architecture parts are computed is the ``backend``'s business (one of
+    :data:`BACKENDS`: ``local`` in this process, ``processes`` on ``workers`` local worker
+    processes, ``dask`` on a Dask cluster at ``scheduler`` or a new ``LocalCluster``). Every
+    chunk is evaluated exactly as in one process, so scores are the same bits on every backend
+    and for any number of workers (tested); only the thread count per process changes bits.
+    Build one from a config with :func:`gp_proxy.backends.make_evaluator`.
+
+    A lazy cache (``load_cache(..., lazy=True)``) is read chunk by chunk, keeping at most
+    ``held_bytes`` of loaded features (least recently used dropped first).
     """
 
     def __init__(self, cache: FeatureCache, chunk_size: int | None = None,
@@ -140,7 +139,8 @@ class Evaluator:
                  memoize: bool = True, chunk_bytes: int = 8 << 20,
                  root_bytes: int = 64 << 20, threads: int | None = EVAL_THREADS,
                  workers: int = 1, plan: list[list[int]] | None = None,
-                 kept_bytes: int = 64 << 20) -> None:
+                 kept_bytes: int = 64 << 20, backend: str = "local",
+                 scheduler: str | None = None, held_bytes: int = 1 << 30) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.threads = threads if self.device.type == "cpu" else None
         if self.device.type == "cpu":
@@ -151,15 +151,11 @@ class Evaluator:
         self.memo_bytes = memo_bytes
         self.memoize = memoize
         self.teacher = {k: v.unsqueeze(0).to(self.device) for k, v in cache.teacher.items()}
-        plan = plan if plan is not None else plan_chunks(cache, chunk_size, chunk_bytes)
-        self._pool: _Pool | None = None
-        if workers > 1 and self.device.type == "cpu":
-            self.chunks: list[_Chunk] = []
-            self._pool = _Pool(cache, plan, workers, dict(
-                device="cpu", memo_bytes=memo_bytes, seed=seed, memoize=memoize,
-                threads=self.threads, kept_bytes=kept_bytes // workers))
-        else:
-            self.chunks = self._make_chunks(cache, plan)
+        self.plan = plan if plan is not None else plan_chunks(cache, chunk_size, chunk_bytes)
+        self._cache = cache
+        self.chunks: list[_Chunk] = []  # this process's chunks (none when workers hold them)
+        self.held_bytes = held_bytes
+        self._held: OrderedDict[int, int] = OrderedDict()  # loaded lazy chunk -> its bytes
         self._memo: OrderedDict[tuple[str, int], Value] = OrderedDict()
         self._memo_size = 0
         # small student-side values (per-layer scalars, per-architecture vectors: at most
@@ -175,26 +171,48 @@ class Evaluator:
         # part text -> its float64 score vector over all architectures, or its failure
         self._parts: OrderedDict[str, Tensor | tuple[str, str]] = OrderedDict()
         self.part_hits = 0
+        from .backends import BACKENDS, WorkerOptions  # (backends import this module)
+
+        self.backend: Backend = BACKENDS.get(backend)(self, cache, WorkerOptions(
+            workers=workers, scheduler=scheduler, device=str(self.device), memo_bytes=memo_bytes,
+            seed=seed, memoize=memoize, threads=self.threads, kept_bytes=kept_bytes,
+            held_bytes=held_bytes))
 
     def _make_chunks(self, cache: FeatureCache, plan: list[list[int]]) -> list[_Chunk]:
-        chunks: list[_Chunk] = []
-        for idx in plan:
-            archs = [cache.students[i] for i in idx]
-            inputs: dict[str, Value] = {
-                k: torch.stack([a.features[k] for a in archs]).to(self.device)
-                for k in ("k1", "k2", "k3")}
-            for name, kind, attr in (("act", Kind.ASET, "acts"), ("grad", Kind.WSET, "grads"),
-                                     ("weight", Kind.WSET, "weights")):
-                inputs[name] = Ragged.from_layers(
-                    kind, [getattr(a, attr) for a in archs]).on(self.device)
-            inputs["log_params"] = torch.log(torch.tensor(
-                [float(a.params) for a in archs], dtype=torch.float64)).to(self.device)
-            grad, weight = inputs["grad"], inputs["weight"]
-            assert isinstance(grad, Ragged) and isinstance(weight, Ragged)
-            if grad.same_layout(weight):  # one segment tensor: binary ops on the two
-                inputs["weight"] = grad.with_values(weight.values)  # skip comparing it
-            chunks.append(_Chunk(len(chunks), np.asarray(idx), inputs))
-        return chunks
+        """This process's chunks: stacked now, or (lazy cache) when first needed."""
+        if cache.lazy:
+            return [_Chunk(cid, np.asarray(idx), None) for cid, idx in enumerate(plan)]
+        return [_Chunk(cid, np.asarray(idx), self._stack([cache.students[i] for i in idx]))
+                for cid, idx in enumerate(plan)]
+
+    def _stack(self, archs: list[CachedArch]) -> dict[str, Value]:
+        inputs: dict[str, Value] = {
+            k: torch.stack([a.features[k] for a in archs]).to(self.device)
+            for k in ("k1", "k2", "k3")}
+        for name, kind, attr in (("act", Kind.ASET, "acts"), ("grad", Kind.WSET, "grads"),
+                                 ("weight", Kind.WSET, "weights")):
+            inputs[name] = Ragged.from_layers(
+                kind, [getattr(a, attr) for a in archs]).on(self.device)
+        inputs["log_params"] = torch.log(torch.tensor(
+            [float(a.params) for a in archs], dtype=torch.float64)).to(self.device)
+        grad, weight = inputs["grad"], inputs["weight"]
+        assert isinstance(grad, Ragged) and isinstance(weight, Ragged)
+        if grad.same_layout(weight):  # one segment tensor: binary ops on the two
+            inputs["weight"] = grad.with_values(weight.values)  # skip comparing it
+        return inputs
+
+    def _inputs(self, chunk: _Chunk) -> dict[str, Value]:
+        """The chunk's stacked features; a lazy chunk is read from disk and held while the
+        loaded chunks fit in ``held_bytes`` (least recently used released first)."""
+        if chunk.cid in self._held:
+            self._held.move_to_end(chunk.cid)
+        if chunk.inputs is None:
+            chunk.inputs = self._stack(load_students(self._cache, chunk.index.tolist()))
+            self._held[chunk.cid] = sum(_nbytes(v) for v in chunk.inputs.values())
+            while sum(self._held.values()) > self.held_bytes and len(self._held) > 1:
+                old, _ = self._held.popitem(last=False)
+                self.chunks[old].inputs = None
+        return chunk.inputs
 
     # ------------------------------------------------------------------ memo ---------------
     def _remember(self, key: tuple[str, int], value: Value) -> Value:
@@ -229,17 +247,21 @@ class Evaluator:
         while len(self._parts) > budget:
             self._parts.popitem(last=False)
 
+    def __enter__(self) -> Evaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def clear_memo(self) -> None:
         self._memo.clear()
         self._memo_size = 0
-        if self._pool is not None:
-            self._pool.clear_memo()
+        self.backend.clear_memo()
 
     def close(self) -> None:
-        """Stop the worker processes (if any); they also stop when the evaluator is garbage
-        collected or the interpreter exits."""
-        if self._pool is not None:
-            self._pool.close()
+        """Release the backend's workers (if any); they are also released when the evaluator
+        is garbage collected or the interpreter exits."""
+        self.backend.close()
 
     # ------------------------------------------------------------------ evaluation ---------
     def _eval(self, node: Node, chunk: _Chunk | None, teacher_side: bool) -> Value:
@@ -257,7 +279,7 @@ class Evaluator:
             return hit
         op = get(node.name)
         if op.family == "input":
-            env = self.teacher if teacher_side else chunk.inputs  # type: ignore[union-attr]
+            env = self.teacher if teacher_side else self._inputs(chunk)  # type: ignore[arg-type]
             if node.name not in env:
                 raise KindError(f"input {node.name!r} is not available on the teacher")
             return env[node.name]
@@ -349,8 +371,8 @@ class Evaluator:
                 root_error[t] = known
         try:
             if todo:
-                compute = self._pool.compute if self._pool is not None else self._compute
-                for text, (_, status, reason) in compute(todo, vectors, keep_memo).items():
+                errors = self.backend.compute(todo, vectors, keep_memo)
+                for text, (_, status, reason) in errors.items():
                     root_error[text] = (status, reason)
             for text in todo:
                 self._keep_part(text, root_error.get(text, vectors[text]))
@@ -406,14 +428,14 @@ class Evaluator:
             return EvalResult(text, "constant", "every architecture has the same score", scores)
         return EvalResult(text, "ok", "", scores)
 
-    def _compute(self, todo: dict[str, Node], vectors: dict[str, Tensor], keep_memo: bool
-                 ) -> dict[str, tuple[int, str, str]]:
-        """Fill ``vectors[text]`` at this evaluator's architectures for each part of ``todo``;
-        returns each failed part's first failing chunk, status and reason. (``keep_memo`` is
-        for the worker pool's version; here the caller, :meth:`evaluate`, clears the memo.)"""
+    def compute_chunks(self, todo: dict[str, Node], vectors: dict[str, Tensor],
+                       chunks: Sequence[_Chunk] | None = None) -> dict[str, tuple[int, str, str]]:
+        """Fill ``vectors[text]`` at the architectures of ``chunks`` (default: all of this
+        process's) for each part of ``todo``; returns each failed part's first failing chunk
+        id, status and reason. The memo is the caller's to clear."""
         errors: dict[str, tuple[int, str, str]] = {}
         with torch.no_grad():
-            for chunk in self.chunks:
+            for chunk in self.chunks if chunks is None else chunks:
                 where = torch.from_numpy(chunk.index)
                 for text, root in todo.items():
                     if text in errors:
@@ -432,122 +454,19 @@ class Evaluator:
             self._memo_size -= _nbytes(self._memo.pop(key))
 
 
-# ---------------------------------------------------------------------- worker processes ---
-_WORKER: Evaluator | None = None
-
-
-def _worker_start(root: str, config: dict[str, Any], archs: list[str], plan: list[list[int]],
-                  options: dict[str, Any]) -> None:
-    """Initialise one worker: load its architectures' features, build its chunks."""
-    global _WORKER
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    if options.get("threads") is not None:
-        torch.set_num_threads(options["threads"])
-    cache = load_cache(root, CacheConfig(**config), archs)
-    _WORKER = Evaluator(cache, plan=plan, **options)
-
-
-def _worker_compute(texts: list[str], keep_memo: bool
-                    ) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, str, str]]]:
-    ev = _WORKER
-    assert ev is not None
-    todo = {t: canonicalize(parse(t, ev.kinds)) for t in texts}
-    vectors = {t: torch.empty(ev.n, dtype=torch.float64) for t in texts}
-    try:
-        errors = ev._compute(todo, vectors, keep_memo)
-    finally:
-        if not keep_memo:
-            ev.clear_memo()
-    return {t: v.numpy() for t, v in vectors.items() if t not in errors}, errors
-
-
-def _worker_clear() -> None:
-    if _WORKER is not None:
-        _WORKER.clear_memo()
-
-
-@dataclass
-class _Shard:
-    chunk_ids: list[int]  # global chunk ids, in the order the worker numbers them
-    index: np.ndarray  # positions in the cache of the worker's architectures
-    executor: ProcessPoolExecutor
-
-
-class _Pool:
-    """Chunks spread over worker processes (one single-process executor each, so each
-    request reaches the worker that holds the chunks). Chunks go to the least-loaded worker,
-    largest first; the split changes nothing in the scores."""
-
-    def __init__(self, cache: FeatureCache, plan: list[list[int]], workers: int,
-                 options: dict[str, Any]) -> None:
-        if cache.folder is None:
-            raise GpProxyError("parallel evaluation needs a cache loaded from disk "
-                               "(load_cache), so that workers can load their share")
-        size = [sum(t.numel() for i in idx for t in (*cache.students[i].features.values(),
-                                                      *cache.students[i].acts))
-                for idx in plan]
-        owned: list[list[int]] = [[] for _ in range(min(workers, len(plan)))]
-        load = [0] * len(owned)
-        for cid in sorted(range(len(plan)), key=lambda c: (-size[c], c)):
-            w = min(range(len(owned)), key=lambda k: (load[k], k))
-            owned[w].append(cid)
-            load[w] += size[cid]
-        ctx = mp.get_context("spawn")
-        self.shards: list[_Shard] = []
-        for cids in owned:
-            cids.sort()
-            positions = [i for c in cids for i in plan[c]]
-            local: list[list[int]] = []
-            start = 0
-            for c in cids:
-                local.append(list(range(start, start + len(plan[c]))))
-                start += len(plan[c])
-            executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=ctx, initializer=_worker_start,
-                initargs=(str(cache.folder.parent), asdict(cache.config),
-                          [cache.students[i].spec for i in positions], local, options))
-            self.shards.append(_Shard(cids, np.asarray(positions), executor))
-        self._finalizer = weakref.finalize(self, _Pool._shutdown,
-                                           [s.executor for s in self.shards])
-
-    @staticmethod
-    def _shutdown(executors: list[ProcessPoolExecutor], wait: bool = False) -> None:
-        for ex in executors:
-            ex.shutdown(wait=wait, cancel_futures=True)
-
-    def _on_all(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
-        """``fn(*args)`` on every worker; a worker that died is a one-line error."""
-        try:
-            futures: list[Future[Any]] = [s.executor.submit(fn, *args) for s in self.shards]
-            return [f.result() for f in futures]
-        except BrokenProcessPool as exc:
-            raise GpProxyError(
-                f"an evaluation worker process died ({exc}): out of memory, or a script that "
-                "starts workers without `if __name__ == '__main__':`? Try fewer workers"
-            ) from None
+class Backend(Protocol):
+    """Where an evaluator's parts are computed (see :data:`gp_proxy.backends.BACKENDS`)."""
 
     def compute(self, todo: dict[str, Node], vectors: dict[str, Tensor], keep_memo: bool
                 ) -> dict[str, tuple[int, str, str]]:
-        texts = list(todo)
-        outs = self._on_all(_worker_compute, texts, keep_memo)
-        errors: dict[str, tuple[int, str, str]] = {}
-        for shard, (vecs, errs) in zip(self.shards, outs, strict=True):
-            where = torch.from_numpy(shard.index)
-            for text, v in vecs.items():
-                vectors[text][where] = torch.from_numpy(v)
-            for text, (local, status, reason) in errs.items():
-                cid = shard.chunk_ids[local]
-                if text not in errors or cid < errors[text][0]:  # the first chunk's cause,
-                    errors[text] = (cid, status, reason)  # as one process would record it
-        return errors
+        """Fill ``vectors[text]`` (over all architectures) for each part of ``todo``; return
+        each failed part's first failing chunk id (in plan order), status and reason."""
+        ...
 
     def clear_memo(self) -> None:
-        # best effort: called from ``finally`` clauses, where a dead worker must not hide the
-        # error being raised (the next computation reports it)
-        with contextlib.suppress(GpProxyError):
-            self._on_all(_worker_clear)
+        """Release intermediates kept for a ``keep_memo`` call."""
+        ...
 
     def close(self) -> None:
-        """Stop the workers and wait until they have exited."""
-        if self._finalizer.detach() is not None:
-            _Pool._shutdown([s.executor for s in self.shards], wait=True)
+        """Release workers and connections."""
+        ...

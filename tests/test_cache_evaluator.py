@@ -381,7 +381,8 @@ def test_worker_processes_give_the_same_bits_statuses_and_first_causes(cache) ->
     formulas += ["l1(k1)", "rank_add(mse(k2),sum_layers(mean(act)))", "kl_t4(k3", "mean(k1)"]
     runs = {}
     for workers in (1, 2):
-        ev = Evaluator(cache, chunk_size=2, device="cpu", threads=1, workers=workers)
+        ev = Evaluator(cache, chunk_size=2, device="cpu", threads=1, workers=workers,
+                       backend="local" if workers == 1 else "processes")
         assert len(ev.chunks) == (4 if workers == 1 else 0)  # 7 architectures, 2 a chunk
         try:
             first = ev.evaluate(formulas, keep_memo=True)
@@ -401,13 +402,14 @@ def test_a_dead_worker_is_a_one_line_error(cache) -> None:  # type: ignore[no-un
     import os
     import signal
 
+    from gp_proxy.backends import Processes
     from primitives import GpProxyError
 
-    ev = Evaluator(cache, chunk_size=2, device="cpu", threads=1, workers=2)
+    ev = Evaluator(cache, chunk_size=2, device="cpu", threads=1, workers=2, backend="processes")
     try:
         assert ev.evaluate(["mse(k3)"])[0].ok
-        assert ev._pool is not None
-        pid = next(iter(ev._pool.shards[0].executor._processes))
+        assert isinstance(ev.backend, Processes)
+        pid = next(iter(ev.backend.shards[0].executor._processes))
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(GpProxyError, match="worker process died"):
             ev.evaluate(["l1(k3)"])

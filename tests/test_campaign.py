@@ -393,7 +393,8 @@ def test_worker_processes_reproduce_a_one_process_campaign(bench: Path, tmp_path
     runs = {}
     for workers in (1, 2):
         cfg = load_config(None, _cfg(bench, tmp_path / "cache", generations=2, threads=1,
-                                     workers=workers, chunk_size=2, noise_check=False))
+                                     workers=workers, chunk_size=2, noise_check=False,
+                                     backend="local" if workers == 1 else "processes"))
         Campaign(cfg, tmp_path / f"w{workers}").run()
         history = [json.loads(line) for line in
                    (tmp_path / f"w{workers}" / "history.jsonl").read_text().splitlines()]
