@@ -126,7 +126,7 @@ def large(args: argparse.Namespace, scheduler: str, tmp: Path) -> dict[str, Any]
     save_tensors(probe, {"images": torch.randn(8, 3, 32, 32, generator=g),
                          "labels": torch.randint(0, 10, (8,), generator=g)})
     cfg = CacheConfig("nb201", "resnet56", str(probe), act_samples=2)
-    root = tmp / "cache"  # gigabytes: removed with the run
+    root = Path(args.large_root) if args.large_root else tmp / "cache"  # gigabytes
     t0 = time.perf_counter()
     folder = build_cache(root, cfg, archs, backend="dask", scheduler=scheduler)
     out: dict[str, Any] = {"space": "nb201", "cache_build_s": time.perf_counter() - t0,
@@ -193,6 +193,9 @@ def main() -> None:
     ap.add_argument("--large-population", type=int, default=12,
                     help="parents (and as many offspring) on the large space")
     ap.add_argument("--held-mb", type=int, default=256, help="held_bytes over both workers")
+    ap.add_argument("--large-root", default="", help="keep the large cache here (default: a "
+                                                     "temporary folder, removed)")
+    ap.add_argument("--parts", default="embedded,overhead,large")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from distributed import LocalCluster
@@ -201,13 +204,18 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]),
         "machine": {"cores": os.cpu_count(), "processor": platform.processor() or
                     platform.machine(), "torch": torch.__version__}}
+    t0 = time.perf_counter()
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
             tempfile.TemporaryDirectory() as tmp:
-        report["embedded"] = embedded(args, cluster.scheduler_address)
-        report["dask_overhead"] = overhead(args, cluster.scheduler_address)
-        print(json.dumps(report["dask_overhead"]), flush=True)
-        if args.large.strip():
+        report["local_cluster_start_s"] = time.perf_counter() - t0
+        parts = args.parts.split(",")
+        if "embedded" in parts:
+            report["embedded"] = embedded(args, cluster.scheduler_address)
+        if "overhead" in parts:
+            report["dask_overhead"] = overhead(args, cluster.scheduler_address)
+            print(json.dumps(report["dask_overhead"]), flush=True)
+        if "large" in parts and args.large.strip():
             report["large_space"] = large(args, cluster.scheduler_address, Path(tmp))
             print(json.dumps(report["large_space"]), flush=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -53,7 +53,7 @@ class WorkerOptions:
 
     workers: int = 1
     scheduler: str | None = None  # dask: a running scheduler's address (None: LocalCluster)
-    device: str = "cpu"
+    device: str | None = None  # None: each worker takes CUDA when its machine has it
     memo_bytes: int = 512 << 20
     seed: int = 0
     memoize: bool = True
@@ -158,8 +158,8 @@ def _balance(sizes: list[int], bins: int) -> list[list[int]]:
 
 
 def _chunk_sizes(cache: FeatureCache, plan: list[list[int]]) -> list[int]:
-    return [sum(t.numel() for i in idx for t in (*cache.students[i].features.values(),
-                                                 *cache.students[i].acts)) for idx in plan]
+    """Bytes of each chunk's features (what balancing the workers' loads weighs)."""
+    return [sum(cache.students[i].nbytes for i in idx) for idx in plan]
 
 
 def _needs_folder(cache: FeatureCache, backend: str) -> str:

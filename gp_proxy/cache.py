@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from concurrent.futures import as_completed
@@ -108,6 +109,10 @@ class CachedArch:
     grads: list[Tensor] = field(default_factory=list)
     params: int = 0
     flops: int = 0
+    # bytes of all its tensors; a lazy cache's students keep only this and the shapes of
+    # k1/k2/k3 (a meta tensor object costs about 0.4 KB: one per layer tensor would cost
+    # about 75 KB per NB-201 architecture, 1.2 GB for the whole space, in every process)
+    nbytes: int = 0
 
 
 @dataclass
@@ -318,18 +323,21 @@ def _finite(path: Path, tensors: dict[str, Tensor]) -> None:
                              "or check the model")
 
 
-def _header(path: Path) -> dict[str, Tensor]:
-    """A cache file's tensors as shape-only ``meta`` tensors, read from its header alone."""
+def _header(path: Path) -> tuple[dict[str, Tensor], int]:
+    """From a cache file's header alone: ``k1``/``k2``/``k3`` as shape-only ``meta`` tensors,
+    and the bytes of all its tensors."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as fh:
-            out = {}
+            out, nbytes = {}, 0
             for name in fh.keys():
                 part = fh.get_slice(name)
-                out[name] = torch.empty(part.get_shape(), device="meta",
-                                        dtype=_DTYPES[part.get_dtype()])
-            return out
+                shape, dtype = part.get_shape(), _DTYPES[part.get_dtype()]
+                nbytes += math.prod(shape) * dtype.itemsize
+                if name in ("k1", "k2", "k3"):
+                    out[name] = torch.empty(shape, device="meta", dtype=dtype)
+            return out, nbytes
     except Exception as exc:
         raise CacheError(f"{path}: cannot read its header ({exc})") from None
 
@@ -343,7 +351,8 @@ def _arch(spec: str, t: dict[str, Tensor], meta: dict[str, str]) -> CachedArch:
     return CachedArch(
         spec, {k: t[k] for k in ("k1", "k2", "k3")},
         [t[f"act.{i}"] for i in range(n)], [t[f"weight.{i}"] for i in range(n)],
-        [t[f"grad.{i}"] for i in range(n)], int(meta["params"]), int(meta["flops"]))
+        [t[f"grad.{i}"] for i in range(n)], int(meta["params"]), int(meta["flops"]),
+        sum(x.numel() * x.element_size() for x in t.values()))
 
 
 def load_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[str],
@@ -351,8 +360,9 @@ def load_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[st
     """Load (building what is missing, with progress unless ``quiet``) the features of
     ``archs``, in that order.
 
-    ``lazy`` reads only the files' headers: the students' tensors are shape-only ``meta``
-    tensors (enough to plan chunks, check alignment and count bytes) and an evaluator loads
+    ``lazy`` reads only the files' headers: a student holds its ``k1``/``k2``/``k3`` as
+    shape-only ``meta`` tensors and its byte count (enough to plan chunks, check alignment
+    and balance workers), no layer tensors, and an evaluator loads
     each chunk's features from disk when it needs them, within its ``held_bytes``: a space of
     tens of thousands of architectures is scored without ever being in memory at once.
     """
@@ -368,14 +378,17 @@ def load_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[st
         path = _arch_file(folder, spec)
         if lazy:
             meta = _read_metadata(path) or {}
-            t = _header(path)
+            feats, nbytes = _header(path)
         else:
             t, meta = _load_checked(root, config, path, spec)
         if meta.get("key") != key or meta.get("spec") != spec:
             raise CacheError(f"{path}: stale or corrupted cache file for {spec!r}")
-        if not lazy:
+        if lazy:
+            students.append(CachedArch(spec, feats, params=int(meta["params"]),
+                                       flops=int(meta["flops"]), nbytes=nbytes))
+        else:
             _finite(path, t)
-        students.append(_arch(spec, t, meta))
+            students.append(_arch(spec, t, meta))
     kinds = dict(space.build(archs[0]).feature_kinds) if archs else {}
     return FeatureCache(config, key, teacher, students, kinds, folder.resolve(), lazy)
 

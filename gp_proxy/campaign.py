@@ -502,6 +502,8 @@ class Campaign:
                           yaml.safe_dump(self.config.model_dump(), sort_keys=True))
         atomic_write_json(self.run_dir / "env.json", {
             **environment(), "device": str(self.evaluator.device), "cache_key": self.cache.key,
+            # with workers elsewhere, "device" is this process's; the workers resolve theirs
+            "backend": self.config.backend,
             "architectures": len(self.y), "train": len(self.splits.train),
             "test": len(self.splits.test), "space": self.bench.space,
             "benchmark": str(self.bench.folder),

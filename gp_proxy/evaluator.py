@@ -141,7 +141,10 @@ class Evaluator:
                  workers: int = 1, plan: list[list[int]] | None = None,
                  kept_bytes: int = 64 << 20, backend: str = "local",
                  scheduler: str | None = None, held_bytes: int = 1 << 30) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # with workers elsewhere this process only combines score vectors, on the CPU; each
+        # worker resolves ``device`` (None: CUDA when it has one) on its own machine
+        here = device if backend == "local" else "cpu"
+        self.device = torch.device(here or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.threads = threads if self.device.type == "cpu" else None
         if self.device.type == "cpu":
             tune_allocator()
@@ -174,8 +177,8 @@ class Evaluator:
         from .backends import BACKENDS, WorkerOptions  # (backends import this module)
 
         self.backend: Backend = BACKENDS.get(backend)(self, cache, WorkerOptions(
-            workers=workers, scheduler=scheduler, device=str(self.device), memo_bytes=memo_bytes,
-            seed=seed, memoize=memoize, threads=self.threads, kept_bytes=kept_bytes,
+            workers=workers, scheduler=scheduler, device=device, memo_bytes=memo_bytes,
+            seed=seed, memoize=memoize, threads=threads, kept_bytes=kept_bytes,
             held_bytes=held_bytes))
 
     def _make_chunks(self, cache: FeatureCache, plan: list[list[int]]) -> list[_Chunk]:
