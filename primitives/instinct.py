@@ -18,6 +18,10 @@ from torch import Tensor
 
 from .distances import abs_diff, huber, sq_diff
 from .errors import ShapeError
+
+# the calibrated normalisers live with the per-model twins: exports copy them from there, and
+# the evaluator's combiners use the same functions, so the two cannot drift
+from .reference import calibrated_rank01, calibrated_z
 from .registry import Op, Signature, register
 from .values import Kind, Ragged, recording
 
@@ -284,44 +288,10 @@ def _z(x: Tensor) -> Tensor:
     return torch.where(std > 0, (x - x.mean()) / std.clamp_min(_EPS), torch.zeros_like(x))
 
 
-def _calibrated_rank01(reference: Tensor, x: Tensor) -> Tensor:
-    """``x`` placed among a stored reference population (sorted ascending), scaled to
-    [0, 1] as ``_rank01`` places a member among the others: a value equal to reference members
-    gets their average rank, one strictly between two neighbours a linear interpolation of
-    their ranks, one outside the reference's range the end gap extrapolated, at most half a
-    step beyond the end (ranks stay bounded, so one part cannot swamp the other). Continuous
-    away from ties, so a rounding difference in a part moves a score by as little; for the
-    reference's own members exactly their ``_rank01``."""
-    n = reference.numel()
-    if torch.isnan(x).any() or n == 0:
-        return torch.full_like(x, float("nan"))
-    lo = torch.searchsorted(reference, x, right=False)
-    hi = torch.searchsorted(reference, x, right=True)
-    rank = (lo + hi - 1).to(x.dtype) / 2.0
-    between = (lo == hi) & (lo > 0) & (lo < n)
-    left = reference[(lo - 1).clamp(0, n - 1)]
-    right = reference[lo.clamp(0, n - 1)]
-    frac = ((x - left) / (right - left)).clamp(0, 1)
-    rank = torch.where(between, (lo - 1).to(x.dtype) + frac.to(x.dtype), rank)
-    if n > 1:  # outside the range: the gap between the two end members, extrapolated
-        below = (x - reference[0]) / (reference[1] - reference[0])
-        above = (x - reference[-1]) / (reference[-1] - reference[-2])
-        rank = torch.where(hi == 0, below.clamp(min=-0.5).to(x.dtype), rank)
-        rank = torch.where(lo == n, (n - 1) + above.clamp(max=0.5).to(x.dtype), rank)
-    return rank / max(n - 1, 1)
-
-
-def _calibrated_z(reference: Tensor, x: Tensor) -> Tensor:
-    """``x`` in z-units of the stored reference population (``_z``'s statistics)."""
-    std = reference.std(unbiased=False)
-    mean = reference.mean()
-    return torch.where(std > 0, (x - mean) / std.clamp_min(_EPS), torch.zeros_like(x))
-
-
 #: normaliser name -> (over a population, against a stored reference population)
 NORMALISERS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]] = {
-    "rank01": (_rank01, _calibrated_rank01),
-    "z": (_z, _calibrated_z),
+    "rank01": (_rank01, calibrated_rank01),
+    "z": (_z, calibrated_z),
 }
 
 
