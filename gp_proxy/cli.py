@@ -648,8 +648,8 @@ def compare_cmd(
     table = Table(title=f"{benchmark} ({len(splits.train)} train / {len(splits.test)} held-out "
                         f"architectures, target {target}; sign chosen on train)")
     for col in ("proxy", "τ train", "τ held-out [95% CI]", "Δτ vs #params [paired 95% CI]",
-                "ρ held-out", "r held-out",
-                "P@10% held-out", "τ params-bins held-out", "partial τ | params held-out",
+                "Δτ vs descriptors [paired 95% CI]", "ρ held-out", "r held-out",
+                "P@10% held-out", "τ params-bins held-out", "partial τ | params held-out [95% CI]",
                 "τ size residual held-out", "τ with #params",
                 *(["τ real vs noise data"] if noise_check else [])):
         table.add_column(col, overflow="fold")
@@ -659,13 +659,16 @@ def compare_cmd(
 
     for r in rows:
         m = r.metrics
+
+        def interval(key: str, m: dict[str, float] = m) -> str:
+            return f"{f(m.get(key))} [{f(m.get(key + '_lo'))}, {f(m.get(key + '_hi'))}]"
+
         table.add_row(r.name, f(m.get("train_tau")),
                       f"{f(m.get('test_tau'))} [{f(m.get('test_tau_lo'))}, "
                       f"{f(m.get('test_tau_hi'))}]",
-                      f"{f(m.get('test_tau_minus_params'))} [{f(m.get('test_tau_minus_params_lo'))}"
-                      f", {f(m.get('test_tau_minus_params_hi'))}]", f(m.get("test_rho")),
-                      f(m.get("test_pearson")), f(m.get("test_p_at_10")),
-                      f(m.get("test_tau_params_bins")), f(m.get("test_partial_tau_params")),
+                      interval("test_tau_minus_params"), interval("test_tau_minus_descriptors"),
+                      f(m.get("test_rho")), f(m.get("test_pearson")), f(m.get("test_p_at_10")),
+                      f(m.get("test_tau_params_bins")), interval("test_partial_tau_params"),
                       f(m.get("test_tau_size_residual")), f(m.get("tau_with_params")),
                       *([f(m.get("tau_real_vs_noise"))] if noise_check else []))
     _out.print(table)

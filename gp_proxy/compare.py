@@ -203,7 +203,11 @@ def _precision_top(s: np.ndarray, y: np.ndarray, frac: float = 0.1) -> float:
 
 
 def _metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
-             bootstrap: int, seed: int) -> dict[str, float]:
+             bootstrap: int, seed: int, descriptors: np.ndarray | None = None
+             ) -> dict[str, float]:
+    """Train and held-out metrics of one proxy, with bootstrap intervals over the held-out
+    architectures: its τ, its partial τ given #params, and its paired differences with
+    #params and (``descriptors``: the regression's predictions) the descriptor regression."""
     tr, te = splits.train, splits.test
     if not np.isfinite(s).all():
         return {"sign": float("nan")}
@@ -224,7 +228,7 @@ def _metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
     rng = np.random.default_rng(seed)
     # #params oriented on the training architectures too, for the paired difference
     p = (-1.0 if kendall_tau(params[tr], y[tr]) < 0 else 1.0) * params
-    taus, diffs = [], []
+    taus, diffs, partials, vs_desc = [], [], [], []
     for b in (rng.choice(te, len(te)) for _ in range(bootstrap)):
         t = kendall_tau(o[b], y[b])
         if math.isfinite(t):
@@ -232,6 +236,13 @@ def _metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
             d = t - kendall_tau(p[b], y[b])
             if math.isfinite(d):
                 diffs.append(d)
+            if descriptors is not None:
+                d = t - kendall_tau(descriptors[b], y[b])
+                if math.isfinite(d):
+                    vs_desc.append(d)
+        pt = partial_kendall(o[b], y[b], params[b])
+        if math.isfinite(pt):
+            partials.append(pt)
 
     def ci(v: list[float]) -> tuple[float, float]:
         return ((float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if v
@@ -241,6 +252,10 @@ def _metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
     # the paired bootstrap: the same resampled architectures for the proxy and #params
     out["test_tau_minus_params"] = out["test_tau"] - kendall_tau(p[te], y[te])
     out["test_tau_minus_params_lo"], out["test_tau_minus_params_hi"] = ci(diffs)
+    out["test_partial_tau_params_lo"], out["test_partial_tau_params_hi"] = ci(partials)
+    if descriptors is not None:
+        out["test_tau_minus_descriptors"] = out["test_tau"] - kendall_tau(descriptors[te], y[te])
+        out["test_tau_minus_descriptors_lo"], out["test_tau_minus_descriptors_hi"] = ci(vs_desc)
     return out
 
 
@@ -259,6 +274,10 @@ def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root:
     from primitives.formula import parse
 
     y = bench.truth.y
+    # the descriptor regression's predictions (fitted on the training architectures), for
+    # every proxy's paired difference with it
+    desc = None if bench.descriptors() is None else resolve_scores(
+        DESCRIPTORS, bench, cache, cache_root, seed, fit_on=splits.train)[2]
     rows = []
     for item in items:
         try:
@@ -271,7 +290,7 @@ def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root:
             parse(formula)  # a malformed formula is the user's error: raise it
             rows.append(ProxyRow(item, "failed", {}, str(err)))
             continue
-        metrics = _metrics(scores, y, bench.params, splits, bootstrap, seed)
+        metrics = _metrics(scores, y, bench.params, splits, bootstrap, seed, desc)
         if noise_check:
             metrics["tau_real_vs_noise"] = _noise_tau(item, kind, scores, bench, cache,
                                                       cache_root, seed, evaluation)

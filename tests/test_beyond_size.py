@@ -358,3 +358,29 @@ def test_paired_bootstrap_difference_against_params() -> None:
     assert m["test_tau_minus_params_lo"] == m["test_tau_minus_params_hi"] == 0.0
     oracle = _metrics(y, y, params, splits, 200, 0)
     assert oracle["test_tau_minus_params_lo"] > 0
+
+
+def test_bootstrap_intervals_of_partial_tau_and_of_the_difference_with_descriptors() -> None:
+    """The partial τ's interval comes from the same resamples as τ's and contains the point
+    estimate; the paired difference with the descriptor regression is 0 for the regression
+    itself and positive for an oracle that the regression only approximates."""
+    from gp_proxy.compare import _metrics
+    from gp_proxy.fitness import partial_kendall
+
+    rng = np.random.default_rng(5)
+    params = rng.integers(10_000, 1_000_000, 80).astype(float)
+    extra = rng.normal(0, 1, 80)
+    y = np.log(params) + extra + rng.normal(0, 0.2, 80)
+    splits = make_splits(80)
+    te = splits.test
+    desc = np.log(params) + 0.5 * extra  # a regression that found half of the extra signal
+    m = _metrics(y, y, params, splits, 300, 0, desc)
+    assert m["test_partial_tau_params"] == pytest.approx(partial_kendall(y[te], y[te],
+                                                                         params[te]))
+    assert m["test_partial_tau_params_lo"] <= m["test_partial_tau_params"] \
+        <= m["test_partial_tau_params_hi"]
+    assert m["test_tau_minus_descriptors_lo"] > 0
+    same = _metrics(desc, y, params, splits, 300, 0, desc)
+    assert same["test_tau_minus_descriptors"] == 0.0
+    assert same["test_tau_minus_descriptors_lo"] == same["test_tau_minus_descriptors_hi"] == 0.0
+    assert "test_tau_minus_descriptors" not in _metrics(y, y, params, splits, 50, 0)
