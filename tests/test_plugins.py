@@ -195,18 +195,18 @@ def test_a_user_loss_declares_its_hyperparameters() -> None:
     assert float(loss(s, t, torch.zeros(2))) == pytest.approx(1 / 8)
 
 
-def test_readme_tutorial_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_tutorial_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture[str]) -> None:
-    """The README's tutorial, executed as written in a temporary folder."""
+    """The tutorial (docs/tutorial.md), executed as written in a temporary folder."""
     from gp_proxy.spaces import SPACES
 
     root = Path(__file__).resolve().parents[1]
-    text = (root / "README.md").read_text()
+    text = (root / "docs" / "tutorial.md").read_text()
     code = text.split("<!-- tutorial -->")[1].split("<!-- /tutorial -->")[0]
     code = code.split("```python")[1].split("```")[0]
     monkeypatch.chdir(tmp_path)
     try:
-        exec(compile(code, "README tutorial", "exec"), {})  # our own README, not user input
+        exec(compile(code, "docs/tutorial.md", "exec"), {})  # our own docs, not user input
     finally:
         SPACES._entries.pop("my-cnns", None)  # the tutorial registers it once per process
     out = capsys.readouterr().out
