@@ -24,6 +24,7 @@ taking the rewards it already has from that file, so it rebuilds the same tree a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -31,7 +32,6 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ import torch
 
 from primitives.errors import GpProxyError
 
+from .backends import executor
 from .distiller import DISTILLER_LEVELS, DistillerSpace
 from .io import atomic_write_json
 
@@ -302,8 +303,11 @@ def _score(args: tuple[ProxyTask, str]) -> tuple[float, float]:
 def run_search(benchmark: str, student: str, cfg: SearchConfig, out: str | os.PathLike[str],
                data: str | None = None, workers: int = 1,
                progress: Callable[[int, int, str], None] | None = None,
-               reward: Reward | None = None) -> dict[str, Any]:
+               reward: Reward | None = None, backend: str = "processes",
+               scheduler: str | None = None) -> dict[str, Any]:
     """Search the distiller for ``student`` with the benchmark's teacher; resumable in ``out``.
+    A round's proxy trainings run on ``backend`` (``processes``: ``workers`` local processes,
+    in this process when 1; ``dask``: the cluster at ``scheduler`` or a LocalCluster).
     ``reward`` replaces proxy training (tests). Returns the best record."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -325,7 +329,10 @@ def run_search(benchmark: str, student: str, cfg: SearchConfig, out: str | os.Pa
                 raise GpProxyError(f"{log}: line {i} is not an evaluation record") from None
     task = ProxyTask(str(benchmark), student, data, cfg, str(folder))
     space = DistillerSpace(_teacher_shapes(benchmark))
-    pool = ProcessPoolExecutor(workers) if workers > 1 and reward is None else None
+    stack = contextlib.ExitStack()
+    # one local process needs no pool; a cluster is used whatever its size
+    fan_out = reward is None and (workers > 1 or backend == "dask")
+    pool = stack.enter_context(executor(backend, workers, scheduler)) if fan_out else None
 
     def evaluate(batch: list[str]) -> list[float]:
         todo = [s for s in batch if s not in done]
@@ -357,8 +364,7 @@ def run_search(benchmark: str, student: str, cfg: SearchConfig, out: str | os.Pa
     try:
         _, rewards = SEARCHES[cfg.algorithm](space, evaluate, cfg, on_round)
     finally:
-        if pool is not None:
-            pool.shutdown()
+        stack.close()
     best = max(rewards, key=lambda s: rewards[s])
     record = _best(best, rewards, done)
     atomic_write_json(folder / "best.json", record)

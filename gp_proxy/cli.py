@@ -875,6 +875,10 @@ def distiller_search(
     batch: Annotated[int, typer.Option(min=1, help="proxy trainings per round")] = 2,
     workers: Annotated[int, typer.Option(min=1, help="processes for a round's trainings")] = 1,
     seed: Annotated[int, typer.Option(min=0, help="seed of the search and the trainings")] = 0,
+    backend: Annotated[str, typer.Option(
+        help="where trainings run: processes (--workers local processes) or dask (a cluster "
+             "at --scheduler, or a new LocalCluster)")] = "processes",
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Search the distiller for one student (Auto-KD): MCTS, random search or a GA, every
     candidate scored by a short distillation on a validation split of the training data."""
@@ -896,7 +900,7 @@ def distiller_search(
 
         record = run_search(str(benchmark), student, cfg, out,
                             data=str(data) if data is not None else None, workers=workers,
-                            progress=report)
+                            progress=report, backend=backend, scheduler=scheduler)
     _out.print(f"best distiller {record['best']}: validation accuracy "
                f"{100 * record['reward']:.2f} % after {record['evaluated']} proxy trainings "
                f"({record['proxy_seconds']:.0f} s); {out}/best.json", markup=False,
@@ -964,6 +968,10 @@ def distiller_compare(
     epochs: Annotated[int, typer.Option(min=1, help="epochs of a full training")] = 10,
     proxy_epochs: Annotated[int, typer.Option(min=1, help="epochs of a proxy training")] = 3,
     workers: Annotated[int, typer.Option(min=1, help="processes")] = 2,
+    backend: Annotated[str, typer.Option(
+        help="where trainings run: processes (--workers local processes) or dask (a cluster "
+             "at --scheduler, or a new LocalCluster)")] = "processes",
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Searched distillers (MCTS, random, GA) against KD, FitNet, AT, SP, RKD, PKT, ICKD, DKD
     and CE at the full recipe over seeds; writes report.json and report.md."""
@@ -981,6 +989,7 @@ def distiller_compare(
     cfg = CompareConfig(benchmark=str(benchmark), students=specs,
                         search=SearchConfig(budget=budget, epochs=proxy_epochs), top=top,
                         seeds=seed_list, epochs=epochs, workers=workers,
+                        backend=backend, scheduler=scheduler,
                         data=str(data) if data is not None else None)
     from contextlib import ExitStack
 
@@ -1017,6 +1026,10 @@ def distpro_compare(
     autokd: Annotated[Path | None, typer.Option(help="an Auto-KD comparison folder: its best "
                                                      "distiller per student joins")] = None,
     workers: Annotated[int, typer.Option(min=1, help="processes")] = 2,
+    backend: Annotated[str, typer.Option(
+        help="where trainings run: processes (--workers local processes) or dask (a cluster "
+             "at --scheduler, or a new LocalCluster)")] = "processes",
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """DistPro against CE and KD: equal weights, α_T held, the learned process, at the full
     and a shortened recipe over seeds; writes report.json, report.md and process pictures."""
@@ -1034,6 +1047,7 @@ def distpro_compare(
     cfg = DistProCompareConfig(benchmark=str(benchmark), students=specs,
                                search_epochs=search_epochs, seeds=seed_list, epochs=epochs,
                                short_epochs=short_epochs, workers=workers,
+                               backend=backend, scheduler=scheduler,
                                data=str(data) if data is not None else None,
                                autokd=str(autokd) if autokd is not None else None)
     result = compare_distpro(cfg, out)

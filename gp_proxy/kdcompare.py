@@ -18,12 +18,12 @@ FitNet 100, AT 1000, SP 3000, RKD 1 (distance 25, angle 50 inside), PKT 30000, D
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from scipy import stats
 from primitives.errors import GpProxyError
 
 from .autokd import ALGORITHMS, SearchConfig, run_search
+from .backends import executor
 from .io import atomic_write_json, atomic_write_text
 
 __all__ = ["HAND_DESIGNED", "CompareConfig", "DistProCompareConfig", "compare_distillers",
@@ -65,6 +66,8 @@ class CompareConfig:
     train_size: int = 5000
     workers: int = 2
     data: str | None = None
+    backend: str = "processes"  # where trainings run: processes or dask (see backends)
+    scheduler: str | None = None
     #: MCTS exploration constants searched again on the first student (the supplement gives
     #: none: a sensitivity check of the default)
     exploration_check: tuple[float, ...] = (0.35, 1.4)
@@ -155,7 +158,9 @@ def compare_distillers(cfg: CompareConfig, out: str | os.PathLike[str],
                               "proxy_training": {"epochs": s.epochs, "train_size": s.train_size,
                                                  "val_size": s.val_size},
                               "budget": s.budget, "students": {}}
-    pool = ProcessPoolExecutor(cfg.workers) if cfg.workers > 1 else None
+    stack = contextlib.ExitStack()
+    pool = (stack.enter_context(executor(cfg.backend, cfg.workers, cfg.scheduler))
+            if cfg.workers > 1 or cfg.backend == "dask" else None)  # see autokd.run_search
     run_map = pool.map if pool is not None else map
     try:
         for student in cfg.students:
@@ -164,7 +169,8 @@ def compare_distillers(cfg: CompareConfig, out: str | os.PathLike[str],
                 sc = replace(s, algorithm=algorithm)
                 searches[algorithm] = run_search(
                     cfg.benchmark, student, sc, folder / student / f"search-{algorithm}",
-                    data=cfg.data, workers=cfg.workers,
+                    data=cfg.data, workers=cfg.workers, backend=cfg.backend,
+                    scheduler=cfg.scheduler,
                     progress=_search_progress(progress, f"{student} {algorithm} search"))
             # candidates: the top distillers of each search, and every hand-designed loss
             candidates: dict[str, tuple[float, dict[str, float], str | None, dict[str, Any]]] = {}
@@ -213,8 +219,7 @@ def compare_distillers(cfg: CompareConfig, out: str | os.PathLike[str],
         report["exploration_check"] = {"student": first, "by_c": check}
         atomic_write_json(folder / "report.json", report)
     finally:
-        if pool is not None:
-            pool.shutdown()
+        stack.close()
     atomic_write_text(folder / "report.md", _markdown(report))
     return report
 
@@ -338,6 +343,8 @@ class DistProCompareConfig:
     train_size: int = 5000
     workers: int = 2
     data: str | None = None
+    backend: str = "processes"  # where trainings run: processes or dask (see backends)
+    scheduler: str | None = None
     autokd: str | None = None  # an Auto-KD comparison folder: its best distiller per student
 
 
@@ -374,7 +381,9 @@ def compare_distpro(cfg: DistProCompareConfig, out: str | os.PathLike[str],
                               "epochs": cfg.epochs, "short_epochs": cfg.short_epochs,
                               "search_epochs": cfg.search_epochs,
                               "search_images": cfg.search_images, "students": {}}
-    pool = ProcessPoolExecutor(cfg.workers) if cfg.workers > 1 else None
+    stack = contextlib.ExitStack()
+    pool = (stack.enter_context(executor(cfg.backend, cfg.workers, cfg.scheduler))
+            if cfg.workers > 1 or cfg.backend == "dask" else None)  # see autokd.run_search
     run_map = pool.map if pool is not None else map
     try:
         searches = list(run_map(_search_job, [(cfg, s, str(folder / s / "search"))
@@ -441,8 +450,7 @@ def compare_distpro(cfg: DistProCompareConfig, out: str | os.PathLike[str],
                                            "final_alpha": proc.alpha[-1]}
             atomic_write_json(folder / "report.json", result)
     finally:
-        if pool is not None:
-            pool.shutdown()
+        stack.close()
     atomic_write_text(folder / "report.md", _distpro_markdown(result))
     return result
 

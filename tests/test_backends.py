@@ -173,3 +173,33 @@ def test_a_distributed_cache_build_resumes_without_redoing_finished_archs(
         assert all(x.equal(y) for x, y in zip(one.students[0].grads, dist.students[0].grads,
                                               strict=True))
     assert serial.name == folder.name
+
+
+def test_benchmark_trainings_on_dask_match_local_processes(tmp_path: Path,
+                                                           scheduler: str) -> None:
+    """`bench build --backend dask`: each training a task (its data scattered once per
+    worker), each run file written as it arrives; the runs are those of local processes,
+    and a build resumed on the other backend redoes none of them."""
+    from gp_proxy.bench import build_benchmark
+
+    from .test_bench_and_data import TINY, _synthetic
+
+    train, test = _synthetic(300, 0), _synthetic(100, 1)
+    counts = build_benchmark(tmp_path / "dask", TINY, train, test, workers=2, max_runs=6,
+                             quiet=True, backend="dask", scheduler=scheduler)
+    assert counts == {"done_before": 0, "new": 6, "remaining": 6}
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "dask" / "runs").glob("*")}
+    assert build_benchmark(tmp_path / "dask", TINY, train, test, workers=2, quiet=True,
+                           backend="processes")["new"] == 6
+    assert all((tmp_path / "dask" / "runs" / n).stat().st_mtime_ns == t
+               for n, t in stamps.items())
+    build_benchmark(tmp_path / "proc", TINY, train, test, workers=2, quiet=True)
+
+    def runs(folder: Path) -> dict[str, tuple[Any, ...]]:
+        out = {}
+        for p in (folder / "runs").glob("*.json"):
+            r = json.loads(p.read_text())
+            out[p.name] = (r["test_acc"], r["train_loss"])
+        return out
+
+    assert runs(tmp_path / "dask") == runs(tmp_path / "proc")
