@@ -161,8 +161,10 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
         return name, "reported", scores
     path = Path(item)
     options: dict[str, Any] = {}
+    label = None
     if path.is_dir() or path.suffix == ".json":
         item, _, seed = read_best(path)  # a run's formula is scored with the run's seed
+        label = f"{path}: {item}"  # a run is shown by its name, then its formula
         run = run_config(path)
         if run is not None:  # ... on features and with settings like those it evolved on
             cache = cache_like_run(bench, cache, cache_root, run)
@@ -182,7 +184,7 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
         # a vector saved for another architecture list (a benchmark that grew) is stale
         if kept is not None and kept.archs == list(bench.truth.archs) \
                 and len(kept.scores) == len(kept.archs):
-            return item, kind, np.asarray(
+            return label or item, kind, np.asarray(
                 [float("nan") if v is None else v for v in kept.scores], dtype=float)
     if kind == "zero-cost":
         scores = _model_scores(bench, item, probe)
@@ -194,7 +196,7 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
         scores = res.scores
     atomic_write_json(file, {"proxy": item, "kind": kind, "archs": list(bench.truth.archs),
                              "scores": [None if not math.isfinite(v) else v for v in scores]})
-    return item, kind, scores
+    return label or item, kind, scores
 
 
 def _precision_top(s: np.ndarray, y: np.ndarray, frac: float = 0.1) -> float:
