@@ -283,11 +283,17 @@ class Campaign:
         """Higher fitness first, then lower complexity, then the string (a total order)."""
         return (r.fitness, -r.complexity, r.formula)
 
+    def _select_key(self, r: Record) -> tuple[float, int, str]:
+        """What selection compares: fitness less ``parsimony`` per unit of complexity (linear
+        parsimony pressure, Koza 1992; 0 by default: exactly :meth:`_rank_key`), then lower
+        complexity, then the string. Reports (best, hall of fame) keep the plain fitness."""
+        return (r.fitness - self.config.parsimony * r.complexity, -r.complexity, r.formula)
+
     def _rec(self, tree: gp.PrimitiveTree) -> Record:
         return self.records[self._key(tree)]
 
     def _order(self, tree: gp.PrimitiveTree) -> tuple[float, int, str]:
-        return self._rank_key(self._rec(tree))
+        return self._select_key(self._rec(tree))
 
     # ------------------------------------------------------------------ initialisation ----
     def _random(self) -> gp.PrimitiveTree:
@@ -380,13 +386,13 @@ class Campaign:
             recs = self._evaluate([t for pair in pairs for t in pair])
             for k, (child, newcomer) in enumerate(pairs):
                 rc, rn = recs[2 * k], recs[2 * k + 1]
-                cand, rec = (child, rc) if self._rank_key(rc) >= self._rank_key(rn) else \
+                cand, rec = (child, rc) if self._select_key(rc) >= self._select_key(rn) else \
                     (newcomer, rn)
                 if rec.formula in {self._key(t) for t in self.population}:
                     continue
                 worst = min(range(len(self.population)),
                             key=lambda i: self._order(self.population[i]))
-                if self._rank_key(rec) >= self._order(self.population[worst]):
+                if self._select_key(rec) >= self._order(self.population[worst]):
                     self.population[worst] = cand
             done += b
 

@@ -71,6 +71,8 @@ class CampaignConfig(BaseModel):
     elite_end: float = _f(0.3, "generational: elite fraction at the end", ge=0, le=1)
     hof_size: int = _f(20, "rows of the hall of fame", ge=1)
     archive_size: int = _f(200, "formulas kept for the hall of fame and Pareto front", ge=1)
+    parsimony: float = _f(0.0, "selection fitness lost per unit of complexity (linear "
+                                "parsimony pressure; reported fitness unchanged)", ge=0)
     guesses: list[str] = _f([], "formulas seeded into the initial population")
     size_prior: bool = _f(False, "offer log #params as a student part (a size prior a "
                                  "combination can weigh explicitly)")

@@ -384,3 +384,27 @@ def test_bootstrap_intervals_of_partial_tau_and_of_the_difference_with_descripto
     assert same["test_tau_minus_descriptors"] == 0.0
     assert same["test_tau_minus_descriptors_lo"] == same["test_tau_minus_descriptors_hi"] == 0.0
     assert "test_tau_minus_descriptors" not in _metrics(y, y, params, splits, 50, 0)
+
+
+@pytest.mark.parametrize("scheme", ["steady", "generational"])
+def test_parsimony_pressure_shrinks_the_population_not_the_reported_fitness(
+        bench, tmp_path, scheme: str) -> None:  # type: ignore[no-untyped-def]
+    """With strong parsimony (1 per unit of complexity, more than any τ) selection prefers the
+    simpler formula, so the final population is simpler than without it; the hall of fame
+    still ranks by plain fitness."""
+    import statistics
+
+    from gp_proxy.campaign import Campaign
+    from gp_proxy.config import load_config
+
+    from .test_campaign import _cfg
+
+    runs = {}
+    for p in (0.0, 1.0):
+        c = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=4,
+                                            scheme=scheme, parsimony=p)), tmp_path / f"p{p}")
+        c.run()
+        hof = c.hall_of_fame()
+        assert [r.fitness for r in hof] == sorted((r.fitness for r in hof), reverse=True)
+        runs[p] = statistics.mean(c._rec(t).complexity for t in c.population)
+    assert runs[1.0] < runs[0.0]
