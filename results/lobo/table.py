@@ -3,9 +3,10 @@
     python results/lobo/table.py > results/lobo/TABLE.md
 
 Reads results/lobo/compare-fmnist/compare.csv and compare-fmnist-wide/compare.csv (each made
-by `gp-proxy compare params flops descriptors results/lobo/*-s* --benchmark B --bootstrap 1000
---out ...`, same split seed 0: the same 113 training and 49 held-out architectures, since the
-two benchmarks share their students) and prints, per campaign and benchmark, the held-out τ,
+by `gp-proxy compare params flops descriptors "sum_layers(l1_norm(weight))" results/lobo/*-s*
+--benchmark B --bootstrap 1000 --out results/lobo/compare-B`, same split seed 0: the same 113
+training and 49 held-out architectures, since the two benchmarks share their students) and
+prints, per campaign and benchmark, the held-out τ,
 its paired differences with #params and with the descriptor regression, and the partial τ
 given #params, each with its 95 % bootstrap interval; a benchmark the campaign never saw is
 marked "not evolved on".
@@ -61,9 +62,13 @@ def main() -> None:
                       f"{_ci(r, 'test_partial_tau_params')} |")
                 spread.setdefault((group, bench), []).append(float(r["test_tau"]))
     for bench, rows in tables.items():
-        for name in ("#params", "descriptor regression"):
+        for name in ("#params", "descriptor regression", "sum_layers(l1_norm(weight))"):
             r = rows[name]
-            print(f"| **{name}** | | {bench} | {_ci(r, 'test_tau')} | | | |")
+            extra = ("| | | |" if name == "#params" else
+                     f"| {_ci(r, 'test_tau_minus_params')} | "
+                     f"{_ci(r, 'test_tau_minus_descriptors')} | "
+                     f"{_ci(r, 'test_partial_tau_params')} |")
+            print(f"| **{name}** | | {bench} | {_ci(r, 'test_tau')} {extra}")
     print()
     print("| campaign | benchmark | held-out τ over GP seeds: mean (sd; min–max) |")
     print("| --- | --- | --- |")
