@@ -141,14 +141,13 @@ def large(args: argparse.Namespace, scheduler: str, tmp: Path) -> dict[str, Any]
                              kinds=cache.feature_kinds)
         children = offspring(parents, args.large_population, 1, cache.misaligned(),
                              cache.feature_kinds)
-        client.restart()  # fresh worker processes: the peak is this size's alone
+        client.restart(timeout=600)  # fresh worker processes: this size's peak alone
         base = client.run(_worker_peak_mb)
         t1 = time.perf_counter()
         with Evaluator(cache, threads=1, backend="dask", scheduler=scheduler,
                        held_bytes=args.held_mb << 20) as ev:
             results = ev.evaluate(parents) + ev.evaluate(children)
-            chunk_mb = max(sum(t.numel() * t.element_size() for i in idx
-                               for t in _tensors(cache.students[i])) for idx in ev.plan) / 2**20
+            chunk_mb = max(sum(cache.students[i].nbytes for i in idx) for idx in ev.plan) / 2**20
             chunks = len(ev.plan)
         row = {"cache_mb_on_disk": disk / 2**20, "chunks": chunks, "largest_chunk_mb": chunk_mb,
                "formulas": len(results), "ok": sum(r.ok for r in results),
@@ -169,10 +168,6 @@ def _name(spec: str) -> str:
     from gp_proxy.cache import _arch_file
 
     return _arch_file(Path("."), spec).name
-
-
-def _tensors(s: Any) -> list[torch.Tensor]:
-    return [*s.features.values(), *s.acts, *s.weights, *s.grads]
 
 
 def _worker_peak_mb() -> float:

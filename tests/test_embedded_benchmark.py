@@ -80,3 +80,33 @@ def test_second_teacher_benchmark_is_complete_data() -> None:
         assert -1 <= diff["single_run_kendall"][key] <= 1
     manifest = read_json(SECOND_TEACHER / "manifest.json")
     assert manifest["architectures_complete"] == len(bench.truth)
+
+
+SECOND_FAMILY = ROOT / "benchmarks" / "fmnist-resnet"
+
+
+def test_second_family_benchmark_as_far_as_it_is_built() -> None:
+    """Benchmark 3: the cifar-resnet-depth layout (64 students) on the same 1x14x14 data and
+    probe batch, a ResNet-56 teacher of that family, KD and CE. Checked as far as it is built:
+    the teacher reached a comparable accuracy, every finished run is a valid record of this
+    config, and a summary (once written) covers the runs."""
+    from gp_proxy.artifacts import BenchRun, TeacherRecord, load_artifact
+    from gp_proxy.bench import BenchConfig
+
+    cfg = BenchConfig.load(SECOND_FAMILY / "config.json")
+    assert (cfg.space, cfg.teacher, cfg.modes) == ("cifar-resnet-depth", "resnet56",
+                                                   ("kd", "ce"))
+    space = cfg.student_space()
+    assert space.input_shape == (1, 14, 14) and len(list(space.enumerate())) == 64
+    teacher = load_artifact(SECOND_FAMILY / "teacher.json", TeacherRecord)
+    assert teacher.test_acc is not None and teacher.test_acc >= 0.89
+    mine, theirs = (load_tensors(f / "probe.safetensors") for f in (SECOND_FAMILY, BENCH))
+    assert all((mine[k] == theirs[k]).all() for k in ("images", "labels"))
+    for p in (SECOND_FAMILY / "runs").glob("*.json"):
+        run = load_artifact(p, BenchRun)
+        assert run.mode in cfg.modes and run.seed in cfg.seeds
+        assert p.name == f"{space.validate(run.arch)}__{run.mode}__s{run.seed}.json"
+        assert 0.5 < run.test_acc <= 1.0
+    if (SECOND_FAMILY / "ground_truth.csv").exists():
+        noise = read_json(SECOND_FAMILY / "noise.json")
+        assert noise["architectures"] == len(load_benchmark(SECOND_FAMILY).truth)
