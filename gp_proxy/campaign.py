@@ -575,10 +575,33 @@ class Campaign:
                "beats_params_on_held_out": bool(
                    best.assessment is not None
                    and best.assessment.test_tau > self.baselines["params"].test_tau)}
+        out.update(self._paired(best.formula))
         if len(self.variants) > 1 or self.config.transfer:
             out["held_out_elsewhere"] = self._elsewhere(best.formula, best.assessment)
         atomic_write_json(self.run_dir / "best_proxy.json", out)
         self._write_calibration(node)
+        return out
+
+    def _paired(self, formula: str) -> dict[str, Any]:
+        """The best formula's held-out τ minus #params' and minus the descriptor
+        regression's, each with its paired bootstrap interval (1,000 resamples of the held-out
+        architectures, the same for both sides): what decides "beats #params", rather than the
+        point estimates alone."""
+        from .compare import proxy_metrics
+
+        res = self.evaluator.evaluate([formula])[0]
+        if not res.ok or res.scores is None:
+            return {}
+        desc = self.bench.descriptors()
+        pred = (None if desc is None else
+                descriptor_regression(desc, self.bench.params, self.y, self.splits.train))
+        m = proxy_metrics(res.scores, self.y, self.bench.params, self.splits, 1000, 0, pred)
+        out = {}
+        for name, key in (("paired_vs_params", "test_tau_minus_params"),
+                          ("paired_vs_descriptors", "test_tau_minus_descriptors")):
+            if key in m:
+                out[name] = {"difference": _num(m[key]), "lo": _num(m[key + "_lo"]),
+                             "hi": _num(m[key + "_hi"]), "resamples": 1000}
         return out
 
     def _elsewhere(self, formula: str, a: Assessment | None) -> list[dict[str, Any]]:

@@ -356,9 +356,23 @@ def _report(best: dict[str, Any], label: str = "best formula") -> None:
             _out.print(f"  part {part['formula']}: held-out τ {part['test_tau']:+.3f}, "
                        f"τ with #params {part['kendall_with_params']:+.3f}{noise}", markup=False,
                        highlight=False)
-    verdict = "beats" if best["beats_params_on_held_out"] else "does NOT beat"
-    _out.print(f"The {label} {verdict} #params on the {arch['test']} held-out architectures "
-               f"(held-out τ; sign {best['sign']:+d} chosen on the training split).")
+    paired = best.get("paired_vs_params")
+    where = (f"on the {arch['test']} held-out architectures (held-out τ; sign "
+             f"{best['sign']:+d} chosen on the training split)")
+    if not best["beats_params_on_held_out"]:
+        _out.print(f"The {label} does NOT beat #params {where}.")
+    elif paired is None:  # a run written before the paired interval was reported
+        _out.print(f"The {label} is above #params {where}; run `gp-proxy compare` for the "
+                   "paired interval that says whether beyond noise.")
+    else:
+        beyond = "beyond noise" if paired["lo"] > 0 else "but NOT beyond noise"
+        _out.print(f"The {label} is above #params {where}, {beyond}: Δτ "
+                   f"{paired['difference']:+.3f}, paired 95 % interval [{paired['lo']:+.3f}, "
+                   f"{paired['hi']:+.3f}] ({paired['resamples']} resamples).")
+    vs_desc = best.get("paired_vs_descriptors")
+    if vs_desc is not None:
+        _out.print(f"Against the descriptor regression: Δτ {vs_desc['difference']:+.3f}, "
+                   f"paired 95 % interval [{vs_desc['lo']:+.3f}, {vs_desc['hi']:+.3f}].")
 
 
 @app.command("config")
@@ -563,6 +577,7 @@ def score(
     """Evaluate one formula on a benchmark, next to the #params and FLOPs baselines."""
     from .backends import make_evaluator
     from .benchmark import load_benchmark
+    from .compare import proxy_metrics
     from .fitness import assess, make_splits
     from .rank import kendall_tau
     from .reported import REPORTED
@@ -592,6 +607,10 @@ def score(
             "noise_ceiling": bench.noise_ceiling(splits.test),
             "beats_params_on_held_out": rows["formula"].test_tau > rows["params"].test_tau,
             "kendall_with_params": kendall_tau(rows["formula"].sign * res.scores, bench.params)}
+    m = proxy_metrics(res.scores, bench.truth.y, bench.params, splits, 1000, 0)
+    best["paired_vs_params"] = {"difference": m["test_tau_minus_params"],
+                                "lo": m["test_tau_minus_params_lo"],
+                                "hi": m["test_tau_minus_params_hi"], "resamples": 1000}
     _report(best, "formula")
 
 

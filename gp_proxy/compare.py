@@ -204,7 +204,7 @@ def _precision_top(s: np.ndarray, y: np.ndarray, frac: float = 0.1) -> float:
     return len(set(np.argsort(-s)[:k]) & set(np.argsort(-y)[:k])) / k
 
 
-def _metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
+def proxy_metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
              bootstrap: int, seed: int, descriptors: np.ndarray | None = None
              ) -> dict[str, float]:
     """Train and held-out metrics of one proxy, with bootstrap intervals over the held-out
@@ -292,7 +292,7 @@ def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root:
             parse(formula)  # a malformed formula is the user's error: raise it
             rows.append(ProxyRow(item, "failed", {}, str(err)))
             continue
-        metrics = _metrics(scores, y, bench.params, splits, bootstrap, seed, desc)
+        metrics = proxy_metrics(scores, y, bench.params, splits, bootstrap, seed, desc)
         if noise_check:
             metrics["tau_real_vs_noise"] = _noise_tau(item, kind, scores, bench, cache,
                                                       cache_root, seed, evaluation)

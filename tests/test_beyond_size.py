@@ -347,16 +347,16 @@ def test_valid_for_builds_only_formulas_defined_on_a_vit_space(bench, tmp_path) 
 
 
 def test_paired_bootstrap_difference_against_params() -> None:
-    from gp_proxy.compare import _metrics
+    from gp_proxy.compare import proxy_metrics
 
     rng = np.random.default_rng(4)
     params = rng.integers(10_000, 1_000_000, 60).astype(float)
     y = np.log(params) + rng.normal(0, 0.3, 60)
     splits = make_splits(60)
-    m = _metrics(params, y, params, splits, 200, 0)
+    m = proxy_metrics(params, y, params, splits, 200, 0)
     assert m["test_tau_minus_params"] == 0.0
     assert m["test_tau_minus_params_lo"] == m["test_tau_minus_params_hi"] == 0.0
-    oracle = _metrics(y, y, params, splits, 200, 0)
+    oracle = proxy_metrics(y, y, params, splits, 200, 0)
     assert oracle["test_tau_minus_params_lo"] > 0
 
 
@@ -364,7 +364,7 @@ def test_bootstrap_intervals_of_partial_tau_and_of_the_difference_with_descripto
     """The partial τ's interval comes from the same resamples as τ's and contains the point
     estimate; the paired difference with the descriptor regression is 0 for the regression
     itself and positive for an oracle that the regression only approximates."""
-    from gp_proxy.compare import _metrics
+    from gp_proxy.compare import proxy_metrics
     from gp_proxy.fitness import partial_kendall
 
     rng = np.random.default_rng(5)
@@ -374,16 +374,16 @@ def test_bootstrap_intervals_of_partial_tau_and_of_the_difference_with_descripto
     splits = make_splits(80)
     te = splits.test
     desc = np.log(params) + 0.5 * extra  # a regression that found half of the extra signal
-    m = _metrics(y, y, params, splits, 300, 0, desc)
+    m = proxy_metrics(y, y, params, splits, 300, 0, desc)
     assert m["test_partial_tau_params"] == pytest.approx(partial_kendall(y[te], y[te],
                                                                          params[te]))
     assert m["test_partial_tau_params_lo"] <= m["test_partial_tau_params"] \
         <= m["test_partial_tau_params_hi"]
     assert m["test_tau_minus_descriptors_lo"] > 0
-    same = _metrics(desc, y, params, splits, 300, 0, desc)
+    same = proxy_metrics(desc, y, params, splits, 300, 0, desc)
     assert same["test_tau_minus_descriptors"] == 0.0
     assert same["test_tau_minus_descriptors_lo"] == same["test_tau_minus_descriptors_hi"] == 0.0
-    assert "test_tau_minus_descriptors" not in _metrics(y, y, params, splits, 50, 0)
+    assert "test_tau_minus_descriptors" not in proxy_metrics(y, y, params, splits, 50, 0)
 
 
 @pytest.mark.parametrize("scheme", ["steady", "generational"])
@@ -408,3 +408,36 @@ def test_parsimony_pressure_shrinks_the_population_not_the_reported_fitness(
         assert [r.fitness for r in hof] == sorted((r.fitness for r in hof), reverse=True)
         runs[p] = statistics.mean(c._rec(t).complexity for t in c.population)
     assert runs[1.0] < runs[0.0]
+
+
+def test_the_verdict_on_params_rests_on_the_paired_interval(bench, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """best_proxy.json carries the best formula's paired differences with #params and with the
+    descriptor regression (those of `compare`, same resamples); the printed verdict says
+    "beyond noise" only when the paired interval excludes 0."""
+    import json
+
+    from gp_proxy.campaign import Campaign
+    from gp_proxy.cli import _report
+    from gp_proxy.compare import proxy_metrics
+    from gp_proxy.config import load_config
+
+    from .test_campaign import _cfg
+
+    c = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=1)),
+                 tmp_path / "run")
+    c.run()
+    best = json.loads((tmp_path / "run" / "best_proxy.json").read_text())
+    scores = c.evaluator.evaluate([best["formula"]])[0].scores
+    m = proxy_metrics(scores, c.y, c.bench.params, c.splits, 1000, 0)
+    paired = best["paired_vs_params"]
+    assert (paired["difference"], paired["lo"], paired["hi"]) == pytest.approx(
+        (m["test_tau_minus_params"], m["test_tau_minus_params_lo"],
+         m["test_tau_minus_params_hi"]))
+    assert "paired_vs_descriptors" in best
+    capsys.readouterr()
+    for lo, words in ((0.01, ", beyond noise:"), (-0.01, "but NOT beyond noise:")):
+        _report({**best, "beats_params_on_held_out": True,
+                 "paired_vs_params": {**paired, "difference": 0.05, "lo": lo}})
+        assert words in capsys.readouterr().out
+    _report({**best, "beats_params_on_held_out": False})
+    assert "does NOT beat #params" in capsys.readouterr().out
