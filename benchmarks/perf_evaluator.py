@@ -392,7 +392,8 @@ def main() -> None:
                        (f"{cores} processes x 1 thread", 1, cores))
             for label, threads, workers in layouts if args.device == "cpu" else ():
                 ev = Evaluator(cache, chunk_size=args.chunk, device=args.device,
-                               threads=threads, workers=workers)
+                               threads=threads, workers=workers,
+                               backend="processes" if workers > 1 else "local")
                 ev.evaluate(parents)  # also starts the workers
                 t0 = time.perf_counter()
                 res = ev.evaluate(kids)

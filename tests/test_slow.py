@@ -28,6 +28,24 @@ def test_performance_benchmark_runs_end_to_end(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_backends_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    """benchmarks/perf_backends.py, small: every backend's bits equal, the overhead measured,
+    and worker memory reported per space size."""
+    pytest.importorskip("distributed")
+    out = tmp_path / "perf.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "perf_backends.py"), "--out", str(out),
+         "--population", "8", "--large", "10,20", "--large-population", "4", "--held-mb", "16",
+         "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert all(report["embedded"]["same_bits_as_local"].values())
+    assert report["dask_overhead"]["tasks_per_batch"] >= 1
+    assert set(report["large_space"]["per_size"]) == {"10", "20"}
+
+
+@pytest.mark.slow
 def test_real_fashion_mnist_student_learns(tmp_path: Path) -> None:
     from gp_proxy.data import DEFAULT_FMNIST_DIR, load_fashion_mnist
     from gp_proxy.spaces import get_space
