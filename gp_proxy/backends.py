@@ -44,7 +44,8 @@ from .registry import Registry
 if TYPE_CHECKING:
     from .config import CampaignConfig
 
-__all__ = ["BACKENDS", "InProcess", "Processes", "WorkerOptions", "executor", "make_evaluator"]
+__all__ = ["BACKENDS", "InProcess", "Processes", "WorkerOptions", "executor", "fanned_out",
+           "make_evaluator"]
 
 
 @dataclass(frozen=True)
@@ -303,3 +304,51 @@ def executor(backend: str = "processes", workers: int = 2, scheduler: str | None
     else:
         BACKENDS.get(backend)  # an unknown name: one error with the closest match
         raise GpProxyError(f"backend {backend!r} runs evaluations only")
+
+
+# ---------------------------------------------------------------------- batch scorers ------
+_SCORER: Callable[[list[str]], list[float]] | None = None
+
+
+def _set_scorer(blob: bytes) -> None:
+    """A worker's copy of the scorer (a closure over models and data: cloudpickled by this
+    project for its own workers, never read from a user's file)."""
+    import cloudpickle
+
+    global _SCORER
+    _SCORER = cloudpickle.loads(blob)
+
+
+def _score_part(specs: list[str]) -> list[float]:
+    assert _SCORER is not None
+    return _SCORER(specs)
+
+
+@contextlib.contextmanager
+def fanned_out(scorer: Callable[[list[str]], list[float]], backend: str = "local",
+               workers: int = 1, scheduler: str | None = None, part: int = 16
+               ) -> Iterator[Callable[[list[str]], list[float]]]:
+    """``scorer`` (specs -> scores, each spec scored on its own) with large batches split into
+    parts of ``part`` specs scored on the backend's workers (the same bits: each worker holds a
+    copy of the scorer, sent once); a batch of at most ``part`` specs is scored here, without a
+    round trip. For the exhaustive student search over a large space."""
+    if backend == "local":  # scored here: nothing to send anywhere, and no extra needed
+        yield scorer
+        return
+    try:
+        import cloudpickle
+    except ImportError:
+        raise GpProxyError("scoring on workers needs cloudpickle: pip install "
+                           "'gp-proxy[dask]'") from None
+    blob = cloudpickle.dumps(scorer)
+    with executor(backend, workers, scheduler, initializer=_set_scorer,
+                  initargs=(blob,)) as ex:
+
+        def score(specs: list[str]) -> list[float]:
+            if len(specs) <= part:
+                return scorer(specs)
+            futures = [ex.submit(_score_part, specs[i:i + part])
+                       for i in range(0, len(specs), part)]
+            return [v for f in futures for v in f.result()]
+
+        yield score

@@ -731,12 +731,18 @@ def search_cmd(
     seed: Annotated[int, typer.Option(min=0, help="search seed")] = 0,
     top_k: Annotated[int, typer.Option(min=1, help="how many students to keep")] = 5,
     out: Annotated[Path | None, typer.Option(help="write the result as JSON")] = None,
+    backend: Annotated[str, typer.Option(
+        help="where large batches of candidates (exhaustive search, the first population) "
+             "are scored: local, processes (--workers) or dask (--scheduler)")] = "local",
+    workers: WorkersOpt = 1,
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Search students without training, with a proxy as fitness, under a budget."""
     import time
 
     from rich.progress import Progress
 
+    from .backends import fanned_out
     from .benchmark import load_benchmark
     from .io import atomic_write_json
     from .proxy import load_proxy
@@ -759,9 +765,10 @@ def search_cmd(
         label = str(p.node)
     t0 = time.perf_counter()
     total = iterations if strategy != "exhaustive" else 1
-    with Progress(console=_out) as progress:
+    with Progress(console=_out) as progress, \
+            fanned_out(scorer, backend, workers, scheduler) as batch_scorer:
         task = progress.add_task(f"search ({strategy})", total=total)
-        top = search(space, scorer, strategy, iterations, population, sample, max_params,
+        top = search(space, batch_scorer, strategy, iterations, population, sample, max_params,
                      max_flops, seed, top_k,
                      on_step=lambda i, c: progress.update(task, completed=i))
         progress.update(task, completed=total)

@@ -203,3 +203,29 @@ def test_benchmark_trainings_on_dask_match_local_processes(tmp_path: Path,
         return out
 
     assert runs(tmp_path / "dask") == runs(tmp_path / "proc")
+
+
+def test_an_exhaustive_search_fanned_out_equals_the_local_one(scheduler: str) -> None:
+    """`gp-proxy search --backend ...`: a large batch of candidates is split into parts scored
+    on workers holding a copy of the scorer; the top students and their scores are the same
+    bits as in one process, on local processes and on Dask."""
+    import torch
+
+    from gp_proxy.backends import fanned_out
+    from gp_proxy.proxy import Proxy
+    from gp_proxy.search import formula_scorer, search
+    from gp_proxy.spaces import get_space
+
+    space = get_space("fmnist-cnn")
+    x = torch.randn(6, 1, 14, 14, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(6) % 10
+    proxy = Proxy.from_string("rank_add(sp_dist(k2),mean_layers(fro_norm(weight)))")
+    scorer = formula_scorer(proxy, space, space.build_teacher(seed=0), x, y, reference=12)
+    candidates = list(space.enumerate())[::9]  # 18 students: parts of 4
+    runs = {}
+    for name, opts in (("local", {}), ("processes", {"backend": "processes", "workers": 2}),
+                       ("dask", {"backend": "dask", "scheduler": scheduler})):
+        with fanned_out(scorer, part=4, **opts) as batch:  # type: ignore[arg-type]
+            runs[name] = search(space, batch, "exhaustive", top_k=18, candidates=candidates)
+    assert len(runs["local"]) == len(candidates)
+    assert runs["processes"] == runs["local"] and runs["dask"] == runs["local"]
