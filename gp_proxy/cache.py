@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from primitives import Kind
+from primitives import Kind, paired_inputs
 from primitives.errors import GpProxyError
 
 from .io import atomic_write_json, load_tensors, save_tensors
@@ -142,7 +142,7 @@ class FeatureCache:
         """Per teacher-student input, the axes whose size differs from the teacher's for at
         least one student (0 = samples, 1 = channels, ...)."""
         out = {}
-        for k in ("k1", "k2", "k3"):
+        for k in paired_inputs():
             t = tuple(self.teacher[k].shape)
             diff: set[int] = set()
             for s in self.students:
@@ -335,7 +335,7 @@ def _header(path: Path) -> tuple[dict[str, Tensor], int]:
                 part = fh.get_slice(name)
                 shape, dtype = part.get_shape(), _DTYPES[part.get_dtype()]
                 nbytes += math.prod(shape) * dtype.itemsize
-                if name in ("k1", "k2", "k3"):
+                if name in paired_inputs():
                     out[name] = torch.empty(shape, device="meta", dtype=dtype)
             return out, nbytes
     except Exception as exc:
@@ -349,7 +349,7 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
 def _arch(spec: str, t: dict[str, Tensor], meta: dict[str, str]) -> CachedArch:
     n = int(meta["layers"])
     return CachedArch(
-        spec, {k: t[k] for k in ("k1", "k2", "k3")},
+        spec, {k: t[k] for k in paired_inputs()},
         [t[f"act.{i}"] for i in range(n)], [t[f"weight.{i}"] for i in range(n)],
         [t[f"grad.{i}"] for i in range(n)], int(meta["params"]), int(meta["flops"]),
         sum(x.numel() * x.element_size() for x in t.values()))

@@ -37,7 +37,7 @@ from primitives.errors import GpProxyError
 
 __all__ = ["DISTILLER_LEVELS", "Distiller", "DistillerLoss", "DistillerSpace"]
 
-KNOWLEDGE = ("k1", "k2", "k3")
+KNOWLEDGE = primitives.paired_inputs()  # what a teacher-student distance may read
 TEMPERATURES = (1, 4, 8, 16)
 FEATURE_WEIGHTS = (1.0, 5.0, 25.0, 50.0)
 KD_WEIGHTS = (0.1, 0.5, 1.0, 5.0)

@@ -51,6 +51,7 @@ from primitives import (
     canonicalize,
     get,
     node_generator,
+    paired_inputs,
     parse,
 )
 from primitives.instinct import zero_per_layer
@@ -107,7 +108,7 @@ def plan_chunks(cache: FeatureCache, size: int | None = None, chunk_bytes: int =
     ``size`` at a time or about ``chunk_bytes`` of features at a time."""
     groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
     for i, s in enumerate(cache.students):
-        sig = tuple(tuple(s.features[k].shape) for k in ("k1", "k2", "k3"))
+        sig = tuple(tuple(s.features[k].shape) for k in paired_inputs())
         groups.setdefault(sig, []).append(i)
     plan: list[list[int]] = []
     for members in groups.values():
@@ -196,7 +197,7 @@ class Evaluator:
     def _stack(self, archs: list[CachedArch]) -> dict[str, Value]:
         inputs: dict[str, Value] = {
             k: torch.stack([a.features[k] for a in archs]).to(self.device)
-            for k in ("k1", "k2", "k3")}
+            for k in paired_inputs()}
         for name, kind, attr in (("act", Kind.ASET, "acts"), ("grad", Kind.WSET, "grads"),
                                  ("weight", Kind.WSET, "weights")):
             inputs[name] = Ragged.from_layers(

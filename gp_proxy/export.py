@@ -37,7 +37,7 @@ __all__ = ["FORMATS", "export", "to_sympy", "to_torch"]
 FORMATS = ("torch", "sympy", "latex")
 
 #: inputs the teacher and the student both have (the others are the student's alone)
-_FEATURES = ("k1", "k2", "k3")
+_FEATURES = primitives.paired_inputs()
 
 
 # ---------------------------------------------------------------- source closure ----------

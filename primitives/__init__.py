@@ -12,13 +12,13 @@ from .formula import Node, canonicalize, check, complexity, infer_kind, parse
 from .inputs import DEFAULT_INPUT_KINDS
 from .interpret import evaluate, node_generator
 from .listing import table
-from .registry import REGISTRY, Op, Signature, apply, get, ops
+from .registry import REGISTRY, Op, Signature, apply, get, ops, paired_inputs
 from .render import to_latex, to_sympy
 from .values import Kind, Ragged, Value, kind_of
 
 __all__ = [
     "DEFAULT_INPUT_KINDS", "REGISTRY", "FormulaError", "GpProxyError", "Kind", "KindError",
     "Node", "Op", "Ragged", "ShapeError", "Signature", "Value", "apply", "canonicalize", "check",
-    "complexity", "evaluate", "get", "infer_kind", "kind_of", "node_generator", "ops", "parse",
-    "table", "to_latex", "to_sympy",
+    "complexity", "evaluate", "get", "infer_kind", "kind_of", "node_generator", "ops",
+    "paired_inputs", "parse", "table", "to_latex", "to_sympy",
 ]

@@ -170,7 +170,7 @@ def _infer(node: Node, kinds: Mapping[str, Kind], inside_pair: bool) -> Kind:
     if op.family == "input":
         if node.args:
             raise _TypeFailure(f"input {node.name!r} takes no arguments", node)
-        if inside_pair and op.name not in ("k1", "k2", "k3"):
+        if inside_pair and op.side != "both":
             raise _TypeFailure(
                 f"{node.name!r} is a student-only input and cannot appear inside a "
                 "teacher-student distance", node)

@@ -24,21 +24,25 @@ DEFAULT_INPUT_KINDS: dict[str, Kind] = {
     "log_params": Kind.SCORE,
 }
 
-_DOCS = {
-    "k1": ("penultimate stage feature map", "k_1"),
-    "k2": ("last stage feature map (or pooled embedding)", "k_2"),
-    "k3": ("logits", "k_3"),
-    "act": ("per-layer activations of the student on the probe batch", r"\mathbf{A}"),
-    "grad": ("per-layer weight gradients of one cross-entropy backward", r"\nabla\mathbf{W}"),
-    "weight": ("per-layer weights", r"\mathbf{W}"),
+#: name -> (meaning, LaTeX, side: "both" = read on the teacher and the student, "student" =
+#: a student-only statistic, whether it needs a backward pass)
+_TABLE = {
+    "k1": ("penultimate stage feature map", "k_1", "both", False),
+    "k2": ("last stage feature map (or pooled embedding)", "k_2", "both", False),
+    "k3": ("logits", "k_3", "both", False),
+    "act": ("per-layer activations of the student on the probe batch", r"\mathbf{A}", "student",
+            False),
+    "grad": ("per-layer weight gradients of one cross-entropy backward", r"\nabla\mathbf{W}",
+             "student", True),
+    "weight": ("per-layer weights", r"\mathbf{W}", "student", False),
     "log_params": ("log of the student's parameter count: a size prior a combination can "
-                   "weight (campaign option size_prior)", r"\log|\theta|"),
+                   "weight (campaign option size_prior)", r"\log|\theta|", "student", False),
 }
 
 for _name, _kind in DEFAULT_INPUT_KINDS.items():
-    _doc, _tex = _DOCS[_name]
+    _doc, _tex, _side, _grad = _TABLE[_name]
     register(Op(
         name=_name, family="input",
         signatures=(Signature((), _kind, None, "-> (input)"),),
-        doc=_doc, complexity=0, needs_grad=_name == "grad", latex=_tex,
+        doc=_doc, complexity=0, needs_grad=_grad, latex=_tex, side=_side,
     ))

@@ -10,7 +10,8 @@ from typing import Any
 from .errors import GpProxyError, KindError
 from .values import Kind, Value, kind_of
 
-__all__ = ["REGISTRY", "Family", "Op", "Signature", "apply", "get", "ops", "register"]
+__all__ = ["REGISTRY", "Family", "Op", "Signature", "apply", "get", "ops", "paired_inputs",
+           "register"]
 
 Family = str  # one of FAMILIES
 FAMILIES: tuple[Family, ...] = (
@@ -75,6 +76,9 @@ class Op:
     #: what lets a combined formula score one model against a stored reference population
     normaliser: str = ""
     part_signs: tuple[float, ...] = ()
+    #: an input's side: "both" (read on the teacher and on the student: the features a
+    #: distance compares) or "student" (a student-only statistic); empty for other ops
+    side: str = ""
     latex: str = ""
     sympy: Callable[..., Any] | None = field(default=None, compare=False)
 
@@ -138,6 +142,11 @@ def get(name: str) -> Op:
         return REGISTRY[name]
     except KeyError:
         raise KindError(f"unknown op {name!r}") from None
+
+
+def paired_inputs() -> tuple[str, ...]:
+    """The inputs read on both sides of a teacher-student distance, in registry order."""
+    return tuple(op.name for op in ops("input") if op.side == "both")
 
 
 def ops(family: Family | None = None) -> Iterator[Op]:

@@ -141,3 +141,22 @@ def test_a_wrong_flag_fails_these_checks() -> None:
     assert not _same(_call(op, [once]), once)
     canon = primitives.canonicalize(primitives.parse("mse(leaky_relu(leaky_relu(k1)))"))
     assert str(canon) == "mse(leaky_relu(leaky_relu(k1)))"
+
+
+@pytest.mark.parametrize("name", [op.name for op in primitives.ops("input")])
+def test_every_input_declares_its_side_and_the_parser_obeys_it(name: str) -> None:
+    """An input is read on both sides of a distance ("both") or is a student-only statistic
+    ("student"); the type checker accepts the first inside a teacher-student distance and
+    rejects the second there, from the property, not the name."""
+    from primitives.formula import parse
+
+    op = primitives.get(name)
+    assert op.side in ("both", "student")
+    kinds = dict(primitives.DEFAULT_INPUT_KINDS)
+    if op.side == "both":
+        parse(f"mse({name})", kinds)
+        assert name in primitives.paired_inputs()
+    else:
+        with pytest.raises(primitives.FormulaError, match="student-only"):
+            parse(f"mse(mm({name}))", kinds)
+        assert name not in primitives.paired_inputs()

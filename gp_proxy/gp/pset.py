@@ -30,7 +30,6 @@ from primitives.errors import GpProxyError
 __all__ = ["GRAMMARS", "ProxySet", "build_pset"]
 
 GRAMMARS = ("both", "interaction", "instinct")
-_PAIR_INPUTS = ("k1", "k2", "k3")
 
 
 def _type(name: str, cache: dict[str, type]) -> type:
@@ -198,7 +197,7 @@ def build_pset(grammar: str = "both", combiner: str = "rank",
     for op in ops:
         if op.family != "input":
             continue
-        if op.name in _PAIR_INPUTS:
+        if op.side == "both":
             if not use_pair:
                 continue
             km = (kinds[op.name], masks.get(op.name, frozenset()))
