@@ -518,7 +518,8 @@ def inspect(
     bench = load_benchmark(cfg.benchmark, cfg.target)
     cache = bench.cache(cfg.cache_dir, cfg.teacher_init, cfg.init_seed, cfg.act_samples,
                         lazy=True)
-    with make_evaluator(cache, cfg) as ev:
+    # one formula: scored here, whatever backend the run used (its cluster may be gone)
+    with make_evaluator(cache, cfg, backend="local", workers=1) as ev:
         res = ev.evaluate([best["formula"]])[0]
     if res.scores is not None:
         splits = load_artifact(run_dir / "splits.json", SplitsRecord).model_dump()
