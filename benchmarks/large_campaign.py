@@ -18,7 +18,6 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import random
 import subprocess
 import sys
@@ -29,18 +28,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from perf_backends import peak_rss_mb  # noqa: E402
 
 from gp_proxy.campaign import Campaign  # noqa: E402
 from gp_proxy.config import load_config  # noqa: E402
 from gp_proxy.spaces import get_space  # noqa: E402
-
-
-def _peak_mb() -> float:
-    with open(f"/proc/{os.getpid()}/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:
@@ -88,11 +82,11 @@ def main() -> None:
         c.run()
         report["campaign_run_s"] = time.perf_counter() - t
         report["evaluations"] = c.evaluations
-        report["worker_peak_mb"] = client.run(_peak_mb)
+        report["worker_peak_mb"] = client.run(peak_rss_mb)
         folder = next((work / "cache").iterdir())
         report["cache_mb_on_disk"] = sum(
             f.stat().st_size for f in (folder / "archs").iterdir()) / 2**20
-    report["campaign_process_peak_mb"] = _peak_mb()
+    report["campaign_process_peak_mb"] = peak_rss_mb()
     report["held_mb_all_workers"] = args.held_mb
     print(json.dumps(report, indent=1))
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

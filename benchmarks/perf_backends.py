@@ -142,7 +142,7 @@ def large(args: argparse.Namespace, scheduler: str, tmp: Path) -> dict[str, Any]
         children = offspring(parents, args.large_population, 1, cache.misaligned(),
                              cache.feature_kinds)
         client.restart(timeout=600)  # fresh worker processes: this size's peak alone
-        base = client.run(_worker_peak_mb)
+        base = client.run(peak_rss_mb)
         t1 = time.perf_counter()
         with Evaluator(cache, threads=1, backend="dask", scheduler=scheduler,
                        held_bytes=args.held_mb << 20) as ev:
@@ -152,7 +152,7 @@ def large(args: argparse.Namespace, scheduler: str, tmp: Path) -> dict[str, Any]
         row = {"cache_mb_on_disk": disk / 2**20, "chunks": chunks, "largest_chunk_mb": chunk_mb,
                "formulas": len(results), "ok": sum(r.ok for r in results),
                "evaluation_s": time.perf_counter() - t1,
-               "worker_peak_mb_after_start": base, "worker_peak_mb": client.run(_worker_peak_mb)}
+               "worker_peak_mb_after_start": base, "worker_peak_mb": client.run(peak_rss_mb)}
         out["per_size"][str(n)] = row
         print(n, json.dumps(row), flush=True)
     client.close()
@@ -170,7 +170,8 @@ def _name(spec: str) -> str:
     return _arch_file(Path("."), spec).name
 
 
-def _worker_peak_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's resident-memory high-water mark (VmHWM), in MiB."""
     with open(f"/proc/{os.getpid()}/status") as fh:
         for line in fh:
             if line.startswith("VmHWM:"):

@@ -40,7 +40,7 @@ import torch
 
 from primitives.errors import GpProxyError
 
-from .backends import executor
+from .backends import optional_executor
 from .distiller import DISTILLER_LEVELS, DistillerSpace
 from .io import atomic_write_json
 
@@ -330,9 +330,8 @@ def run_search(benchmark: str, student: str, cfg: SearchConfig, out: str | os.Pa
     task = ProxyTask(str(benchmark), student, data, cfg, str(folder))
     space = DistillerSpace(_teacher_shapes(benchmark))
     stack = contextlib.ExitStack()
-    # one local process needs no pool; a cluster is used whatever its size
-    fan_out = reward is None and (workers > 1 or backend == "dask")
-    pool = stack.enter_context(executor(backend, workers, scheduler)) if fan_out else None
+    pool = (stack.enter_context(optional_executor(backend, workers, scheduler))
+            if reward is None else None)
 
     def evaluate(batch: list[str]) -> list[float]:
         todo = [s for s in batch if s not in done]

@@ -44,8 +44,8 @@ from .registry import Registry
 if TYPE_CHECKING:
     from .config import CampaignConfig
 
-__all__ = ["BACKENDS", "InProcess", "Processes", "WorkerOptions", "executor", "fanned_out",
-           "make_evaluator"]
+__all__ = ["BACKENDS", "InProcess", "Processes", "WorkerOptions", "compute_parts", "executor",
+           "fanned_out", "make_evaluator", "optional_executor"]
 
 
 @dataclass(frozen=True)
@@ -127,15 +127,24 @@ def _worker_start(root: str, config: dict[str, Any], archs: list[str], plan: lis
     _WORKER = Evaluator(cache, plan=plan, **options)
 
 
+def compute_parts(ev: Evaluator, texts: list[str], chunks: list[Any] | None = None
+                  ) -> tuple[dict[str, Tensor], dict[str, tuple[int, str, str]]]:
+    """A worker's share of a batch: the parts ``texts`` on ``chunks`` of its own evaluator (all
+    of them by default), computed as one process computes them; full-length vectors and each
+    failed part's first failing chunk. The memo is the caller's to clear."""
+    todo = {t: canonicalize(parse(t, ev.kinds)) for t in texts}
+    vectors = {t: torch.empty(ev.n, dtype=torch.float64) for t in texts}
+    with torch_threads(ev.threads):
+        errors = ev.compute_chunks(todo, vectors, chunks)
+    return vectors, errors
+
+
 def _worker_compute(texts: list[str], keep_memo: bool
                     ) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, str, str]]]:
     ev = _WORKER
     assert ev is not None
-    todo = {t: canonicalize(parse(t, ev.kinds)) for t in texts}
-    vectors = {t: torch.empty(ev.n, dtype=torch.float64) for t in texts}
     try:
-        with torch_threads(ev.threads):
-            errors = ev.compute_chunks(todo, vectors)
+        vectors, errors = compute_parts(ev, texts)
     finally:
         if not keep_memo:
             ev.clear_memo()
@@ -304,6 +313,18 @@ def executor(backend: str = "processes", workers: int = 2, scheduler: str | None
     else:
         BACKENDS.get(backend)  # an unknown name: one error with the closest match
         raise GpProxyError(f"backend {backend!r} runs evaluations only")
+
+
+@contextlib.contextmanager
+def optional_executor(backend: str = "processes", workers: int = 1,
+                      scheduler: str | None = None) -> Iterator[Executor | None]:
+    """:func:`executor`, or None where one local process is asked for: then the caller runs
+    its units in this process, as it always did (a cluster is used whatever its size)."""
+    if workers <= 1 and backend != "dask":
+        yield None
+        return
+    with executor(backend, workers, scheduler) as ex:
+        yield ex
 
 
 # ---------------------------------------------------------------------- batch scorers ------

@@ -217,8 +217,9 @@ def build_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[s
                     executor(backend, workers, scheduler) as pool:
                 futures = [pool.submit(_build_one, str(root), config, s) for s in missing]
                 for f in as_completed(futures):
-                    f.result()
+                    f.result()  # a task that failed after its retries raises here
                     advance()
+        return folder
     with torch_threads(1):
         return _build_cache(root, config, archs, quiet)
 
@@ -356,9 +357,10 @@ def _arch(spec: str, t: dict[str, Tensor], meta: dict[str, str]) -> CachedArch:
 
 
 def load_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[str],
-               quiet: bool = False, lazy: bool = False) -> FeatureCache:
-    """Load (building what is missing, with progress unless ``quiet``) the features of
-    ``archs``, in that order.
+               quiet: bool = False, lazy: bool = False, backend: str = "local",
+               workers: int = 1, scheduler: str | None = None) -> FeatureCache:
+    """Load (building what is missing, with progress unless ``quiet``, on ``backend``: see
+    :func:`build_cache`) the features of ``archs``, in that order.
 
     ``lazy`` reads only the files' headers: a student holds its ``k1``/``k2``/``k3`` as
     shape-only ``meta`` tensors and its byte count (enough to plan chunks, check alignment
@@ -366,7 +368,7 @@ def load_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[st
     each chunk's features from disk when it needs them, within its ``held_bytes``: a space of
     tens of thousands of architectures is scored without ever being in memory at once.
     """
-    folder = build_cache(root, config, archs, quiet=quiet)
+    folder = build_cache(root, config, archs, quiet, backend, workers, scheduler)
     key = folder.name
     space = config.student_space()
     tfile = folder / "teacher.safetensors"

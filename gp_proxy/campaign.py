@@ -48,7 +48,7 @@ from .artifacts import (
 )
 from .backends import make_evaluator
 from .benchmark import Benchmark, load_benchmark
-from .cache import CacheConfig, FeatureCache, build_cache, load_cache
+from .cache import CacheConfig, FeatureCache, load_cache
 from .config import CampaignConfig, ConfigError
 from .evaluator import EvalResult, Evaluator
 from .fitness import (
@@ -189,10 +189,8 @@ class Campaign:
         lazily: the evaluator (or its workers) reads each chunk when it needs it and holds at
         most ``held_bytes``, so a large space never sits in memory whole or twice."""
         c = self.config
-        archs = list(bench.truth.archs)
-        build_cache(c.cache_dir, config, archs, backend=c.backend, workers=c.workers,
-                    scheduler=c.scheduler)
-        return load_cache(c.cache_dir, config, archs, lazy=True)
+        return load_cache(c.cache_dir, config, list(bench.truth.archs), lazy=True,
+                          backend=c.backend, workers=c.workers, scheduler=c.scheduler)
 
     def _extra_variants(self, device: str | None) -> list[Variant]:
         c = self.config

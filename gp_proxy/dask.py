@@ -31,10 +31,10 @@ import torch
 from distributed import Client, LocalCluster, WorkerPlugin
 from torch import Tensor
 
-from primitives import GpProxyError, Node, canonicalize, parse
+from primitives import GpProxyError, Node
 
-from .backends import WorkerOptions, _balance, _chunk_sizes, _first, _needs_folder
-from .cache import CacheConfig, FeatureCache, load_cache, torch_threads
+from .backends import WorkerOptions, _balance, _chunk_sizes, _first, _needs_folder, compute_parts
+from .cache import CacheConfig, FeatureCache, load_cache
 from .evaluator import Evaluator
 
 __all__ = ["CLIENTS", "DaskBackend", "DaskExecutor"]
@@ -78,12 +78,10 @@ def _dask_chunk(token: str, texts: list[str], cid: int
         raise GpProxyError(f"this Dask worker has no feature cache {token[:12]} (its plugin "
                            "did not run: is the worker's gp-proxy the same version?)")
     ev = state.evaluator
-    with state.lock, torch_threads(ev.threads):
-        todo = {t: canonicalize(parse(t, ev.kinds)) for t in texts}
-        vectors = {t: torch.empty(ev.n, dtype=torch.float64) for t in texts}
+    with state.lock:
         chunk = ev.chunks[cid]
         try:
-            errors = ev.compute_chunks(todo, vectors, [chunk])
+            vectors, errors = compute_parts(ev, texts, [chunk])
         finally:
             ev._drop_student_memo()
         where = torch.from_numpy(chunk.index)

@@ -35,7 +35,7 @@ from scipy import stats
 from primitives.errors import GpProxyError
 
 from .autokd import ALGORITHMS, SearchConfig, run_search
-from .backends import executor
+from .backends import optional_executor
 from .io import atomic_write_json, atomic_write_text
 
 __all__ = ["HAND_DESIGNED", "CompareConfig", "DistProCompareConfig", "compare_distillers",
@@ -159,8 +159,7 @@ def compare_distillers(cfg: CompareConfig, out: str | os.PathLike[str],
                                                  "val_size": s.val_size},
                               "budget": s.budget, "students": {}}
     stack = contextlib.ExitStack()
-    pool = (stack.enter_context(executor(cfg.backend, cfg.workers, cfg.scheduler))
-            if cfg.workers > 1 or cfg.backend == "dask" else None)  # see autokd.run_search
+    pool = stack.enter_context(optional_executor(cfg.backend, cfg.workers, cfg.scheduler))
     run_map = pool.map if pool is not None else map
     try:
         for student in cfg.students:
@@ -382,8 +381,7 @@ def compare_distpro(cfg: DistProCompareConfig, out: str | os.PathLike[str],
                               "search_epochs": cfg.search_epochs,
                               "search_images": cfg.search_images, "students": {}}
     stack = contextlib.ExitStack()
-    pool = (stack.enter_context(executor(cfg.backend, cfg.workers, cfg.scheduler))
-            if cfg.workers > 1 or cfg.backend == "dask" else None)  # see autokd.run_search
+    pool = stack.enter_context(optional_executor(cfg.backend, cfg.workers, cfg.scheduler))
     run_map = pool.map if pool is not None else map
     try:
         searches = list(run_map(_search_job, [(cfg, s, str(folder / s / "search"))
