@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from primitives import Kind, paired_inputs
 from primitives.errors import GpProxyError
+from primitives.reference import collect_student_layers, weight_layers
 
 from .io import atomic_write_json, load_tensors, save_tensors
 from .progress import progress
@@ -114,6 +114,12 @@ class CachedArch:
     # about 75 KB per NB-201 architecture, 1.2 GB for the whole space, in every process)
     nbytes: int = 0
 
+    def layers(self) -> dict[str, object]:
+        """Its student-only statistics keyed as ``collect_student_layers`` gives them (the
+        fields the input ops read)."""
+        return {"act": self.acts, "weight": self.weights, "grad": self.grads,
+                "params": self.params}
+
 
 @dataclass
 class FeatureCache:
@@ -160,32 +166,13 @@ def _arch_file(root: Path, spec: str) -> Path:
 
 def _student_tensors(model: FeatureNet, images: Tensor, labels: Tensor, act_samples: int
                      ) -> dict[str, Tensor]:
-    layers = model.weight_layers()
-    acts: list[Tensor] = [torch.empty(0)] * len(layers)
-
-    def hook(i: int):  # type: ignore[no-untyped-def]
-        def fn(m: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
-            acts[i] = out[:act_samples].detach().clone()
-        return fn
-
-    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(layers)]
-    try:
-        model.train()
-        model.zero_grad(set_to_none=True)
-        feats = model.features(images)
-        F.cross_entropy(feats["k3"], labels).backward()
-    finally:
-        for h in handles:
-            h.remove()
+    got = collect_student_layers(model, images, labels, act_samples, forward=model.features)
+    feats = got["outputs"]
+    assert isinstance(feats, dict)
     out = {k: v.detach().clone() for k, v in feats.items()}
-    for i, m in enumerate(layers):
-        w = m.weight
-        assert isinstance(w, Tensor)
-        out[f"act.{i}"] = acts[i]
-        out[f"weight.{i}"] = w.detach().clone()
-        out[f"grad.{i}"] = (w.grad.detach().clone() if w.grad is not None
-                            else torch.zeros_like(w))
-    model.zero_grad(set_to_none=True)
+    layers = zip(got["act"], got["weight"], got["grad"], strict=True)  # type: ignore[call-overload]
+    for i, (act, weight, grad) in enumerate(layers):
+        out.update({f"act.{i}": act, f"weight.{i}": weight, f"grad.{i}": grad})
     return out
 
 
@@ -278,7 +265,7 @@ def _build_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[
                          {**meta, "spec": spec, "digest": _tensor_digest(tensors),
                           "params": str(count_params(model)),
                           "flops": str(count_flops(model, space.input_shape)),
-                          "layers": str(len(model.weight_layers()))})
+                          "layers": str(len(weight_layers(model)))})
             advance()
     return folder
 

@@ -42,13 +42,13 @@ from torch import Tensor
 from primitives import (
     FormulaError,
     GpProxyError,
-    Kind,
     KindError,
     Node,
     Ragged,
     ShapeError,
     apply,
     canonicalize,
+    gather_inputs,
     get,
     node_generator,
     paired_inputs,
@@ -195,20 +195,8 @@ class Evaluator:
                 for cid, idx in enumerate(plan)]
 
     def _stack(self, archs: list[CachedArch]) -> dict[str, Value]:
-        inputs: dict[str, Value] = {
-            k: torch.stack([a.features[k] for a in archs]).to(self.device)
-            for k in paired_inputs()}
-        for name, kind, attr in (("act", Kind.ASET, "acts"), ("grad", Kind.WSET, "grads"),
-                                 ("weight", Kind.WSET, "weights")):
-            inputs[name] = Ragged.from_layers(
-                kind, [getattr(a, attr) for a in archs]).on(self.device)
-        inputs["log_params"] = torch.log(torch.tensor(
-            [float(a.params) for a in archs], dtype=torch.float64)).to(self.device)
-        grad, weight = inputs["grad"], inputs["weight"]
-        assert isinstance(grad, Ragged) and isinstance(weight, Ragged)
-        if grad.same_layout(weight):  # one segment tensor: binary ops on the two
-            inputs["weight"] = grad.with_values(weight.values)  # skip comparing it
-        return inputs
+        return {**gather_inputs([a.features for a in archs], "both", self.device),
+                **gather_inputs([a.layers() for a in archs], "student", self.device)}
 
     def _inputs(self, chunk: _Chunk) -> dict[str, Value]:
         """The chunk's stacked features; a lazy chunk is read from disk and held while the

@@ -36,9 +36,6 @@ __all__ = ["FORMATS", "export", "to_sympy", "to_torch"]
 
 FORMATS = ("torch", "sympy", "latex")
 
-#: inputs the teacher and the student both have (the others are the student's alone)
-_FEATURES = primitives.paired_inputs()
-
 
 # ---------------------------------------------------------------- source closure ----------
 def _module_definitions() -> tuple[str, dict[str, ast.stmt]]:
@@ -104,13 +101,10 @@ class _Emitter:
         "" for the student's own values)."""
         op = primitives.get(node.name)
         if op.family == "input":
-            if node.name in _FEATURES:
+            if op.side == "both":
                 owner = "teacher" if side == "teacher" else "student"
-                return self._bind((node.text, owner), f"{owner}_features[{node.name!r}]")
-            if node.name == "log_params":
-                return self._bind((node.text, ""), "torch.log(torch.tensor(float(student_layers"
-                                  "['params']), dtype=torch.float64))")
-            return self._bind((node.text, ""), f"list(student_layers[{node.name!r}])")
+                return self._bind((node.text, owner), f"{owner}_features[{op.key!r}]")
+            return self._bind((node.text, ""), op.per_model)
         fn = f"op_{node.name}"
         if fn not in ref_module.__dict__:
             raise GpProxyError(f"export: op {node.name} has no per-model reference")
@@ -192,9 +186,8 @@ def to_torch(formula: str | Node, sign: int = 1, seed: int = 0,
             f'    """The oriented score of one student: {node.text}"""\n'
             f"{body}\n    return SIGN * float({result})\n")
     inputs = sorted({n.name for n in node.walk() if not n.args})
-    layer_keys: list[str] = [k for k in ("weight", "grad", "act") if k in inputs]
-    if "log_params" in inputs:
-        layer_keys.append("params")
+    layer_keys = [op.key for op in primitives.ops("input")
+                  if op.side == "student" and op.name in inputs]
     if layer_keys:  # the helper that collects them from a model
         em.used.add("collect_student_layers")
     blocks = _closure(sorted(em.used))

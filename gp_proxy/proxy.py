@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import primitives
-from primitives import Kind, Node, Ragged
+from primitives import Kind, Node, gather_inputs
 from primitives.errors import GpProxyError
+from primitives.reference import collect_student_layers
 
 from .artifacts import BestProxyRecord, CalibrationRecord, load_artifact
 from .cache import torch_threads
@@ -46,8 +46,6 @@ from .io import atomic_write_json
 from .spaces.base import FeatureAdapter
 
 __all__ = ["Calibration", "NASLibPredictor", "Proxy", "load_proxy", "make_measure", "read_best"]
-
-_STUDENT_ONLY = {"act", "grad", "weight", "log_params"}
 
 
 def read_best(path: str | os.PathLike[str]) -> tuple[str, int, int]:
@@ -210,7 +208,8 @@ class Proxy:
         if callable(feats) and not self.feature_modules:
             return dict(feats(x))
         captured = FeatureAdapter(model, self.feature_modules).features(x)
-        missing = sorted((self.inputs - _STUDENT_ONLY) - set(captured))
+        missing = sorted(n for n in self.inputs
+                         if primitives.get(n).side == "both" and n not in captured)
         if missing:
             raise GpProxyError(
                 f"the formula reads {', '.join(missing)} but {type(model).__name__} has no "
@@ -229,36 +228,19 @@ class Proxy:
         model = copy.deepcopy(model)
         if student:  # random-init students use batch statistics, as in the feature cache;
             model.train()  # the teacher keeps the mode it was given (eval when trained)
-        needs_layers = student and bool(self.inputs & _STUDENT_ONLY)
-        if not needs_layers:
+        reads = [primitives.get(name) for name in sorted(self.inputs)]
+        if not (student and any(op.side == "student" for op in reads)):
             with torch.no_grad():
                 feats = self._features(model, x)
             return {k: v.detach().unsqueeze(0) for k, v in feats.items()}
-        if "grad" in self.inputs and targets is None:
+        if targets is None and any(op.needs_grad for op in reads):
             raise GpProxyError("this formula reads gradients: pass targets (class labels)")
-        layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-        acts: list[Tensor] = [torch.empty(0)] * len(layers)
-        hooks = [m.register_forward_hook(
-            lambda mod, i, o, k=k: acts.__setitem__(k, o[:self.act_samples].detach()))
-            for k, m in enumerate(layers)]
-        try:
-            model.zero_grad(set_to_none=True)
-            feats = self._features(model, x)
-            if targets is not None:
-                F.cross_entropy(feats["k3"], targets).backward()
-        finally:
-            for h in hooks:
-                h.remove()
-        env: dict[str, Any] = {k: v.detach().unsqueeze(0) for k, v in feats.items()}
-        weights = [m.weight.detach() for m in layers]
-        grads = [m.weight.grad.detach() if m.weight.grad is not None else torch.zeros_like(w)
-                 for m, w in zip(layers, weights, strict=True)]
-        env["log_params"] = torch.log(torch.tensor(
-            [float(sum(p.numel() for p in model.parameters()))], dtype=torch.float64))
-        env["act"] = Ragged.from_layers(Kind.ASET, [acts])
-        env["weight"] = Ragged.from_layers(Kind.WSET, [weights])
-        env["grad"] = Ragged.from_layers(Kind.WSET, [grads])
-        return env
+        got = collect_student_layers(model, x, targets, self.act_samples,
+                                     forward=lambda images: self._features(model, images))
+        outputs = got.pop("outputs")
+        assert isinstance(outputs, dict)
+        return {**{k: v.detach().unsqueeze(0) for k, v in outputs.items()},
+                **gather_inputs([got], "student")}
 
     # ------------------------------------------------------------------ scoring -----------
     def _raw(self, node: Node, teacher_env: dict[str, Any], student_env: dict[str, Any]

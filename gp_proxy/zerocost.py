@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from primitives.errors import GpProxyError
+from primitives.reference import weight_layers
 
 from .registry import Registry
 
@@ -44,7 +45,7 @@ __all__ = ["MEASURES", "Measure", "get_measure", "register_measure",
 
 def _weights(model: nn.Module) -> list[Tensor]:
     """The weight tensors of convolutions and linears, in module order."""
-    return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    return [m.weight for m in weight_layers(model)]
 
 
 def _total(values: list[Tensor]) -> float:

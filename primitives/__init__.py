@@ -9,7 +9,7 @@
 from . import _load  # noqa: F401  (registers every op)
 from .errors import FormulaError, GpProxyError, KindError, ShapeError
 from .formula import Node, canonicalize, check, complexity, infer_kind, parse
-from .inputs import DEFAULT_INPUT_KINDS
+from .inputs import DEFAULT_INPUT_KINDS, gather_inputs
 from .interpret import evaluate, node_generator
 from .listing import table
 from .registry import REGISTRY, Op, Signature, apply, get, ops, paired_inputs
@@ -19,6 +19,6 @@ from .values import Kind, Ragged, Value, kind_of
 __all__ = [
     "DEFAULT_INPUT_KINDS", "REGISTRY", "FormulaError", "GpProxyError", "Kind", "KindError",
     "Node", "Op", "Ragged", "ShapeError", "Signature", "Value", "apply", "canonicalize", "check",
-    "complexity", "evaluate", "get", "infer_kind", "kind_of", "node_generator", "ops",
-    "paired_inputs", "parse", "table", "to_latex", "to_sympy",
+    "complexity", "evaluate", "gather_inputs", "get", "infer_kind", "kind_of", "node_generator",
+    "ops", "paired_inputs", "parse", "table", "to_latex", "to_sympy",
 ]

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["REFERENCE", "calibrated_rank01", "calibrated_z", "collect_student_layers", "generator"]
+__all__ = ["REFERENCE", "calibrated_rank01", "calibrated_z", "collect_student_layers", "generator",
+           "weight_layers"]
 
 #: op name -> its per-model function (filled by ``_ref``)
 REFERENCE: dict[str, Callable[..., object]] = {}
@@ -52,14 +53,24 @@ def generator(seed: int) -> torch.Generator:
     return g
 
 
-def collect_student_layers(model: torch.nn.Module, images: Tensor, labels: Tensor,
-                   act_samples: int | None = 16) -> dict[str, object]:
-    """The student-only inputs of a model as the feature cache builds them: for every Conv2d
-    and Linear in module order its weights, their gradients after one cross-entropy backward
-    on the probe batch (the model in train mode, its output the logits) and its outputs on the
-    first ``act_samples`` images; and the number of parameters. The model's gradients are
-    cleared afterwards and its mode restored."""
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+def weight_layers(model: torch.nn.Module) -> list[torch.nn.Conv2d | torch.nn.Linear]:
+    """The layers whose weights the student-only inputs read: every Conv2d and Linear, in
+    module order. The one rule of the project (cache, Proxy, zero-cost measures, export)."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+
+
+def collect_student_layers(model: torch.nn.Module, images: Tensor, labels: Tensor | None,
+                           act_samples: int | None = 16,
+                           forward: Callable[[Tensor], object] | None = None
+                           ) -> dict[str, object]:
+    """The student-only inputs of a model as the feature cache builds them: for every layer
+    of :func:`weight_layers` its weights, their gradients after one cross-entropy backward on
+    the probe batch (the model in train mode) and its outputs on the first ``act_samples``
+    images; and the number of parameters. ``forward`` maps the images to the logits or to a
+    feature dict holding them under ``"k3"`` (default: the model itself); what it returned is
+    under ``"outputs"``. Without ``labels`` there is no backward and the gradients are zeros.
+    The model's gradients are cleared afterwards and its mode restored."""
+    layers = weight_layers(model)
     acts: list[Tensor] = [torch.empty(0)] * len(layers)
     hooks = [m.register_forward_hook(
         lambda _m, _i, out, k=k: acts.__setitem__(k, out[:act_samples].detach().clone()))
@@ -68,7 +79,11 @@ def collect_student_layers(model: torch.nn.Module, images: Tensor, labels: Tenso
     try:
         model.train()
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(images), labels).backward()
+        outputs = (forward or model)(images)
+        if labels is not None:
+            logits = outputs["k3"] if isinstance(outputs, dict) else outputs
+            assert isinstance(logits, Tensor)
+            F.cross_entropy(logits, labels).backward()
         weights = [m.weight.detach().clone() for m in layers]
         grads = [m.weight.grad.detach().clone() if m.weight.grad is not None
                  else torch.zeros_like(m.weight) for m in layers]
@@ -78,7 +93,7 @@ def collect_student_layers(model: torch.nn.Module, images: Tensor, labels: Tenso
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     return {"weight": weights, "grad": grads, "act": acts,
-            "params": sum(p.numel() for p in model.parameters())}
+            "params": sum(p.numel() for p in model.parameters()), "outputs": outputs}
 
 
 def _each(fn: Callable[[Tensor], Tensor], x: Tensor | list[Tensor]) -> Tensor | list[Tensor]:

@@ -79,6 +79,12 @@ class Op:
     #: an input's side: "both" (read on the teacher and on the student: the features a
     #: distance compares) or "student" (a student-only statistic); empty for other ops
     side: str = ""
+    #: an input's source: the key of its value in a model's features (side "both") or in
+    #: the per-model collection of student-only statistics (side "student")
+    key: str = ""
+    #: an input's value for one model in an exported, torch-only proxy (a Python expression
+    #: over ``student_layers``); empty for features, read from the features dicts
+    per_model: str = ""
     latex: str = ""
     sympy: Callable[..., Any] | None = field(default=None, compare=False)
 

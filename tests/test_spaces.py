@@ -9,6 +9,7 @@ import torch
 
 from gp_proxy.spaces import SpecError, count_flops, count_params, get_space, space_names
 from primitives import GpProxyError
+from primitives.reference import weight_layers
 
 SPACES = space_names()
 
@@ -55,7 +56,7 @@ def test_sample_mutate_build_features(name: str) -> None:
         assert feats[key].dim() == rank and feats[key].shape[0] == 2
     torch.testing.assert_close(model(x), feats["k3"])
     assert count_params(model) > 0 and count_flops(model, space.input_shape) > 0
-    assert model.weight_layers()
+    assert weight_layers(model)
 
 
 @pytest.mark.parametrize("name", SPACES)

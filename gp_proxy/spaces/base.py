@@ -42,10 +42,6 @@ class FeatureNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x)["k3"]
 
-    def weight_layers(self) -> list[nn.Module]:
-        """Layers with a weight matrix/kernel, in forward order (convolutions and linears)."""
-        return [m for m in self.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-
 
 class FeatureAdapter(FeatureNet):
     """Any ``nn.Module`` as a :class:`FeatureNet`: ``features`` maps each feature name to a
@@ -74,9 +70,6 @@ class FeatureAdapter(FeatureNet):
                 h.remove()
         captured.setdefault("k3", out)
         return captured
-
-    def weight_layers(self) -> list[nn.Module]:
-        return [m for m in self.model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
 def with_features(model: nn.Module, features: dict[str, str] | None) -> nn.Module:
