@@ -65,8 +65,9 @@ from .gp.variation import crossover, mutate
 from .io import atomic_write_json, atomic_write_text, run_lock
 from .provenance import environment
 from .rank import kendall_tau
+from .registry import Registry
 
-__all__ = ["Campaign", "Record"]
+__all__ = ["SCHEMES", "Campaign", "Record"]
 
 FAILED = -math.inf
 
@@ -759,7 +760,7 @@ class Campaign:
         while (reason := self._should_stop()) is None:
             before = set(self.records)
             t0 = time.perf_counter()
-            SCHEMES[self.config.scheme](self)
+            SCHEMES.get(self.config.scheme)(self)
             self.generation += 1
             self.evaluator.clear_memo()
             self.elapsed += time.perf_counter() - t0
@@ -804,12 +805,15 @@ def _feature_kinds(space_name: str) -> dict[str, Any]:
     return dict(type(space.build(space.sample(random.Random(0)))).feature_kinds)
 
 
-#: campaign scheme name -> one generation of it
-SCHEMES: dict[str, Callable[[Campaign], None]] = {
-    "steady": Campaign._steady_generation,
-    "generational": Campaign._generational_generation,
-    "nsga2": Campaign._nsga2_generation,
-}
+def _builtin_schemes() -> None:
+    SCHEMES.register("steady", Campaign._steady_generation)
+    SCHEMES.register("generational", Campaign._generational_generation)
+    SCHEMES.register("nsga2", Campaign._nsga2_generation)
+
+
+#: campaign scheme name -> one generation of it (``SCHEMES.register`` adds one: a function
+#: of the campaign that advances its population by one generation)
+SCHEMES: Registry[Callable[[Campaign], None]] = Registry("campaign scheme", _builtin_schemes)
 
 
 def _assessment(d: dict[str, Any]) -> Assessment | None:

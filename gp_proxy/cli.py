@@ -652,12 +652,12 @@ def compare_cmd(
     from .fitness import make_splits
     from .io import atomic_write_text
     from .reported import REPORTED
-    from .zerocost import MEASURES
+    from .zerocost import MEASURES, SIZE_STATISTICS
 
     bench = load_benchmark(benchmark, target)
     cache = bench.cache(str(cache_dir))
-    items = list(proxies or ["params", "flops", *MEASURES, *REPORTED])
-    for size in ("params", "flops"):
+    items = list(proxies or [*SIZE_STATISTICS, *MEASURES, *REPORTED])
+    for size in reversed(SIZE_STATISTICS):
         if size not in items:
             items.insert(0, size)
     if bench.descriptors() is not None and "descriptors" not in items:
@@ -747,14 +747,14 @@ def search_cmd(
     from .benchmark import load_benchmark
     from .io import atomic_write_json
     from .proxy import load_proxy
-    from .search import baseline_scorer, formula_scorer, search
-    from .zerocost import MEASURES, get_measure
+    from .search import STRATEGIES, baseline_scorer, formula_scorer, search
+    from .zerocost import MEASURES, SIZE_STATISTICS, get_measure
 
     bench = load_benchmark(benchmark)
     space = bench.search_space()
     teacher = bench.trained_teacher()
     x, y = bench.probe()
-    if proxy in ("params", "flops") or proxy in MEASURES:
+    if proxy in SIZE_STATISTICS or proxy in MEASURES:
         # a measure comparing with a teacher gets a random-init one, as in DisWOT
         scorer = baseline_scorer(proxy, space, bench.random_teacher()
                                  if proxy in MEASURES and get_measure(proxy).needs_teacher
@@ -765,7 +765,7 @@ def search_cmd(
         scorer = formula_scorer(p, space, teacher, x, y, seed=seed)
         label = str(p.node)
     t0 = time.perf_counter()
-    total = iterations if strategy != "exhaustive" else 1
+    total = STRATEGIES.get(strategy).steps(iterations)
     with Progress(console=_out) as progress, \
             fanned_out(scorer, backend, workers, scheduler) as batch_scorer:
         task = progress.add_task(f"search ({strategy})", total=total)
@@ -1116,8 +1116,7 @@ def pipeline_cmd(
     from .pipeline import PipelineConfig, load_proxy, run_pipeline
     from .search import STRATEGIES
 
-    if strategy not in STRATEGIES:
-        raise GpProxyError(f"--strategy {strategy!r}: choose from {', '.join(STRATEGIES)}")
+    STRATEGIES.get(strategy)  # an unknown name is one line before any work
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
     except ValueError:

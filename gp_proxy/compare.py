@@ -42,11 +42,10 @@ from .io import atomic_write_json, load_tensors, save_figure, save_tensors
 from .proxy import read_best
 from .rank import kendall_tau, spearman_rho
 from .reported import REPORTED
-from .zerocost import MEASURES, get_measure, zero_cost
+from .zerocost import MEASURES, SIZE_STATISTICS, get_measure, zero_cost
 
 __all__ = ["ProxyRow", "cache_like_run", "compare", "resolve_scores"]
 
-SIZE = ("params", "flops")
 #: the architecture-descriptor regression (fitted on the training architectures of the split)
 DESCRIPTORS = "descriptors"
 
@@ -148,9 +147,9 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
             raise GpProxyError(f"{bench.space} declares no architecture descriptors")
         return "descriptor regression", "fitted", descriptor_regression(
             desc, bench.params, bench.truth.y, fit_on)
-    if item in SIZE:
-        return f"#{item}" if item == "params" else item.upper(), "size", \
-            np.asarray(bench.truth.columns[item], dtype=float)
+    if item in SIZE_STATISTICS:
+        stat = SIZE_STATISTICS[item]
+        return stat.label, "size", np.asarray(bench.truth.columns[stat.key], dtype=float)
     if item in bench.truth.columns and item != bench.truth.target:
         return item, "column", np.asarray(bench.truth.columns[item], dtype=float)
     if item in REPORTED:
@@ -287,7 +286,7 @@ def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root:
                                                 fit_on=splits.train, evaluation=evaluation)
         except GpProxyError as err:
             formula = REPORTED[item].formula if item in REPORTED else item
-            if item in (*SIZE, DESCRIPTORS) or item in MEASURES or Path(item).exists():
+            if item in (*SIZE_STATISTICS, DESCRIPTORS) or item in MEASURES or Path(item).exists():
                 raise
             parse(formula)  # a malformed formula is the user's error: raise it
             rows.append(ProxyRow(item, "failed", {}, str(err)))

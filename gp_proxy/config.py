@@ -44,9 +44,9 @@ class CampaignConfig(BaseModel):
     grammar: Literal["both", "interaction", "instinct"] = _f(
         "both", "formula shape: a teacher-student part combined with a student part, or one")
     combiner: Literal["rank", "z"] = _f("rank", "how the two parts are combined")
-    scheme: Literal["steady", "generational", "nsga2"] = _f(
+    scheme: str = _f(
         "steady", "steady-state, generational with elitism, or NSGA-II survival over "
-        "(fitness, training partial τ given #params)")
+        "(fitness, training partial τ given #params); or a registered scheme / module:attr")
     population: int = _f(50, "individuals", ge=4)
     generations: int = _f(20, "generations to run", ge=0)
     max_evaluations: int | None = _f(None, "stop after this many candidates", ge=1)
@@ -118,6 +118,17 @@ class CampaignConfig(BaseModel):
 
         try:
             BACKENDS.get(name)
+        except GpProxyError as exc:
+            raise ValueError(str(exc)) from None
+        return name
+
+    @field_validator("scheme")
+    @classmethod
+    def _known_scheme(cls, name: str) -> str:
+        from .campaign import SCHEMES  # (the campaign imports this module)
+
+        try:
+            SCHEMES.get(name)
         except GpProxyError as exc:
             raise ValueError(str(exc)) from None
         return name

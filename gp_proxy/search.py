@@ -21,10 +21,12 @@ from torch import Tensor, nn
 from primitives.errors import GpProxyError
 
 from .proxy import Calibration, Proxy
+from .registry import Registry
 from .spaces import SearchSpace, count_flops, count_params
-from .zerocost import MEASURES, get_measure, zero_cost
+from .zerocost import MEASURES, SIZE_STATISTICS, get_measure, zero_cost
 
-__all__ = ["STRATEGIES", "Candidate", "Scorer", "baseline_scorer", "formula_scorer", "search"]
+__all__ = ["STRATEGIES", "Candidate", "Scorer", "SearchState", "Strategy", "baseline_scorer",
+           "formula_scorer", "search"]
 
 Scorer = Callable[[list[str]], list[float]]
 
@@ -62,10 +64,9 @@ def formula_scorer(proxy: Proxy, space: SearchSpace, teacher: nn.Module, x: Tens
 
 def baseline_scorer(name: str, space: SearchSpace, teacher: nn.Module | None, x: Tensor,
                     y: Tensor, init_seed: int = 0) -> Scorer:
-    if name == "params":
-        return lambda specs: [float(space.params(s)) for s in specs]
-    if name == "flops":
-        return lambda specs: [float(space.flops(s)) for s in specs]
+    if name in SIZE_STATISTICS:
+        count = getattr(space, SIZE_STATISTICS[name].key)
+        return lambda specs: [float(count(s)) for s in specs]
     if name in MEASURES:
         if get_measure(name).needs_teacher and teacher is None:
             raise GpProxyError(f"{name} compares with a teacher: pass one")
@@ -83,8 +84,93 @@ def _budget_ok(space: SearchSpace, spec: str, max_params: int | None, max_flops:
     return (max_params is None or p <= max_params) and (max_flops is None or f <= max_flops)
 
 
-#: the search strategies :func:`search` runs
-STRATEGIES = ("exhaustive", "evolution", "random")
+@dataclass
+class SearchState:
+    """What a strategy works with: the space, the seeded RNG, the budget test, the memoised
+    scorer (each spec scored once) and the user's settings."""
+
+    space: SearchSpace
+    rng: random.Random
+    fits: Callable[[str], bool]
+    scored: Callable[[list[str]], list[float]]
+    best: Callable[[], Candidate]
+    iterations: int
+    population: int
+    sample: int
+    candidates: Sequence[str] | None
+    on_step: Callable[[int, Candidate], None] | None
+    budget: str
+
+    def sample_fitting(self, tries: int = 10_000) -> str:
+        for _ in range(tries):
+            s = self.space.sample(self.rng)
+            if self.fits(s):
+                return s
+        raise GpProxyError(f"no architecture of {self.space.name} fits the budget "
+                           f"({self.budget}) in {tries} samples")
+
+    def step(self, i: int) -> None:
+        if self.on_step:
+            self.on_step(i, self.best())
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A student search: ``run`` scores candidates through the state; ``steps`` is how many
+    progress steps it reports for ``iterations``; ``takes_candidates``: it can rank a given
+    candidate list instead of the whole space."""
+
+    run: Callable[[SearchState], None]
+    steps: Callable[[int], int]
+    takes_candidates: bool = False
+
+
+def _exhaustive(st: SearchState) -> None:
+    pool = [s for s in (st.space.enumerate() if st.candidates is None else st.candidates)
+            if st.fits(s)]
+    if not pool:
+        raise GpProxyError(f"no architecture of {st.space.name} fits the budget")
+    st.scored(pool)
+
+
+def _random(st: SearchState) -> None:
+    for i in range(st.iterations):
+        st.scored([st.sample_fitting()])
+        st.step(i + 1)
+
+
+def _evolution(st: SearchState) -> None:
+    """Regularised evolution: the best of a tournament of ``sample`` is the parent, its
+    mutant (the first of 100 tries that fits the budget, else a fresh sample) joins, the
+    oldest leaves."""
+    ages = deque(st.sample_fitting() for _ in range(st.population))
+    st.scored(list(ages))
+    for i in range(st.iterations):
+        contenders = [ages[st.rng.randrange(len(ages))] for _ in range(st.sample)]
+        score = dict(zip(contenders, st.scored(contenders), strict=True))
+        parent = max(contenders, key=score.__getitem__)
+        child = parent
+        for _ in range(100):
+            child = st.space.mutate(parent, st.rng)
+            if st.fits(child):
+                break
+        if not st.fits(child):
+            child = st.sample_fitting()
+        st.scored([child])
+        ages.append(child)
+        ages.popleft()
+        st.step(i + 1)
+
+
+def _builtins() -> None:
+    STRATEGIES.register("exhaustive", Strategy(_exhaustive, steps=lambda _: 1,
+                                               takes_candidates=True))
+    STRATEGIES.register("evolution", Strategy(_evolution, steps=lambda n: n))
+    STRATEGIES.register("random", Strategy(_random, steps=lambda n: n))
+
+
+#: the student search strategies :func:`search` runs (``STRATEGIES.register`` adds one)
+STRATEGIES: Registry[Strategy] = Registry("search strategy", _builtins)
 
 
 def search(space: SearchSpace, scorer: Scorer, strategy: str = "evolution",
@@ -93,14 +179,14 @@ def search(space: SearchSpace, scorer: Scorer, strategy: str = "evolution",
            top_k: int = 5, on_step: Callable[[int, Candidate], None] | None = None,
            candidates: Sequence[str] | None = None) -> list[Candidate]:
     """The ``top_k`` best distinct students found that fit the budget; with ``candidates``
-    (exhaustive only) among those architectures instead of the whole space."""
-    if strategy not in STRATEGIES:
-        raise GpProxyError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    (a strategy that takes them) among those architectures instead of the whole space."""
+    how = STRATEGIES.get(strategy)
     if top_k < 1:
         raise GpProxyError(f"top_k {top_k}: keep at least one student")
-    if candidates is not None and strategy != "exhaustive":
-        raise GpProxyError("a candidate list needs strategy 'exhaustive'")
-    rng = random.Random(seed)
+    if candidates is not None and not how.takes_candidates:
+        ranking = [n for n in STRATEGIES if STRATEGIES.get(n).takes_candidates]
+        raise GpProxyError(f"a candidate list needs a strategy that ranks one: "
+                           f"{', '.join(ranking)}")
     sizes: dict[str, tuple[int, int]] = {}
     scores: dict[str, float] = {}
 
@@ -113,49 +199,11 @@ def search(space: SearchSpace, scorer: Scorer, strategy: str = "evolution",
             scores[s] = v
         return [scores[s] for s in specs]
 
-    def sample_fitting(tries: int = 10_000) -> str:
-        for _ in range(tries):
-            s = space.sample(rng)
-            if fits(s):
-                return s
-        raise GpProxyError(f"no architecture of {space.name} fits the budget "
-                           f"(params <= {max_params}, FLOPs <= {max_flops}) in {tries} samples")
-
-    if strategy == "exhaustive":
-        pool = [s for s in (space.enumerate() if candidates is None else candidates)
-                if fits(s)]
-        if not pool:
-            raise GpProxyError(f"no architecture of {space.name} fits the budget")
-        scored(pool)
-    elif strategy == "random":
-        pool = [sample_fitting() for _ in range(iterations)]
-        for i, s in enumerate(pool):
-            scored([s])
-            if on_step:
-                on_step(i + 1, _cand(s, scores, sizes))
-    elif strategy == "evolution":
-        ages: deque[str] = deque()
-        for s in (sample_fitting() for _ in range(population)):
-            ages.append(s)
-        scored(list(ages))
-        for i in range(iterations):
-            contenders = [ages[rng.randrange(len(ages))] for _ in range(sample)]
-            parent = max(contenders, key=lambda s: scores[s])
-            child = parent
-            for _ in range(100):
-                child = space.mutate(parent, rng)
-                if fits(child):
-                    break
-            if not fits(child):
-                child = sample_fitting()
-            scored([child])
-            ages.append(child)
-            ages.popleft()
-            if on_step:
-                on_step(i + 1, _cand(max(scores, key=scores.__getitem__), scores, sizes))
-    else:
-        raise GpProxyError(f"unknown strategy {strategy!r}; choose evolution, random or "
-                           "exhaustive")
+    how.run(SearchState(
+        space, random.Random(seed), fits, scored,
+        lambda: _cand(max(scores, key=scores.__getitem__), scores, sizes),
+        iterations, population, sample, candidates, on_step,
+        f"params <= {max_params}, FLOPs <= {max_flops}"))
     best = sorted(scores, key=lambda s: (-scores[s], s))[:top_k]
     return [_cand(s, scores, sizes) for s in best]
 

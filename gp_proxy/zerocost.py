@@ -39,8 +39,8 @@ from primitives.reference import weight_layers
 
 from .registry import Registry
 
-__all__ = ["MEASURES", "Measure", "get_measure", "register_measure",
-           "student_measures", "zero_cost"]
+__all__ = ["MEASURES", "SIZE_STATISTICS", "Measure", "SizeStatistic", "get_measure",
+           "register_measure", "student_measures", "zero_cost"]
 
 
 def _weights(model: nn.Module) -> list[Tensor]:
@@ -207,6 +207,23 @@ def _builtins() -> None:
 
 #: measure name -> :class:`Measure` (register your own with :func:`register_measure`)
 MEASURES: Registry[Measure] = Registry("zero-cost measure", _builtins)
+
+
+@dataclass(frozen=True)
+class SizeStatistic:
+    """A baseline that counts rather than measures: ``label`` as reports show it; ``key`` is
+    both the ground-truth column and the search space's method giving it for a spec."""
+
+    label: str
+    key: str
+
+
+#: size statistic name -> :class:`SizeStatistic` (the baselines every correlation stands
+#: beside; no data is involved, so they have no noise)
+SIZE_STATISTICS: dict[str, SizeStatistic] = {
+    "params": SizeStatistic("#params", "params"),
+    "flops": SizeStatistic("FLOPS", "flops"),
+}
 
 
 def register_measure(name: str, *, needs_teacher: bool = False, replace: bool = False

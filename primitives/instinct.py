@@ -124,18 +124,19 @@ def _logsoftmax(r: Ragged) -> Ragged:
 
 
 _PER_SEGMENT = "[layer] -> [layer] (normalised within each layer; for lval across the layers)"
-for _name, _fn, _doc, _tex in (
+# (name, fn, doc, LaTeX, idempotent)
+for _name, _fn, _doc, _tex, _idem in (
     ("znorm", _znorm, "z-normalise: (x − mean) / (std + 1e-9) within each layer",
-     r"\operatorname{{z}}\left({0}\right)"),
+     r"\operatorname{{z}}\left({0}\right)", True),
     ("softmax", _softmax, "softmax over all elements of each layer",
-     r"\operatorname{{softmax}}\left({0}\right)"),
+     r"\operatorname{{softmax}}\left({0}\right)", False),
     ("logsoftmax", _logsoftmax, "log-softmax over all elements of each layer",
-     r"\log\operatorname{{softmax}}\left({0}\right)"),
+     r"\log\operatorname{{softmax}}\left({0}\right)", False),
 ):
     register(Op(name=_name, family="instinct",
                 signatures=tuple(Signature((k,), k, _fn, _PER_SEGMENT)
                                  for k in (Kind.WSET, Kind.ASET, Kind.LVAL)),
-                doc=_doc, source=_SOURCE, idempotent=_name == "znorm", latex=_tex))
+                doc=_doc, source=_SOURCE, idempotent=_idem, latex=_tex))
 
 
 def zero_per_layer(r: Ragged) -> Ragged:

@@ -444,3 +444,20 @@ def test_formula_tree_marks_families_and_sides(tmp_path: Path) -> None:
                        tmp_path / "pareto.png")
     assert (tmp_path / "tree.png").stat().st_size > 5000
     assert (tmp_path / "pareto.png").stat().st_size > 5000
+
+
+def test_a_user_scheme_by_module_attr_runs_and_an_unknown_one_is_named(
+        bench: Path, tmp_path: Path) -> None:
+    """Schemes are a registry like the rest: a user's generation function, named
+    ``module:attr`` in the config, drives the campaign; a typo names the built-ins."""
+    args = _cfg(bench, tmp_path / "cache", scheme="tests.user_plugin:random_restart",
+                generations=2)
+    c = Campaign(load_config(None, args), tmp_path / "run")
+    c.run()
+    hist = [json.loads(h) for h in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [h["generation"] for h in hist] == [0, 1, 2]
+    assert [h["evaluations"] for h in hist] == [12, 18, 24]  # half the population each time
+    best = [h["best"]["fitness"] for h in hist]
+    assert best == sorted(best)  # the better half is kept
+    with pytest.raises(ConfigError, match=r"unknown campaign scheme 'stedy'.*steady"):
+        load_config(None, ["scheme=stedy"])

@@ -78,3 +78,22 @@ def test_search_cli_writes_top_k(tmp_path: Path, capsys: pytest.CaptureFixture[s
     data = json.loads(out.read_text())
     assert len(data["top"]) == 3 and all(c["params"] <= 100_000 for c in data["top"])
     assert data["proxy"] == "sp_dist(k2)" and data["seconds"] > 0
+
+
+def test_a_user_strategy_registers_like_the_built_ins() -> None:
+    """Strategies are a registry: a user's runs through the same state (budget, memoised
+    scorer, RNG) and is found by name; an unknown name is one error naming the choices."""
+    from gp_proxy.search import STRATEGIES, SearchState, Strategy
+
+    def smallest_first(st: SearchState) -> None:  # ranks the st.iterations smallest fitting
+        pool = sorted((s for s in st.space.enumerate() if st.fits(s)), key=st.space.params)
+        st.scored(pool[:st.iterations])
+
+    STRATEGIES.register("smallest-first", Strategy(smallest_first, steps=lambda n: 1),
+                        replace=True)
+    top = search(SPACE, baseline_scorer("params", SPACE, None, X, Y), "smallest-first",
+                 iterations=5, top_k=2)
+    five = sorted(SPACE.enumerate(), key=SPACE.params)[:5]
+    assert [c.spec for c in top] == sorted(five, key=lambda s: -SPACE.params(s))[:2]
+    with pytest.raises(GpProxyError, match=r"unknown search strategy 'evolve'.*evolution"):
+        search(SPACE, baseline_scorer("params", SPACE, None, X, Y), "evolve")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -66,3 +67,14 @@ class TinySpace(SearchSpace):
     def build_teacher(self, name: str = "wide", seed: int = 0) -> FeatureNet:
         torch.manual_seed(seed)
         return TinyNet(16, 2, self.num_classes, self.input_shape[0])
+
+
+def random_restart(campaign: object) -> None:
+    """A user's campaign scheme (config ``scheme=tests.user_plugin:random_restart``): each
+    generation replaces the worse half of the population by fresh random formulas."""
+    c: Any = campaign
+    keep = sorted(c.population, key=c._order, reverse=True)[:len(c.population) // 2]
+    fresh = [c._random() for _ in range(len(c.population) - len(keep))]
+    c.evaluations += len(fresh)
+    c._evaluate(fresh)
+    c.population = keep + fresh
