@@ -393,12 +393,15 @@ def compare_distpro(cfg: DistProCompareConfig, out: str | os.PathLike[str],
                                   folder / student / "process.png",
                                   int(proc.settings["steps_per_epoch"]),
                                   f"DistPro process: {student}")
-            candidates: dict[str, tuple[float, dict[str, float], str | None, str | None, str]] = {
-                "CE": (1.0, {}, None, None, "learned"),
-                "KD": (0.1, {"kd": 0.9}, None, None, "learned"),
-                "DistPro equal": (1.0, {"distpro": 1.0}, None, process, "equal"),
-                "DistPro α_T": (1.0, {"distpro": 1.0}, None, process, "final"),
-                "DistPro learned": (1.0, {"distpro": 1.0}, None, process, "learned")}
+            # name -> (CE weight, losses, distiller, process file, process mode, also run at
+            # the short budget: the methods whose budget curve the report draws)
+            candidates: dict[str, tuple[float, dict[str, float], str | None, str | None, str,
+                                        bool]] = {
+                "CE": (1.0, {}, None, None, "learned", False),
+                "KD": (0.1, {"kd": 0.9}, None, None, "learned", True),
+                "DistPro equal": (1.0, {"distpro": 1.0}, None, process, "equal", False),
+                "DistPro α_T": (1.0, {"distpro": 1.0}, None, process, "final", False),
+                "DistPro learned": (1.0, {"distpro": 1.0}, None, process, "learned", True)}
             if cfg.autokd is not None:
                 best = json.loads((Path(cfg.autokd) / "report.json").read_text())[
                     "students"].get(student)
@@ -406,12 +409,10 @@ def compare_distpro(cfg: DistProCompareConfig, out: str | os.PathLike[str],
                     name = best["best_searched"]
                     candidates[f"Auto-KD ({name})"] = (1.0, {"distiller": 1.0},
                                                       best["rows"][name]["distiller"], None,
-                                                      "learned")
+                                                      "learned", False)
             jobs = []
-            for name, (ce, losses, d, proc_file, mode) in candidates.items():
-                budgets = [cfg.epochs]
-                if name in ("KD", "DistPro learned"):
-                    budgets.append(cfg.short_epochs)
+            for name, (ce, losses, d, proc_file, mode, short) in candidates.items():
+                budgets = [cfg.epochs, cfg.short_epochs] if short else [cfg.epochs]
                 for epochs in budgets:
                     for seed in cfg.seeds:
                         jobs.append(((name, epochs), _Job(

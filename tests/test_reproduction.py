@@ -42,14 +42,17 @@ def _same(got: Any, want: Any, where: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory
-              ) -> tuple[Benchmark, FeatureCache, Splits, str]:
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("reference-cache")
+
+
+@pytest.fixture(scope="module")
+def reference(cache_root: Path) -> tuple[Benchmark, FeatureCache, Splits, str]:
     config = run_config(RUN)
     assert config is not None
     bench = load_benchmark(ROOT / config.benchmark, config.target)
     cfg = bench.cache_config(config.teacher_init, config.init_seed, config.act_samples)
-    cache = load_cache(tmp_path_factory.mktemp("reference-cache"), cfg,
-                       list(bench.truth.archs))
+    cache = load_cache(cache_root, cfg, list(bench.truth.archs))
     splits = make_splits(len(bench.truth.y), config.test_fraction, config.folds,
                          config.split_seed)
     return bench, cache, splits, config.fitness
@@ -96,3 +99,37 @@ def test_the_baselines_score_as_committed(
         for m, v in a.to_json().items():
             if m in committed[name]:
                 _same(v, committed[name][m], f"baseline {name} {m}")
+
+
+def test_the_reference_campaign_evolves_as_committed(tmp_path: Path, cache_root: Path) -> None:
+    """Its first generations re-run (population, variation, selection, every random draw)
+    reach the committed history line for line, but for the seconds they took."""
+    from gp_proxy.campaign import Campaign
+
+    config = run_config(RUN)
+    assert config is not None
+    config = config.model_copy(update={"generations": 1, "noise_check": False,
+                                       "benchmark": str(ROOT / config.benchmark),
+                                       "cache_dir": str(cache_root)})
+    Campaign(config, tmp_path / "run").run()
+    got = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
+    want = (RUN / "history.jsonl").read_text().splitlines()[:len(got)]
+    assert len(got) == 2
+    for g, w in zip(got, want, strict=True):
+        gl, wl = json.loads(g), json.loads(w)
+        gl.pop("seconds"), wl.pop("seconds")
+        _same_record(gl, wl, f"generation {wl['generation']}")
+
+
+def _same_record(got: Any, want: Any, where: str) -> None:
+    """``got`` holds every field of the committed ``want`` with its value (fields added
+    since it was written are not compared)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict), where
+        for k, v in want.items():
+            assert k in got, f"{where}: {k} missing"
+            _same_record(got[k], v, f"{where}.{k}")
+    elif isinstance(want, float) or isinstance(got, float):
+        _same(got, want, where)
+    else:
+        assert got == want, f"{where}: {got!r} != committed {want!r}"

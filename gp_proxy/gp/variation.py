@@ -8,7 +8,7 @@ and resumable without anyone seeding the global module.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from deap import gp
@@ -19,7 +19,14 @@ from .pset import ProxySet
 
 __all__ = ["crossover", "mutate", "normalise", "using"]
 
-MUTATIONS = ("subtree", "point", "shrink")
+#: mutation -> (tree, primitive set, random subtree generator) -> mutant; one is drawn
+#: uniformly (in this order: the draw is part of a campaign's random stream)
+MUTATIONS: dict[str, Callable[[gp.PrimitiveTree, ProxySet, Callable[..., list[object]]],
+                              gp.PrimitiveTree]] = {
+    "subtree": lambda t, ps, expr: gp.mutUniform(t, expr=expr, pset=ps.pset)[0],
+    "point": lambda t, ps, expr: gp.mutNodeReplacement(t, pset=ps.pset)[0],
+    "shrink": lambda t, ps, expr: gp.mutShrink(t)[0],
+}
 
 
 @contextmanager
@@ -76,7 +83,7 @@ def crossover(ps: ProxySet, a: gp.PrimitiveTree, b: gp.PrimitiveTree, rng: rando
 def mutate(ps: ProxySet, a: gp.PrimitiveTree, rng: random.Random, max_height: int,
            max_size: int) -> gp.PrimitiveTree:
     """Subtree, point (node replacement) or shrink mutation, chosen uniformly."""
-    kind = rng.choice(MUTATIONS)
+    kind = rng.choice(tuple(MUTATIONS))
     t = gp.PrimitiveTree(list(a))
 
     def expr(pset: gp.PrimitiveSetTyped, type_: type) -> list[object]:
@@ -88,11 +95,6 @@ def mutate(ps: ProxySet, a: gp.PrimitiveTree, rng: random.Random, max_height: in
         return out
 
     with using(rng):
-        if kind == "subtree":
-            (t,) = gp.mutUniform(t, expr=expr, pset=ps.pset)
-        elif kind == "point":
-            (t,) = gp.mutNodeReplacement(t, pset=ps.pset)
-        else:
-            (t,) = gp.mutShrink(t)
+        t = MUTATIONS[kind](t, ps, expr)
     child = normalise(ps, t)
     return child if _within(child, max_height, max_size) else gp.PrimitiveTree(list(a))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -21,19 +21,27 @@ from .blocks import BasicBlock
 
 __all__ = ["OPS", "NB201Net", "NB201Space"]
 
-OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")  # genotype names
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from), genotype order
 
 
+def _conv(k: int) -> Callable[[int], nn.Module]:
+    return lambda c: nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, k, 1, k // 2, bias=False),
+                                   nn.BatchNorm2d(c))
+
+
+#: cell operation -> its module for ``c`` channels
+_BUILDERS: dict[str, Callable[[int], nn.Module]] = {
+    "none": lambda c: _Zero(),
+    "skip_connect": lambda c: nn.Identity(),
+    "nor_conv_1x1": _conv(1),
+    "nor_conv_3x3": _conv(3),
+    "avg_pool_3x3": lambda c: nn.AvgPool2d(3, 1, 1, count_include_pad=False),
+}
+
+
 def _op(name: str, c: int) -> nn.Module:
-    if name == "none":
-        return _Zero()
-    if name == "skip_connect":
-        return nn.Identity()
-    if name == "avg_pool_3x3":
-        return nn.AvgPool2d(3, 1, 1, count_include_pad=False)
-    k = 1 if name == "nor_conv_1x1" else 3
-    return nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, k, 1, k // 2, bias=False), nn.BatchNorm2d(c))
+    return _BUILDERS[name](c)
 
 
 class _Zero(nn.Module):
