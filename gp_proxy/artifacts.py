@@ -22,6 +22,7 @@ from pydantic import (
     NonNegativeInt,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 
 from primitives.errors import GpProxyError
@@ -116,8 +117,28 @@ class CalibrationRecord(_Strict):
     reference: dict[str, list[FiniteFloat]]
 
 
+#: report keys renamed so that every record says what ``compare`` says (τ, not Kendall):
+#: files written before carry the old names and are read with the new
+LEGACY_KEYS = {"kendall_with_params": "tau_with_params",
+               "kendall_real_vs_noise": "tau_real_vs_noise"}
+
+
+def current_keys(record: Any) -> Any:
+    """``record`` (nested dicts and lists) with :data:`LEGACY_KEYS` renamed."""
+    if isinstance(record, dict):
+        return {LEGACY_KEYS.get(k, k): current_keys(v) for k, v in record.items()}
+    if isinstance(record, list):
+        return [current_keys(v) for v in record]
+    return record
+
+
 class BestProxyReport(BestProxyRecord):
     """``best_proxy.json`` as ``inspect`` reads it: the record and the report fields."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _current_keys(cls, data: Any) -> Any:
+        return current_keys(data)
 
     baselines: dict[str, dict[str, Any]]
     architectures: dict[str, NonNegativeInt]

@@ -667,7 +667,7 @@ class Campaign:
     def _anatomy(self, node: primitives.Node) -> dict[str, Any]:
         """How much of a formula is a size statistic, and what each combined part does.
 
-        ``kendall_with_params``: τ between the formula's oriented scores and #params over all
+        ``tau_with_params``: τ between the formula's oriented scores and #params over all
         architectures. ``parts``: for rank/z combinations, each part's status and held-out τ
         (a constant part contributes nothing: the formula reduces to the other part).
         """
@@ -678,21 +678,21 @@ class Campaign:
         if whole.scores is not None:  # on the oriented score (sign chosen on training archs)
             sign = assess(whole.scores, self.y, self.bench.params, self.splits,
                           self.config.fitness).sign
-            info["kendall_with_params"] = _num(sign * kendall_tau(whole.scores,
+            info["tau_with_params"] = _num(sign * kendall_tau(whole.scores,
                                                                   self.bench.params))
         noisy = self._noise_results(texts) if self.config.noise_check else None
         if noisy is not None:
-            info["kendall_real_vs_noise"] = _real_vs_noise(whole, noisy[0])
+            info["tau_real_vs_noise"] = _real_vs_noise(whole, noisy[0])
         parts = []
         for i, res in enumerate(results[1:], start=1):
             entry: dict[str, Any] = {"formula": res.formula, "status": res.status}
             if res.ok and res.scores is not None:
                 a = assess(res.scores, self.y, self.bench.params, self.splits)
                 entry.update({"test_tau": _num(a.test_tau), "sign": a.sign,
-                              "kendall_with_params": _num(a.sign * kendall_tau(
+                              "tau_with_params": _num(a.sign * kendall_tau(
                                   res.scores, self.bench.params))})
                 if noisy is not None:
-                    entry["kendall_real_vs_noise"] = _real_vs_noise(res, noisy[i])
+                    entry["tau_real_vs_noise"] = _real_vs_noise(res, noisy[i])
             parts.append(entry)
         if parts:
             info["parts"] = parts

@@ -314,7 +314,15 @@ def _noise_text(tau: float | None) -> str:
     return f"{tau:+.3f}" + (" (ignores the data)" if tau >= 0.99 else "")
 
 
+def _report_run(run_dir: Path) -> None:
+    from .artifacts import BestProxyReport, load_artifact
+
+    _report(load_artifact(run_dir / "best_proxy.json", BestProxyReport).model_dump())
+
+
 def _report(best: dict[str, Any], label: str = "best formula") -> None:
+    from .zerocost import SIZE_STATISTICS
+
     def f(x: float | None) -> str:
         return "  n/a" if x is None else f"{x:+.3f}"
 
@@ -327,8 +335,9 @@ def _report(best: dict[str, Any], label: str = "best formula") -> None:
     for col in ("proxy", "τ train", "τ held-out", "ρ held-out", "τ k-fold", "τ in params bins",
                 "partial τ | params", "τ size residual"):
         table.add_column(col)
-    rows = [(label, best)] + [(f"#{k}" if k == "params" else k.upper(), v)
-                                       for k, v in base.items()]
+    labels = {**{k: s.label for k, s in SIZE_STATISTICS.items()},
+              "descriptors": "descriptor regression"}
+    rows = [(label, best)] + [(labels.get(k, k), v) for k, v in base.items()]
     for name, m in rows:
         train = None if m.get("train_tau") is None else m["sign"] * m["train_tau"]
         table.add_row(name, f(train), f(m.get("test_tau")), f(m.get("test_rho")),
@@ -340,21 +349,21 @@ def _report(best: dict[str, Any], label: str = "best formula") -> None:
         _out.print(f"noise ceiling of {best['target']} on the held-out architectures "
                    f"({ceiling['seeds']} seeds): reliability {ceiling['reliability']:.3f}, "
                    f"Kendall ceiling {ceiling['kendall_ceiling']:.3f}")
-    if best.get("kendall_with_params") is not None:
+    if best.get("tau_with_params") is not None:
         _out.print(f"Kendall τ between the {label} and #params (all architectures): "
-                   f"{best['kendall_with_params']:+.3f}")
-    if "kendall_real_vs_noise" in best:
+                   f"{best['tau_with_params']:+.3f}")
+    if "tau_real_vs_noise" in best:
         _out.print(f"Kendall τ between its rankings on the real and on a noise probe batch: "
-                   f"{_noise_text(best['kendall_real_vs_noise'])}")
+                   f"{_noise_text(best['tau_real_vs_noise'])}")
     for part in best.get("parts", []):
         if part["status"] != "ok":
             _out.print(f"  part {part['formula']}: {part['status']} (it contributes nothing)",
                        markup=False, highlight=False)
         else:
-            noise = (f", real vs noise {_noise_text(part['kendall_real_vs_noise'])}"
-                     if "kendall_real_vs_noise" in part else "")
+            noise = (f", real vs noise {_noise_text(part['tau_real_vs_noise'])}"
+                     if "tau_real_vs_noise" in part else "")
             _out.print(f"  part {part['formula']}: held-out τ {part['test_tau']:+.3f}, "
-                       f"τ with #params {part['kendall_with_params']:+.3f}{noise}", markup=False,
+                       f"τ with #params {part['tau_with_params']:+.3f}{noise}", markup=False,
                        highlight=False)
     paired = best.get("paired_vs_params")
     where = (f"on the {arch['test']} held-out architectures (held-out τ; sign "
@@ -427,7 +436,7 @@ def evolve(
         raise typer.Exit(130) from None
     _out.print(f"stopped on {reason} after {campaign.generation} generations, "
                f"{campaign.evaluations} candidates")
-    _report(json.loads((run_dir / "best_proxy.json").read_text()))
+    _report_run(run_dir)
 
 
 @app.command("resume")
@@ -461,7 +470,7 @@ def resume(
 
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=True))
     _out.print(f"stopped on {reason} after {campaign.generation} generations")
-    _report(json.loads((run_dir / "best_proxy.json").read_text()))
+    _report_run(run_dir)
 
 
 @app.command("inspect")
@@ -607,7 +616,7 @@ def score(
             "benchmark": str(benchmark), "target": target,
             "noise_ceiling": bench.noise_ceiling(splits.test),
             "beats_params_on_held_out": rows["formula"].test_tau > rows["params"].test_tau,
-            "kendall_with_params": kendall_tau(rows["formula"].sign * res.scores, bench.params)}
+            "tau_with_params": kendall_tau(rows["formula"].sign * res.scores, bench.params)}
     m = proxy_metrics(res.scores, bench.truth.y, bench.params, splits, 1000, 0)
     best["paired_vs_params"] = {"difference": m["test_tau_minus_params"],
                                 "lo": m["test_tau_minus_params_lo"],

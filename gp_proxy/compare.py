@@ -299,13 +299,17 @@ def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root:
     return rows
 
 
+#: proxy kinds whose real-vs-noise τ is known without scoring them again: 1 for those that
+#: read no data at all (a size statistic, the descriptor regression), undefined for a
+#: ground-truth column (trained, not a function of the probe batch)
+_NOISE_TAU = {"size": 1.0, "fitted": 1.0, "column": float("nan")}
+
+
 def _noise_tau(item: str, kind: str, scores: np.ndarray, bench: Benchmark,
                cache: FeatureCache, cache_root: str, seed: int,
                evaluation: Mapping[str, Any] | None = None) -> float:
-    if kind in ("size", "fitted"):
-        return 1.0  # no data involved at all
-    if kind == "column":
-        return float("nan")  # ground truth: trained, not a proxy of the probe batch
+    if kind in _NOISE_TAU:
+        return _NOISE_TAU[kind]
     noisy = noise_cache(bench, cache, cache_root)
     try:
         _, _, other = resolve_scores(item, bench, noisy, cache_root, seed,

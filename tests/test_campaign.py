@@ -73,13 +73,13 @@ def test_same_seed_same_hall_of_fame(bench: Path, tmp_path: Path) -> None:
     best = json.loads((tmp_path / "a" / "best_proxy.json").read_text())
     assert best["architectures"]["test"] >= 3 and "latex" in best
     # the anatomy of a combined formula: how size-like it is, and what each part does
-    assert -1 <= best["kendall_with_params"] <= 1
+    assert -1 <= best["tau_with_params"] <= 1
     assert len(best["parts"]) == 2 and all("status" in p for p in best["parts"])
     # and how much of it reacts to the data: rankings on the real vs a noise probe batch
-    assert "kendall_real_vs_noise" in best and best["seed"] == cfg.seed
+    assert "tau_real_vs_noise" in best and best["seed"] == cfg.seed
     for part in best["parts"]:
         if part["status"] == "ok":
-            v = part["kendall_real_vs_noise"]
+            v = part["tau_real_vs_noise"]
             assert v is None or -1 <= v <= 1
     assert any(p.name.startswith("noise-probe-") for p in (tmp_path / "cache").iterdir())
 
@@ -89,7 +89,7 @@ def test_noise_check_of_the_best_formula_can_be_switched_off(bench: Path,
     cfg = load_config(None, _cfg(bench, tmp_path / "cache", generations=1, noise_check="false"))
     Campaign(cfg, tmp_path / "run").run()
     best = json.loads((tmp_path / "run" / "best_proxy.json").read_text())
-    assert "kendall_real_vs_noise" not in best
+    assert "tau_real_vs_noise" not in best
     assert not any(p.name.startswith("noise-probe-") for p in (tmp_path / "cache").iterdir())
 
 
@@ -101,8 +101,8 @@ def test_data_free_formulas_show_tau_one_between_real_and_noise(bench: Path,
                                        c.cache.feature_kinds))
     free = next(p for p in info["parts"] if "weight" in p["formula"])
     data = next(p for p in info["parts"] if "sp_dist" in p["formula"])
-    assert free["kendall_real_vs_noise"] == pytest.approx(1.0)
-    assert data["kendall_real_vs_noise"] < 0.9
+    assert free["tau_real_vs_noise"] == pytest.approx(1.0)
+    assert data["tau_real_vs_noise"] < 0.9
 
 
 @pytest.mark.parametrize("scheme", ["steady", "generational"])

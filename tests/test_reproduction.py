@@ -133,3 +133,19 @@ def _same_record(got: Any, want: Any, where: str) -> None:
         _same(got, want, where)
     else:
         assert got == want, f"{where}: {got!r} != committed {want!r}"
+
+
+def test_inspect_reads_the_committed_run_written_with_the_old_key_names(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``best_proxy.json`` files written before the report keys were named as ``compare``
+    names them (kendall_* -> tau_*) read the same."""
+    from gp_proxy.artifacts import LEGACY_KEYS
+    from gp_proxy.cli import main
+
+    raw = (RUN / "best_proxy.json").read_text()
+    assert all(old in raw for old in LEGACY_KEYS)  # the committed run is such a file
+    assert main(["inspect", str(RUN)]) == 0
+    out = capsys.readouterr().out
+    with_params = json.loads(raw)["kendall_with_params"]
+    assert f"and #params (all architectures): {with_params:+.3f}" in out
+    assert "real vs noise +1.000 (ignores the data)" in out
