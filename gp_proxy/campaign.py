@@ -49,6 +49,7 @@ from .artifacts import (
 from .backends import make_evaluator
 from .benchmark import Benchmark, load_benchmark
 from .cache import CacheConfig, FeatureCache, load_cache
+from .compare import baselines, paired_verdicts, record_context
 from .config import CampaignConfig, ConfigError
 from .evaluator import EvalResult, Evaluator
 from .fitness import (
@@ -173,17 +174,7 @@ class Campaign:
         self.elapsed = 0.0
         self.stagnant = 0
         self.best_history: list[float] = []
-        self.baselines = {
-            "params": assess(self.bench.params, self.y, self.bench.params, self.splits,
-                             config.fitness),
-            "flops": assess(self.bench.flops, self.y, self.bench.params, self.splits,
-                            config.fitness),
-        }
-        desc = self.bench.descriptors()
-        if desc is not None:  # fitted on the training architectures only
-            self.baselines["descriptors"] = assess(
-                descriptor_regression(desc, self.bench.params, self.y, self.splits.train),
-                self.y, self.bench.params, self.splits, config.fitness)
+        self.baselines = baselines(self.bench, self.splits, config.fitness)
 
     def _features(self, bench: Benchmark, config: CacheConfig) -> FeatureCache:
         """A benchmark's feature cache, built on the campaign's backend where missing, loaded
@@ -562,11 +553,7 @@ class Campaign:
         node = primitives.parse(best.formula, self.cache.feature_kinds)
         out = {**best.to_json(), **self._anatomy(node), "latex": primitives.to_latex(node),
                "sympy": str(primitives.to_sympy(node)),
-               "baselines": {k: v.to_json() for k, v in self.baselines.items()},
-               "architectures": {"total": len(self.y), "train": len(self.splits.train),
-                                 "test": len(self.splits.test)},
-               "benchmark": str(self.bench.folder), "target": self.config.target,
-               "noise_ceiling": self.bench.noise_ceiling(self.splits.test),
+               **record_context(self.bench, self.splits, self.config.target, self.baselines),
                # stochastic ops (mask, drop) draw from (seed, subtree): scoring the formula
                # again needs the campaign's seed
                "seed": self.config.seed,
@@ -586,22 +573,10 @@ class Campaign:
         regression's, each with its paired bootstrap interval (1,000 resamples of the held-out
         architectures, the same for both sides): what decides "beats #params", rather than the
         point estimates alone."""
-        from .compare import proxy_metrics
-
         res = self.evaluator.evaluate([formula])[0]
         if not res.ok or res.scores is None:
             return {}
-        desc = self.bench.descriptors()
-        pred = (None if desc is None else
-                descriptor_regression(desc, self.bench.params, self.y, self.splits.train))
-        m = proxy_metrics(res.scores, self.y, self.bench.params, self.splits, 1000, 0, pred)
-        out = {}
-        for name, key in (("paired_vs_params", "test_tau_minus_params"),
-                          ("paired_vs_descriptors", "test_tau_minus_descriptors")):
-            if key in m:
-                out[name] = {"difference": _num(m[key]), "lo": _num(m[key + "_lo"]),
-                             "hi": _num(m[key + "_hi"]), "resamples": 1000}
-        return out
+        return paired_verdicts(res.scores, self.bench, self.splits)
 
     def _elsewhere(self, formula: str, a: Assessment | None) -> list[dict[str, Any]]:
         """Held-out numbers of ``formula`` on every other variant it was evolved on and on

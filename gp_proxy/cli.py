@@ -587,7 +587,7 @@ def score(
     """Evaluate one formula on a benchmark, next to the #params and FLOPs baselines."""
     from .backends import make_evaluator
     from .benchmark import load_benchmark
-    from .compare import proxy_metrics
+    from .compare import baselines, paired_verdicts, record_context
     from .fitness import assess, make_splits
     from .rank import kendall_tau
     from .reported import REPORTED
@@ -606,21 +606,13 @@ def score(
     if not res.ok or res.scores is None:
         raise GpProxyError(f"formula {formula!r}: {res.status}: {res.reason}")
     splits = make_splits(len(bench.truth.y), test_fraction, seed=split_seed)
-    rows = {"formula": assess(res.scores, bench.truth.y, bench.params, splits),
-            "params": assess(bench.params, bench.truth.y, bench.params, splits),
-            "flops": assess(bench.flops, bench.truth.y, bench.params, splits)}
-    best = {**rows["formula"].to_json(), "formula": formula,
-            "baselines": {k: rows[k].to_json() for k in ("params", "flops")},
-            "architectures": {"total": len(bench.truth.y), "train": len(splits.train),
-                              "test": len(splits.test)},
-            "benchmark": str(benchmark), "target": target,
-            "noise_ceiling": bench.noise_ceiling(splits.test),
-            "beats_params_on_held_out": rows["formula"].test_tau > rows["params"].test_tau,
-            "tau_with_params": kendall_tau(rows["formula"].sign * res.scores, bench.params)}
-    m = proxy_metrics(res.scores, bench.truth.y, bench.params, splits, 1000, 0)
-    best["paired_vs_params"] = {"difference": m["test_tau_minus_params"],
-                                "lo": m["test_tau_minus_params_lo"],
-                                "hi": m["test_tau_minus_params_hi"], "resamples": 1000}
+    found = assess(res.scores, bench.truth.y, bench.params, splits)
+    context = record_context(bench, splits, target, baselines(bench, splits))
+    best = {**found.to_json(), "formula": formula, **context,
+            "beats_params_on_held_out": found.test_tau > context["baselines"]["params"][
+                "test_tau"],
+            "tau_with_params": kendall_tau(found.sign * res.scores, bench.params),
+            **paired_verdicts(res.scores, bench, splits)}
     _report(best, "formula")
 
 

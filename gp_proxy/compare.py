@@ -32,7 +32,9 @@ from .cache import FeatureCache, load_cache
 from .config import CampaignConfig, run_config
 from .evaluator import Evaluator
 from .fitness import (
+    Assessment,
     Splits,
+    assess,
     descriptor_regression,
     partial_kendall,
     size_residual,
@@ -258,6 +260,53 @@ def proxy_metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Spli
         out["test_tau_minus_descriptors"] = out["test_tau"] - kendall_tau(descriptors[te], y[te])
         out["test_tau_minus_descriptors_lo"], out["test_tau_minus_descriptors_hi"] = ci(vs_desc)
     return out
+
+
+def baselines(bench: Benchmark, splits: Splits, metric: str = "tau") -> dict[str, Assessment]:
+    """The size statistics and (for a space that declares descriptors; fitted on the training
+    architectures only) the descriptor regression, assessed on ``splits`` like a proxy."""
+    y, params = bench.truth.y, bench.params
+    out = {name: assess(np.asarray(bench.truth.columns[stat.key], dtype=float), y, params,
+                        splits, metric)
+           for name, stat in SIZE_STATISTICS.items()}
+    desc = bench.descriptors()
+    if desc is not None:
+        out["descriptors"] = assess(descriptor_regression(desc, params, y, splits.train), y,
+                                    params, splits, metric)
+    return out
+
+
+def paired_verdicts(scores: np.ndarray, bench: Benchmark, splits: Splits,
+                    resamples: int = 1000) -> dict[str, Any]:
+    """A proxy's held-out τ minus #params' and minus the descriptor regression's, each with
+    its paired bootstrap interval (the same resampled held-out architectures for both
+    sides): what decides "beats #params", rather than the point estimates alone."""
+    desc = bench.descriptors()
+    pred = (None if desc is None else
+            descriptor_regression(desc, bench.params, bench.truth.y, splits.train))
+    m = proxy_metrics(scores, bench.truth.y, bench.params, splits, resamples, 0, pred)
+    out = {}
+    for name, key in (("paired_vs_params", "test_tau_minus_params"),
+                      ("paired_vs_descriptors", "test_tau_minus_descriptors")):
+        if key in m:
+            out[name] = {"difference": _finite(m[key]), "lo": _finite(m[key + "_lo"]),
+                         "hi": _finite(m[key + "_hi"]), "resamples": resamples}
+    return out
+
+
+def record_context(bench: Benchmark, splits: Splits, target: str,
+                   found: dict[str, Assessment]) -> dict[str, Any]:
+    """The fields every best-proxy record carries beside the proxy's own numbers: the
+    baselines on the same split, the architectures, benchmark, target, noise ceiling."""
+    return {"baselines": {k: v.to_json() for k, v in found.items()},
+            "architectures": {"total": len(bench.truth.y), "train": len(splits.train),
+                              "test": len(splits.test)},
+            "benchmark": str(bench.folder), "target": target,
+            "noise_ceiling": bench.noise_ceiling(splits.test)}
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root: str,
