@@ -31,6 +31,9 @@ WorkersOpt = Annotated[int, typer.Option(min=1, help="processes of the processes
                                                      "of a new Dask LocalCluster")]
 SchedulerOpt = Annotated[str | None, typer.Option(
     help="dask: a running scheduler's address, e.g. tcp://10.0.0.5:8786")]
+SplitSeedOpt = Annotated[int, typer.Option(min=0, help="seed of the train/held-out split (a "
+                                                       "run's split_seed)")]
+TestFractionOpt = Annotated[float, typer.Option(min=0.05, max=0.95, help="held-out fraction")]
 
 
 def _evaluation(backend: str, workers: int, scheduler: str | None) -> dict[str, Any]:
@@ -282,18 +285,9 @@ def bench_summarize(
 
 
 def _progress_callback(total: int):  # type: ignore[no-untyped-def]
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from .progress import bar
 
-    progress = Progress(TextColumn("gen"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(),
-                        TextColumn("{task.fields[best]}"), console=_out)
+    progress = bar(_out, "gen", info="best")
     task = progress.add_task("evolve", total=total, best="")
 
     def on_generation(campaign, line) -> None:  # type: ignore[no-untyped-def]
@@ -576,10 +570,8 @@ def score(
                          ] = Path(".gp-proxy-cache"),
     teacher_init: Annotated[str, typer.Option(help="trained or random")] = "trained",
     seed: Annotated[int, typer.Option(min=0, help="seed of stochastic ops")] = 0,
-    split_seed: Annotated[int, typer.Option(min=0, help="seed of the train/held-out split (a "
-                                                        "run's split_seed)")] = 0,
-    test_fraction: Annotated[float, typer.Option(min=0.05, max=0.95,
-                                                 help="held-out fraction")] = 0.3,
+    split_seed: SplitSeedOpt = 0,
+    test_fraction: TestFractionOpt = 0.3,
     backend: BackendOpt = "local",
     workers: WorkersOpt = 1,
     scheduler: SchedulerOpt = None,
@@ -636,10 +628,8 @@ def compare_cmd(
         "--noise-check", help="also score every proxy with a noise probe batch and report "
                               "Kendall τ between the two rankings (1 = ignores the data)")
                            ] = False,
-    split_seed: Annotated[int, typer.Option(min=0, help="seed of the train/held-out split (a "
-                                                        "run's split_seed)")] = 0,
-    test_fraction: Annotated[float, typer.Option(min=0.05, max=0.95,
-                                                 help="held-out fraction")] = 0.3,
+    split_seed: SplitSeedOpt = 0,
+    test_fraction: TestFractionOpt = 0.3,
     backend: BackendOpt = "local",
     workers: WorkersOpt = 1,
     scheduler: SchedulerOpt = None,

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from primitives.errors import GpProxyError
 from primitives.formula import MAX_DEPTH
@@ -111,24 +118,16 @@ class CampaignConfig(BaseModel):
     noise_check: bool = _f(True, "score the best formula again on a noise probe batch: τ near "
                                  "1 means it ignores the data")
 
-    @field_validator("backend")
+    @field_validator("backend", "scheme")
     @classmethod
-    def _known_backend(cls, name: str) -> str:
-        from .backends import BACKENDS  # (backends import the evaluator, torch)
+    def _registered(cls, name: str, info: ValidationInfo) -> str:
+        # imported here: the backends and the campaign import this module
+        from .backends import BACKENDS
+        from .campaign import SCHEMES
 
+        registry = {"backend": BACKENDS, "scheme": SCHEMES}[info.field_name or ""]
         try:
-            BACKENDS.get(name)
-        except GpProxyError as exc:
-            raise ValueError(str(exc)) from None
-        return name
-
-    @field_validator("scheme")
-    @classmethod
-    def _known_scheme(cls, name: str) -> str:
-        from .campaign import SCHEMES  # (the campaign imports this module)
-
-        try:
-            SCHEMES.get(name)
+            registry.get(name)  # type: ignore[attr-defined]
         except GpProxyError as exc:
             raise ValueError(str(exc)) from None
         return name

@@ -28,7 +28,14 @@ from .data import Split
 from .io import atomic_write_json, load_tensors, read_json, run_lock, save_tensors
 from .losses import build_loss, loss_arguments
 from .spaces import FeatureNet
-from .train import Schedule, cosine_lr, evaluate_accuracy
+from .train import (
+    Schedule,
+    cosine_lr,
+    evaluate_accuracy,
+    load_momentum,
+    momentum_tensors,
+    prefixed,
+)
 
 __all__ = ["DistillConfig", "distill"]
 
@@ -144,12 +151,9 @@ def _distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split
         # one file holds the tensors and, in its metadata, the epoch record: a kill can leave
         # the old checkpoint or the new one, never a mismatched pair
         tensors, state = _read_checkpoint(ckpt)
-        student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
-        losses.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("loss.")})
-        opt_state = opt.state_dict()
-        opt_state["state"] = {int(k[4:]): {"momentum_buffer": v}
-                              for k, v in tensors.items() if k.startswith("opt.")}
-        opt.load_state_dict(opt_state)
+        student.load_state_dict(prefixed(tensors, "student"))
+        losses.load_state_dict(prefixed(tensors, "loss"))
+        load_momentum(opt, tensors)
         g.set_state(tensors["rng"])
         start, history, seconds = state["epoch"], state["history"], state["seconds"]
     teacher.eval()
@@ -185,9 +189,7 @@ def _distill(student: FeatureNet, teacher: FeatureNet, train: Split, test: Split
         history.append(loss_sum / n)
         tensors = {f"student.{k}": v for k, v in student.state_dict().items()}
         tensors.update({f"loss.{k}": v for k, v in losses.state_dict().items()})
-        opt_state = opt.state_dict()["state"]
-        tensors.update({f"opt.{k}": s["momentum_buffer"] for k, s in opt_state.items()
-                        if s.get("momentum_buffer") is not None})
+        tensors.update(momentum_tensors(opt))
         tensors["rng"] = g.get_state()
         save_tensors(ckpt, tensors, {"state": json.dumps(
             {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "history": history,

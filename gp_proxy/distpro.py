@@ -40,6 +40,7 @@ from torch.func import functional_call
 from primitives.errors import GpProxyError
 
 from .io import atomic_write_json, load_tensors, save_tensors
+from .train import cosine_lr, prefixed
 
 __all__ = ["BLOCKS", "DISTANCES", "MODES", "DistProLoss", "Pathways", "Process", "SearchSettings",
            "biased_softmax", "hypergradient", "search_process"]
@@ -411,7 +412,7 @@ def search_process(student: nn.Module, teacher_features: dict[str, Tensor], imag
         tensors = load_tensors(ckpt)
         with safe_open(str(ckpt), framework="pt") as fh:
             record = json.loads((fh.metadata() or {})["record"])
-        joint.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("joint.")})
+        joint.load_state_dict(prefixed(tensors, "joint"))
         _load_opt("opt", opt, tensors)
         _load_opt("opt_a", opt_a, tensors)
         with torch.no_grad():
@@ -420,7 +421,6 @@ def search_process(student: nn.Module, teacher_features: dict[str, Tensor], imag
         start = len(record["loss"])
     steps = math.ceil(n_train / recipe.batch_size)
     total = settings.epochs * steps
-    from .train import cosine_lr
 
     for epoch in range(start, settings.epochs):
         t0 = time.perf_counter()

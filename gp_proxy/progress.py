@@ -24,10 +24,18 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["Advance", "progress", "quiet_by_default"]
+__all__ = ["Advance", "bar", "progress", "quiet_by_default"]
 
 #: ``advance(n=1, info="")``: n more units done, with an optional short status
 Advance = Callable[..., None]
+
+
+def bar(console: Console, label: str = "{task.description}", info: str = "info") -> Progress:
+    """The project's one progress bar: label, bar, done/total, elapsed, left, and a status
+    text read from the task's ``info`` field."""
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn(f"{{task.fields[{info}]}}"),
+                    console=console)
 
 
 def quiet_by_default() -> bool:
@@ -43,13 +51,11 @@ def progress(label: str, total: int, quiet: bool = False,
         yield lambda n=1, info="": None
         return
     if console.is_terminal:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TimeRemainingColumn(),
-                      TextColumn("{task.fields[info]}"), console=console) as bar:
-            task = bar.add_task(label, total=total, info="")
+        with bar(console) as shown:
+            task = shown.add_task(label, total=total, info="")
 
             def advance(n: int = 1, info: str = "") -> None:
-                bar.update(task, advance=n, info=info)
+                shown.update(task, advance=n, info=info)
 
             yield advance
         return

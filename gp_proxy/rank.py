@@ -123,6 +123,14 @@ def _check(x: np.ndarray, y: np.ndarray) -> None:
         raise ValueError(f"lengths differ: {x.shape[-1]} vs {y.shape[-1]}")
 
 
+def _rows(xs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``xs`` (formulas × architectures) as contiguous float64 rows, ``y`` as a vector."""
+    m = np.ascontiguousarray(np.asarray(xs, dtype=np.float64))
+    b = _vec(y)
+    _check(m, b)
+    return m, b
+
+
 def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
     """Kendall τ-b of two vectors (NaN if either has NaN or is constant)."""
     a, b = _vec(x), _vec(y)
@@ -132,10 +140,7 @@ def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
 
 def kendall_tau_batch(xs: np.ndarray, y: np.ndarray) -> np.ndarray:
     """τ-b of every row of ``xs`` (formulas × architectures) against ``y``."""
-    m = np.ascontiguousarray(np.asarray(xs, dtype=np.float64))
-    b = _vec(y)
-    _check(m, b)
-    return np.asarray(_kendall_batch(m, b))
+    return np.asarray(_kendall_batch(*_rows(xs, y)))
 
 
 def spearman_rho(x: np.ndarray, y: np.ndarray) -> float:
@@ -146,10 +151,8 @@ def spearman_rho(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def spearman_rho_batch(xs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    m = np.ascontiguousarray(np.asarray(xs, dtype=np.float64))
-    b = _vec(y)
-    _check(m, b)
-    return np.asarray(_spearman_batch(m, b))
+    """ρ of every row of ``xs`` against ``y``."""
+    return np.asarray(_spearman_batch(*_rows(xs, y)))
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:

@@ -99,11 +99,29 @@ def evaluate_accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float
     return float((logits.argmax(dim=1) == labels).float().mean().item())
 
 
+def momentum_tensors(opt: torch.optim.Optimizer) -> dict[str, Tensor]:
+    """An SGD optimiser's momentum buffers as checkpoint tensors (``opt.<param index>``)."""
+    return {f"opt.{k}": s["momentum_buffer"] for k, s in opt.state_dict()["state"].items()
+            if s.get("momentum_buffer") is not None}
+
+
+def load_momentum(opt: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> None:
+    """Restore what :func:`momentum_tensors` saved."""
+    state = opt.state_dict()
+    state["state"] = {int(k[4:]): {"momentum_buffer": v}
+                      for k, v in tensors.items() if k.startswith("opt.")}
+    opt.load_state_dict(state)
+
+
+def prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The tensors saved under ``prefix.`` (a module's state dict), the prefix removed."""
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
 def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
                      g: torch.Generator, epoch: int, step: int, seconds: float) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update({f"opt.{k}": s["momentum_buffer"] for k, s in opt.state_dict()["state"].items()
-                    if s.get("momentum_buffer") is not None})
+    tensors.update(momentum_tensors(opt))
     tensors["rng"] = g.get_state()
     save_tensors(path, tensors, {"epoch": str(epoch), "step": str(step),
                                  "seconds": repr(seconds)})
@@ -118,11 +136,8 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
         meta = fh.metadata() or {}
     try:
         epoch, step, seconds = int(meta["epoch"]), int(meta["step"]), float(meta["seconds"])
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        state = opt.state_dict()
-        state["state"] = {int(k[4:]): {"momentum_buffer": v}
-                          for k, v in tensors.items() if k.startswith("opt.")}
-        opt.load_state_dict(state)
+        model.load_state_dict(prefixed(tensors, "model"))
+        load_momentum(opt, tensors)
         g.set_state(tensors["rng"])
     except (KeyError, ValueError, RuntimeError):
         raise GpProxyError(f"{path}: not a training checkpoint of this model; remove it to "
