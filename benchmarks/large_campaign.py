@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from perf_backends import peak_rss_mb  # noqa: E402
 
-from gp_proxy.campaign import Campaign  # noqa: E402
 from gp_proxy.config import load_config  # noqa: E402
+from gp_proxy.evolve.campaign import Campaign  # noqa: E402
 from gp_proxy.spaces import get_space  # noqa: E402
 
 

@@ -48,10 +48,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from perf_evaluator import offspring, population  # noqa: E402
 
-from gp_proxy.benchmark import load_benchmark  # noqa: E402
-from gp_proxy.cache import CacheConfig, build_cache, load_cache  # noqa: E402
-from gp_proxy.evaluator import Evaluator  # noqa: E402
-from gp_proxy.io import save_tensors  # noqa: E402
+from gp_proxy.bench.benchmark import load_benchmark  # noqa: E402
+from gp_proxy.core.files import save_tensors  # noqa: E402
+from gp_proxy.evaluate.cache import CacheConfig, build_cache, load_cache  # noqa: E402
+from gp_proxy.evaluate.evaluator import Evaluator  # noqa: E402
 from gp_proxy.spaces import get_space  # noqa: E402
 
 
@@ -165,7 +165,7 @@ def large(args: argparse.Namespace, scheduler: str, tmp: Path) -> dict[str, Any]
 
 
 def _name(spec: str) -> str:
-    from gp_proxy.cache import _arch_file
+    from gp_proxy.evaluate.cache import _arch_file
 
     return _arch_file(Path("."), spec).name
 

@@ -57,13 +57,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import primitives  # noqa: E402
-from gp_proxy.cache import CacheConfig, FeatureCache, load_cache  # noqa: E402
-from gp_proxy.evaluator import Evaluator  # noqa: E402
-from gp_proxy.gp.pset import build_pset  # noqa: E402
-from gp_proxy.gp.variation import crossover, mutate  # noqa: E402
-from gp_proxy.io import save_tensors  # noqa: E402
-from gp_proxy.proxy import _STUDENT_ONLY  # noqa: E402
-from gp_proxy.rank import kendall_tau_batch, spearman_rho_batch  # noqa: E402
+from gp_proxy.core.files import save_tensors  # noqa: E402
+from gp_proxy.evaluate.cache import CacheConfig, FeatureCache, load_cache  # noqa: E402
+from gp_proxy.evaluate.evaluator import Evaluator  # noqa: E402
+from gp_proxy.evaluate.rank import kendall_tau_batch, spearman_rho_batch  # noqa: E402
+from gp_proxy.evolve.pset import build_pset  # noqa: E402
+from gp_proxy.evolve.variation import crossover, mutate  # noqa: E402
+from gp_proxy.plugin.proxy import _STUDENT_ONLY  # noqa: E402
 from gp_proxy.spaces import get_space  # noqa: E402
 from primitives import Kind, Ragged  # noqa: E402
 
@@ -181,7 +181,7 @@ def _student_env(m: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
         with torch.no_grad():
             m.train()
             return {k: v.unsqueeze(0) for k, v in m.features(images).items()}  # type: ignore[operator]
-    from gp_proxy.cache import _student_tensors
+    from gp_proxy.evaluate.cache import _student_tensors
 
     t = _student_tensors(m, images, labels, act_samples)  # type: ignore[arg-type]
     n = len(m.weight_layers())  # type: ignore[operator]
@@ -195,7 +195,7 @@ def _teacher(space_name: str, teacher_name: str, teacher_weights: str | None, de
              ) -> torch.nn.Module:
     teacher = get_space(space_name).build_teacher(teacher_name)
     if teacher_weights:
-        from gp_proxy.io import load_tensors
+        from gp_proxy.core.files import load_tensors
 
         teacher.load_state_dict(load_tensors(teacher_weights))
         teacher.eval()
@@ -304,7 +304,7 @@ def setup(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, object]:
         weights = None
         teacher = "resnet110"
     else:
-        from gp_proxy.io import load_tensors
+        from gp_proxy.core.files import load_tensors
 
         folder = ROOT / "benchmarks" / "fmnist"
         archs = list(get_space(name).enumerate())

@@ -18,15 +18,15 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _LAZY = {
-    "Proxy": "gp_proxy.proxy", "Calibration": "gp_proxy.proxy",
-    "make_measure": "gp_proxy.proxy", "NASLibPredictor": "gp_proxy.proxy",
-    "load_proxy": "gp_proxy.proxy",
+    "Proxy": "gp_proxy.plugin.proxy", "Calibration": "gp_proxy.plugin.proxy",
+    "make_measure": "gp_proxy.plugin.proxy", "NASLibPredictor": "gp_proxy.plugin.proxy",
+    "load_proxy": "gp_proxy.plugin.proxy",
     "SearchSpace": "gp_proxy.spaces", "FeatureNet": "gp_proxy.spaces",
     "get_space": "gp_proxy.spaces", "register_space": "gp_proxy.spaces",
-    "register_dataset": "gp_proxy.data", "Split": "gp_proxy.data",
-    "register_measure": "gp_proxy.zerocost", "register_loss": "gp_proxy.losses",
-    "zero_cost": "gp_proxy.zerocost",
-    "load_benchmark": "gp_proxy.benchmark",
+    "register_dataset": "gp_proxy.bench.data", "Split": "gp_proxy.bench.data",
+    "register_measure": "gp_proxy.baselines.zerocost", "register_loss": "gp_proxy.distill.losses",
+    "zero_cost": "gp_proxy.baselines.zerocost",
+    "load_benchmark": "gp_proxy.bench.benchmark",
 }
 
 __all__ = ["FormulaError", "GpProxyError", "KindError", "ShapeError", "__version__", *_LAZY]

@@ -135,8 +135,8 @@ def bench_build(
     A resumed folder keeps its config.json; options given must agree with it."""
     from dataclasses import replace
 
-    from .bench import BenchConfig, build_benchmark, command_line, summarize
-    from .data import get_dataset
+    from .bench.build import BenchConfig, build_benchmark, command_line, summarize
+    from .bench.data import get_dataset
 
     saved = out / "config.json"
     cfg = BenchConfig.load(saved) if saved.is_file() else BenchConfig()
@@ -188,10 +188,10 @@ def bench_import(
 
     import torch
 
-    from .bench import BenchConfig
-    from .data import get_dataset
-    from .groundtruth import load_ground_truth
-    from .io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
+    from .bench.build import BenchConfig
+    from .bench.data import get_dataset
+    from .bench.groundtruth import load_ground_truth
+    from .core.files import atomic_write_json, atomic_write_text, load_tensors, save_tensors
     from .spaces import count_flops, count_params
 
     if (out / "ground_truth.csv").exists():
@@ -256,9 +256,9 @@ def bench_probe(
     batches make a campaign's fitness robust to the batch (campaign key ``probes``)."""
     import torch
 
-    from .bench import BenchConfig, _train_subset
-    from .data import get_dataset
-    from .io import save_tensors
+    from .bench.build import BenchConfig, _train_subset
+    from .bench.data import get_dataset
+    from .core.files import save_tensors
 
     cfg = BenchConfig.load(folder / "config.json")
     ds = get_dataset(cfg.dataset)
@@ -279,13 +279,13 @@ def bench_summarize(
     out: Annotated[Path, typer.Argument(help="benchmark folder")],
 ) -> None:
     """Write ground_truth.csv, noise.json and manifest.json from the finished runs."""
-    from .bench import command_line, summarize
+    from .bench.build import command_line, summarize
 
     _out.print_json(data=summarize(out, command_line()))
 
 
 def _progress_callback(total: int):  # type: ignore[no-untyped-def]
-    from .progress import bar
+    from .core.progress import bar
 
     progress = bar(_out, "gen", info="best")
     task = progress.add_task("evolve", total=total, best="")
@@ -309,13 +309,13 @@ def _noise_text(tau: float | None) -> str:
 
 
 def _report_run(run_dir: Path) -> None:
-    from .artifacts import BestProxyReport, load_artifact
+    from .core.artifacts import BestProxyReport, load_artifact
 
     _report(load_artifact(run_dir / "best_proxy.json", BestProxyReport).model_dump())
 
 
 def _report(best: dict[str, Any], label: str = "best formula") -> None:
-    from .zerocost import SIZE_STATISTICS
+    from .baselines.zerocost import SIZE_STATISTICS
 
     def f(x: float | None) -> str:
         return "  n/a" if x is None else f"{x:+.3f}"
@@ -410,8 +410,8 @@ def evolve(
     """Run an evolution campaign on a benchmark (default: the embedded Fashion-MNIST one)."""
     import time
 
-    from .campaign import Campaign
     from .config import load_config
+    from .evolve.campaign import Campaign
 
     extra = [f"guesses={json.dumps(guess)}"] if guess else []
     cfg = load_config(config, (overrides or []) + extra)
@@ -440,9 +440,9 @@ def resume(
                          ] = None,
 ) -> None:
     """Continue a campaign exactly where its last checkpoint left it."""
-    from .artifacts import CampaignCheckpoint, load_artifact
-    from .campaign import Campaign
     from .config import load_config
+    from .core.artifacts import CampaignCheckpoint, load_artifact
+    from .evolve.campaign import Campaign
 
     if not (run_dir / "checkpoint.json").exists():
         raise GpProxyError(f"{run_dir}: no checkpoint.json to resume from")
@@ -460,7 +460,7 @@ def resume(
         raise typer.Exit(130) from None
     import yaml
 
-    from .io import atomic_write_text
+    from .core.files import atomic_write_text
 
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=True))
     _out.print(f"stopped on {reason} after {campaign.generation} generations")
@@ -480,11 +480,11 @@ def inspect(
 
     import numpy as np
 
-    from . import report
-    from .artifacts import BestProxyReport, SplitsRecord, load_artifact, read_history
-    from .backends import make_evaluator
-    from .benchmark import load_benchmark
+    from .bench.benchmark import load_benchmark
     from .config import load_config
+    from .core.artifacts import BestProxyReport, SplitsRecord, load_artifact, read_history
+    from .evaluate.backends import make_evaluator
+    from .report import pictures as report
 
     for name in ("hall_of_fame.csv", "best_proxy.json", "history.jsonl", "config.yaml"):
         if not (run_dir / name).exists():
@@ -549,8 +549,8 @@ def export_run(
                    ] = None,
 ) -> None:
     """Export a run's best proxy as PyTorch code, sympy or LaTeX."""
-    from .export import export
-    from .io import atomic_write_text
+    from .core.files import atomic_write_text
+    from .plugin.export import export
 
     text = export(run, to)
     if out is None:
@@ -577,12 +577,12 @@ def score(
     scheduler: SchedulerOpt = None,
 ) -> None:
     """Evaluate one formula on a benchmark, next to the #params and FLOPs baselines."""
-    from .backends import make_evaluator
-    from .benchmark import load_benchmark
-    from .compare import baselines, paired_verdicts, record_context
-    from .fitness import assess, make_splits
-    from .rank import kendall_tau
-    from .reported import REPORTED
+    from .baselines.compare import baselines, paired_verdicts, record_context
+    from .baselines.reported import REPORTED
+    from .bench.benchmark import load_benchmark
+    from .evaluate.backends import make_evaluator
+    from .evaluate.fitness import assess, make_splits
+    from .evaluate.rank import kendall_tau
 
     if formula in REPORTED:
         formula = REPORTED[formula].formula
@@ -638,12 +638,12 @@ def compare_cmd(
     import csv
     import io
 
-    from .benchmark import load_benchmark
-    from .compare import compare, plot, rows_to_json
-    from .fitness import make_splits
-    from .io import atomic_write_text
-    from .reported import REPORTED
-    from .zerocost import MEASURES, SIZE_STATISTICS
+    from .baselines.compare import compare, plot, rows_to_json
+    from .baselines.reported import REPORTED
+    from .baselines.zerocost import MEASURES, SIZE_STATISTICS
+    from .bench.benchmark import load_benchmark
+    from .core.files import atomic_write_text
+    from .evaluate.fitness import make_splits
 
     bench = load_benchmark(benchmark, target)
     cache = bench.cache(str(cache_dir))
@@ -734,12 +734,12 @@ def search_cmd(
 
     from rich.progress import Progress
 
-    from .backends import fanned_out
-    from .benchmark import load_benchmark
-    from .io import atomic_write_json
-    from .proxy import load_proxy
-    from .search import STRATEGIES, baseline_scorer, formula_scorer, search
-    from .zerocost import MEASURES, SIZE_STATISTICS, get_measure
+    from .baselines.zerocost import MEASURES, SIZE_STATISTICS, get_measure
+    from .bench.benchmark import load_benchmark
+    from .core.files import atomic_write_json
+    from .evaluate.backends import fanned_out
+    from .plugin.proxy import load_proxy
+    from .search.students import STRATEGIES, baseline_scorer, formula_scorer, search
 
     bench = load_benchmark(benchmark)
     space = bench.search_space()
@@ -809,11 +809,11 @@ def distill_cmd(
     seed: Annotated[int, typer.Option(min=0, help="seed of initialisation and data order")] = 0,
 ) -> None:
     """Distil a student from the benchmark's teacher; checkpoints every epoch and resumes."""
-    from .benchmark import load_benchmark
-    from .data import Split
-    from .distill import DistillConfig, distill
-    from .losses import LOSSES
-    from .proxy import read_best
+    from .bench.benchmark import load_benchmark
+    from .bench.data import Split
+    from .distill.losses import LOSSES
+    from .distill.runner import DistillConfig, distill
+    from .plugin.proxy import read_best
 
     weights: dict[str, float] = {}
     for item in filter(None, losses.split(",")):
@@ -832,7 +832,7 @@ def distill_cmd(
     if "formula" in weights and not formula:
         raise GpProxyError("--losses: the 'formula' loss needs --formula")
     if distiller is not None:
-        from .distiller import Distiller
+        from .distill.distiller import Distiller
 
         if Path(distiller).is_dir():
             best = Path(distiller) / "best.json"
@@ -846,7 +846,7 @@ def distill_cmd(
         raise GpProxyError("--losses: the 'distiller' loss needs --distiller")
     process_file: str | None = None
     if process is not None:
-        from .distpro import MODES, Process
+        from .distill.distpro import MODES, Process
 
         path = process / "process.json" if process.is_dir() else process
         Process.load(path)  # a bad file is one line now, not after the data loads
@@ -900,14 +900,14 @@ def distiller_search(
 ) -> None:
     """Search the distiller for one student (Auto-KD): MCTS, random search or a GA, every
     candidate scored by a short distillation on a validation split of the training data."""
-    from .autokd import SearchConfig, run_search
-    from .benchmark import load_benchmark
+    from .bench.benchmark import load_benchmark
+    from .distill.autokd import SearchConfig, run_search
 
     bench = load_benchmark(benchmark)
     student = bench.search_space().validate(student)
     cfg = SearchConfig(algorithm=algorithm, budget=budget, epochs=epochs, train_size=train_size,
                        val_size=val_size, exploration=exploration, batch=batch, seed=seed)
-    from .progress import progress
+    from .core.progress import progress
 
     with progress(f"{algorithm} distiller search", budget) as advance:
         seen = [0]
@@ -940,11 +940,11 @@ def distpro_search(
     seed: Annotated[int, typer.Option(min=0, help="seed")] = 0,
 ) -> None:
     """Learn a DistPro distillation process (the search phase) and plot it."""
-    from . import report
-    from .benchmark import load_benchmark
-    from .distpro import SearchSettings, search_process
-    from .progress import progress
-    from .train import Schedule
+    from .bench.benchmark import load_benchmark
+    from .bench.train import Schedule
+    from .core.progress import progress
+    from .distill.distpro import SearchSettings, search_process
+    from .report import pictures as report
 
     bench = load_benchmark(benchmark)
     space = bench.search_space()
@@ -993,10 +993,10 @@ def distiller_compare(
 ) -> None:
     """Searched distillers (MCTS, random, GA) against KD, FitNet, AT, SP, RKD, PKT, ICKD, DKD
     and CE at the full recipe over seeds; writes report.json and report.md."""
-    from .autokd import SearchConfig
-    from .benchmark import load_benchmark
-    from .kdcompare import CompareConfig, compare_distillers
-    from .progress import progress
+    from .bench.benchmark import load_benchmark
+    from .core.progress import progress
+    from .distill.autokd import SearchConfig
+    from .distill.kdcompare import CompareConfig, compare_distillers
 
     space = load_benchmark(benchmark).search_space()
     specs = tuple(space.validate(x.strip()) for x in students.split(",") if x.strip())
@@ -1051,8 +1051,8 @@ def distpro_compare(
 ) -> None:
     """DistPro against CE and KD: equal weights, α_T held, the learned process, at the full
     and a shortened recipe over seeds; writes report.json, report.md and process pictures."""
-    from .benchmark import load_benchmark
-    from .kdcompare import DistProCompareConfig, compare_distpro
+    from .bench.benchmark import load_benchmark
+    from .distill.kdcompare import DistProCompareConfig, compare_distpro
 
     space = load_benchmark(benchmark).search_space()
     specs = tuple(space.validate(x.strip()) for x in students.split(",") if x.strip())
@@ -1102,10 +1102,10 @@ def pipeline_cmd(
     """Proxy → search under a budget → distil → report, against #params, DisWOT and random."""
     import time
 
-    from .artifacts import SplitsRecord, load_artifact
-    from .benchmark import load_benchmark
+    from .bench.benchmark import load_benchmark
+    from .core.artifacts import SplitsRecord, load_artifact
     from .pipeline import PipelineConfig, load_proxy, run_pipeline
-    from .search import STRATEGIES
+    from .search.students import STRATEGIES
 
     STRATEGIES.get(strategy)  # an unknown name is one line before any work
     try:
@@ -1120,8 +1120,8 @@ def pipeline_cmd(
     train, test = bench.load_data(data)  # a missing dataset is reported before the campaign
     t0 = time.perf_counter()
     if proxy is None:
-        from .campaign import Campaign
         from .config import load_config
+        from .evolve.campaign import Campaign
 
         cfg = load_config(None, [f"benchmark={benchmark}", *(overrides or [])])
         Campaign(cfg, out / "campaign").run()

@@ -24,7 +24,7 @@ from pydantic import (
 from primitives.errors import GpProxyError
 from primitives.formula import MAX_DEPTH
 
-from .io import read_text
+from .core.files import read_text
 
 __all__ = ["CampaignConfig", "ConfigError", "describe_config", "load_config", "run_config"]
 
@@ -122,8 +122,8 @@ class CampaignConfig(BaseModel):
     @classmethod
     def _registered(cls, name: str, info: ValidationInfo) -> str:
         # imported here: the backends and the campaign import this module
-        from .backends import BACKENDS
-        from .campaign import SCHEMES
+        from .evaluate.backends import BACKENDS
+        from .evolve.campaign import SCHEMES
 
         registry = {"backend": BACKENDS, "scheme": SCHEMES}[info.field_name or ""]
         try:

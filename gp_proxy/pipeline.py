@@ -17,13 +17,13 @@ from typing import Any
 
 from primitives.errors import GpProxyError
 
-from .benchmark import Benchmark
-from .data import Split
-from .distill import DistillConfig, distill
-from .io import atomic_write_json, atomic_write_text
-from .progress import progress
-from .proxy import Proxy, load_proxy
-from .search import baseline_scorer, formula_scorer, search
+from .bench.benchmark import Benchmark
+from .bench.data import Split
+from .core.files import atomic_write_json, atomic_write_text
+from .core.progress import progress
+from .distill.runner import DistillConfig, distill
+from .plugin.proxy import Proxy, load_proxy
+from .search.students import baseline_scorer, formula_scorer, search
 
 __all__ = ["PipelineConfig", "load_proxy", "run_pipeline"]
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import primitives
-from gp_proxy.cache import CacheConfig, FeatureCache, load_cache
-from gp_proxy.gp.pset import build_pset
-from gp_proxy.io import save_tensors
+from gp_proxy.core.files import save_tensors
+from gp_proxy.evaluate.cache import CacheConfig, FeatureCache, load_cache
+from gp_proxy.evolve.pset import build_pset
 from primitives import Kind, Ragged
 
 from .tiny_benchmark import make_tiny_benchmark

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gp_proxy.autokd import Node, SearchConfig, mcts_search, run_search, uct
-from gp_proxy.data import Split
-from gp_proxy.distill import DistillConfig, distill
-from gp_proxy.distiller import (
+from gp_proxy.bench.data import Split
+from gp_proxy.distill.autokd import Node, SearchConfig, mcts_search, run_search, uct
+from gp_proxy.distill.distiller import (
     DISTILLER_LEVELS,
     FEATURE_WEIGHTS,
     KD_WEIGHTS,
@@ -23,6 +22,7 @@ from gp_proxy.distiller import (
     DistillerLoss,
     DistillerSpace,
 )
+from gp_proxy.distill.runner import DistillConfig, distill
 from gp_proxy.spaces import get_space
 from primitives import GpProxyError
 
@@ -186,7 +186,7 @@ def test_a_killed_search_resumes_to_the_same_tree(tmp_path: Path, algorithm: str
 
 
 def test_the_ga_and_random_search_use_their_budget() -> None:
-    from gp_proxy.autokd import ga_search, random_search
+    from gp_proxy.distill.autokd import ga_search, random_search
 
     for search in (ga_search, random_search):
         _, rewards = search(SPACE, _reward, SearchConfig(budget=24, batch=4, population=6))
@@ -245,7 +245,7 @@ def test_comparison_runs_end_to_end_and_resumes(tmp_path: Path,
     """The full-budget comparison on a tiny benchmark and fake data: every candidate trained
     over the seeds, proxy rewards for all, the correlation and the Welch test reported; run
     again, it trains nothing (every training is on disk)."""
-    from gp_proxy.kdcompare import HAND_DESIGNED, CompareConfig, compare_distillers
+    from gp_proxy.distill.kdcompare import HAND_DESIGNED, CompareConfig, compare_distillers
 
     from .test_bench_and_data import _fake_fmnist
 

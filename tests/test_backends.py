@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from gp_proxy.backends import BACKENDS, make_evaluator
-from gp_proxy.cache import CacheConfig, build_cache, load_cache
-from gp_proxy.campaign import Campaign
 from gp_proxy.config import ConfigError, load_config
-from gp_proxy.evaluator import Evaluator
+from gp_proxy.evaluate.backends import BACKENDS, make_evaluator
+from gp_proxy.evaluate.cache import CacheConfig, build_cache, load_cache
+from gp_proxy.evaluate.evaluator import Evaluator
+from gp_proxy.evolve.campaign import Campaign
 from primitives import GpProxyError
 
 from .conftest import EVAL_ARCHS, random_formulas
@@ -144,7 +144,7 @@ def test_a_distributed_cache_build_resumes_without_redoing_finished_archs(
     costs its task a rerun; a build stopped part-way (here: files of architectures it had
     not reached are absent) resumes building only those; the files' bits are those of a
     one-process build."""
-    from gp_proxy.cache import _arch_file
+    from gp_proxy.evaluate.cache import _arch_file
 
     cfg = CacheConfig("fmnist-cnn", "resnet-t", str(probe), act_samples=4)
     client = distributed.Client(scheduler)
@@ -180,7 +180,7 @@ def test_benchmark_trainings_on_dask_match_local_processes(tmp_path: Path,
     """`bench build --backend dask`: each training a task (its data scattered once per
     worker), each run file written as it arrives; the runs are those of local processes,
     and a build resumed on the other backend redoes none of them."""
-    from gp_proxy.bench import build_benchmark
+    from gp_proxy.bench.build import build_benchmark
 
     from .test_bench_and_data import TINY, _synthetic
 
@@ -211,9 +211,9 @@ def test_an_exhaustive_search_fanned_out_equals_the_local_one(scheduler: str) ->
     bits as in one process, on local processes and on Dask."""
     import torch
 
-    from gp_proxy.backends import fanned_out
-    from gp_proxy.proxy import Proxy
-    from gp_proxy.search import formula_scorer, search
+    from gp_proxy.evaluate.backends import fanned_out
+    from gp_proxy.plugin.proxy import Proxy
+    from gp_proxy.search.students import formula_scorer, search
     from gp_proxy.spaces import get_space
 
     space = get_space("fmnist-cnn")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from gp_proxy.bench import BenchConfig, _interaction_test, build_benchmark, summarize
-from gp_proxy.data import Split, load_fashion_mnist, read_idx
-from gp_proxy.groundtruth import GroundTruthError, load_ground_truth
+from gp_proxy.bench.build import BenchConfig, _interaction_test, build_benchmark, summarize
+from gp_proxy.bench.data import Split, load_fashion_mnist, read_idx
+from gp_proxy.bench.groundtruth import GroundTruthError, load_ground_truth
 from gp_proxy.spaces import count_flops, get_space
 from primitives import GpProxyError
 
@@ -204,7 +204,7 @@ def test_teacher_difference_statistics_by_hand() -> None:
 def test_a_killed_teacher_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
     """Teacher trainings checkpoint every epoch (model, optimiser, data-order RNG): stopped
     after epoch 1 and resumed, the weights equal an uninterrupted training's, bit for bit."""
-    from gp_proxy.train import Recipe, train_classifier
+    from gp_proxy.bench.train import Recipe, train_classifier
 
     data = _synthetic(96, 0)
     recipe = Recipe(epochs=3, batch_size=32, augment=True)

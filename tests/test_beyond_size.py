@@ -8,8 +8,14 @@ import pytest
 from scipy import stats
 
 import primitives
-from gp_proxy.benchmark import load_benchmark
-from gp_proxy.fitness import assess, make_splits, noise_ceiling, partial_kendall, size_residual
+from gp_proxy.bench.benchmark import load_benchmark
+from gp_proxy.evaluate.fitness import (
+    assess,
+    make_splits,
+    noise_ceiling,
+    partial_kendall,
+    size_residual,
+)
 
 
 def test_partial_kendall_by_hand() -> None:
@@ -86,7 +92,7 @@ def test_kd_gain_is_a_target_with_its_own_seeds() -> None:
 def test_descriptor_regression_reproduces_the_study_and_never_sees_held_out() -> None:
     """The issue's study: on split seed 0 the descriptor regression reaches held-out τ 0.844
     on kd_mean against #params' 0.738; changing held-out targets does not move the fit."""
-    from gp_proxy.fitness import descriptor_regression
+    from gp_proxy.evaluate.fitness import descriptor_regression
 
     b = load_benchmark("benchmarks/fmnist")
     splits = make_splits(len(b.truth.y))
@@ -129,8 +135,8 @@ def test_beyond_size_fitness_cannot_be_won_by_size(metric: str) -> None:
 
 
 def test_campaign_accepts_beyond_size_fitness(bench, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from gp_proxy.campaign import Campaign
     from gp_proxy.config import load_config
+    from gp_proxy.evolve.campaign import Campaign
 
     from .test_campaign import _cfg
 
@@ -152,8 +158,8 @@ def test_weighted_combiners_and_their_refit(bench, tmp_path) -> None:  # type: i
     import torch
 
     import primitives
-    from gp_proxy.campaign import Campaign
     from gp_proxy.config import load_config
+    from gp_proxy.evolve.campaign import Campaign
 
     from .test_campaign import _cfg
 
@@ -176,7 +182,7 @@ def test_weighted_combiners_and_their_refit(bench, tmp_path) -> None:  # type: i
     fits = {r.formula: r.fitness for r in added}
     for r in added:  # fitness is the training metric of each weighted variant's own scores
         s = c.evaluator.evaluate([r.formula])[0].scores
-        assert r.fitness == pytest.approx(abs(__import__("gp_proxy.rank", fromlist=["x"])
+        assert r.fitness == pytest.approx(abs(__import__("gp_proxy.evaluate.rank", fromlist=["x"])
                                               .kendall_tau(s[c.splits.train],
                                                            c.y[c.splits.train])))
     assert len(set(fits.values())) > 1  # the weight matters
@@ -188,9 +194,9 @@ def test_the_size_prior_input(bench, tmp_path) -> None:  # type: ignore[no-untyp
     import torch
 
     import primitives
-    from gp_proxy.campaign import Campaign
     from gp_proxy.config import load_config
-    from gp_proxy.proxy import Proxy
+    from gp_proxy.evolve.campaign import Campaign
+    from gp_proxy.plugin.proxy import Proxy
     from gp_proxy.spaces import count_params
 
     from .test_campaign import _cfg
@@ -217,8 +223,8 @@ def test_joint_fitness_is_the_aggregate_of_single_benchmark_fitnesses(bench, tmp
     """A campaign evolved on two benchmarks (and an extra init seed) gives each formula the
     mean (or worst) of its training metrics there, oriented by the primary sign; the best
     formula's report carries held-out numbers on the other benchmark and a transfer one."""
-    from gp_proxy.campaign import Campaign
     from gp_proxy.config import load_config
+    from gp_proxy.evolve.campaign import Campaign
 
     from .test_campaign import _cfg
     from .tiny_benchmark import make_tiny_benchmark
@@ -261,7 +267,7 @@ def test_joint_fitness_is_the_aggregate_of_single_benchmark_fitnesses(bench, tmp
 
 
 def test_a_second_probe_batch_is_committed_and_disjoint_from_training() -> None:
-    from gp_proxy.io import load_tensors
+    from gp_proxy.core.files import load_tensors
 
     a = load_tensors("benchmarks/fmnist/probe.safetensors")["images"]
     b = load_tensors("benchmarks/fmnist/probe-1.safetensors")["images"]
@@ -273,8 +279,8 @@ def test_a_second_probe_batch_is_committed_and_disjoint_from_training() -> None:
 def test_nsga2_keeps_the_first_front(bench, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """NSGA-II survival over (fitness, training partial τ given #params): every formula of the
     pool that no other dominates survives (when the first front fits the population)."""
-    from gp_proxy.campaign import FAILED, Campaign
     from gp_proxy.config import load_config
+    from gp_proxy.evolve.campaign import FAILED, Campaign
 
     from .test_campaign import _cfg
 
@@ -315,8 +321,8 @@ def test_valid_for_builds_only_formulas_defined_on_a_vit_space(bench, tmp_path) 
     """Evolved on the CNN benchmark with valid_for=[autoformer]: every formula of the run
     also type-checks on AutoFormer's token-sequence features (without the option, some do
     not)."""
-    from gp_proxy.campaign import Campaign, _feature_kinds
     from gp_proxy.config import ConfigError, load_config
+    from gp_proxy.evolve.campaign import Campaign, _feature_kinds
 
     from .test_campaign import _cfg
 
@@ -347,7 +353,7 @@ def test_valid_for_builds_only_formulas_defined_on_a_vit_space(bench, tmp_path) 
 
 
 def test_paired_bootstrap_difference_against_params() -> None:
-    from gp_proxy.compare import proxy_metrics
+    from gp_proxy.baselines.compare import proxy_metrics
 
     rng = np.random.default_rng(4)
     params = rng.integers(10_000, 1_000_000, 60).astype(float)
@@ -364,8 +370,8 @@ def test_bootstrap_intervals_of_partial_tau_and_of_the_difference_with_descripto
     """The partial τ's interval comes from the same resamples as τ's and contains the point
     estimate; the paired difference with the descriptor regression is 0 for the regression
     itself and positive for an oracle that the regression only approximates."""
-    from gp_proxy.compare import proxy_metrics
-    from gp_proxy.fitness import partial_kendall
+    from gp_proxy.baselines.compare import proxy_metrics
+    from gp_proxy.evaluate.fitness import partial_kendall
 
     rng = np.random.default_rng(5)
     params = rng.integers(10_000, 1_000_000, 80).astype(float)
@@ -394,8 +400,8 @@ def test_parsimony_pressure_shrinks_the_population_not_the_reported_fitness(
     still ranks by plain fitness."""
     import statistics
 
-    from gp_proxy.campaign import Campaign
     from gp_proxy.config import load_config
+    from gp_proxy.evolve.campaign import Campaign
 
     from .test_campaign import _cfg
 
@@ -416,10 +422,10 @@ def test_the_verdict_on_params_rests_on_the_paired_interval(bench, tmp_path, cap
     "beyond noise" only when the paired interval excludes 0."""
     import json
 
-    from gp_proxy.campaign import Campaign
+    from gp_proxy.baselines.compare import proxy_metrics
     from gp_proxy.cli import _report
-    from gp_proxy.compare import proxy_metrics
     from gp_proxy.config import load_config
+    from gp_proxy.evolve.campaign import Campaign
 
     from .test_campaign import _cfg
 

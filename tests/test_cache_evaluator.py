@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import primitives
-from gp_proxy.cache import CacheConfig, CacheError, _tensor_digest, build_cache, load_cache
-from gp_proxy.evaluator import Evaluator
-from gp_proxy.fitness import assess, make_splits, tau_in_params_bins
-from gp_proxy.gp.pset import build_pset
-from gp_proxy.io import save_tensors
+from gp_proxy.core.files import save_tensors
+from gp_proxy.evaluate.cache import CacheConfig, CacheError, _tensor_digest, build_cache, load_cache
+from gp_proxy.evaluate.evaluator import Evaluator
+from gp_proxy.evaluate.fitness import assess, make_splits, tau_in_params_bins
+from gp_proxy.evolve.pset import build_pset
 from gp_proxy.spaces import get_space, space_names
 from primitives import Kind, Ragged
 
@@ -98,7 +98,7 @@ def test_a_distance_of_a_value_with_itself_is_zero_without_computing_it(cache) -
                 "mean_layers(add(dist_kl(weight,weight),l1_norm(grad)))",
                 "sum_layers(mul(dist_smooth_l1(mul(grad,weight),mul(grad,weight)),mean(act)))",
                 "mean_layers(add(dist_l1(pow2(exp(exp(act))),pow2(exp(exp(act)))),mean(act)))"]
-    import gp_proxy.evaluator as evaluator_module
+    import gp_proxy.evaluate.evaluator as evaluator_module
 
     applied: list[str] = []
     real = evaluator_module.apply
@@ -302,7 +302,7 @@ def test_allocator_tuning_applies_once_and_can_be_switched_off() -> None:
     import subprocess
     import sys
 
-    code = ("from gp_proxy.allocator import tune_allocator as t; "
+    code = ("from gp_proxy.evaluate.allocator import tune_allocator as t; "
             "print(t(), t())")
     env = {**os.environ, "GP_PROXY_MALLOC_TUNING": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
@@ -319,7 +319,7 @@ def test_cache_bits_do_not_depend_on_the_thread_count(tmp_path: Path) -> None:
     single-threaded one; the cache is always built on one thread and restores the caller's."""
     from safetensors.torch import load_file
 
-    from gp_proxy.cache import build_cache
+    from gp_proxy.evaluate.cache import build_cache
 
     path = tmp_path / "probe.safetensors"
     g = torch.Generator().manual_seed(1)
@@ -402,7 +402,7 @@ def test_a_dead_worker_is_a_one_line_error(cache) -> None:  # type: ignore[no-un
     import os
     import signal
 
-    from gp_proxy.backends import Processes
+    from gp_proxy.evaluate.backends import Processes
     from primitives import GpProxyError
 
     ev = Evaluator(cache, chunk_size=2, device="cpu", threads=1, workers=2, backend="processes")
@@ -433,7 +433,7 @@ def test_a_combination_with_a_non_finite_part_fails_naming_it(cache, combiner: s
 
 
 def test_proxy_combination_refuses_a_non_finite_part(cache) -> None:  # type: ignore[no-untyped-def]
-    from gp_proxy.proxy import Proxy
+    from gp_proxy.plugin.proxy import Proxy
 
     proxy = Proxy.from_string(f"rank_add({NAN_PART},sum_layers(l1_norm(grad)))")
     parts = {NAN_PART: torch.tensor([1.0, float("nan"), 2.0], dtype=torch.float64),

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import primitives
-from gp_proxy.benchmark import load_benchmark
-from gp_proxy.campaign import Campaign
+from gp_proxy.bench.benchmark import load_benchmark
 from gp_proxy.config import ConfigError, load_config
-from gp_proxy.evaluator import Evaluator
-from gp_proxy.gp.pset import build_pset
-from gp_proxy.gp.variation import crossover, mutate
+from gp_proxy.evaluate.evaluator import Evaluator
+from gp_proxy.evolve.campaign import Campaign
+from gp_proxy.evolve.pset import build_pset
+from gp_proxy.evolve.variation import crossover, mutate
 
 
 def _cfg(bench: Path, cache: Path, **kw: object) -> list[str]:
@@ -252,7 +252,7 @@ def test_compare_table_csv_chart_and_cached_scores(bench: Path, tmp_path: Path,
     assert main(argv) == 0  # re-run reads the cached score vectors
     assert [p.stat().st_mtime_ns for p in cached] == stamps
     # vectors kept by other code live under another name, so they are never read
-    from gp_proxy import compare as cmp
+    from gp_proxy.baselines import compare as cmp
 
     name = "formula:sp_dist(k2):0"
     b = load_benchmark(bench, "kd_mean")
@@ -285,7 +285,7 @@ def test_compare_scores_a_run_on_features_like_those_it_evolved_on(bench: Path,
     # samples and 1 thread is scored with those settings, not compare's defaults
     import yaml
 
-    from gp_proxy.compare import resolve_scores
+    from gp_proxy.baselines.compare import resolve_scores
 
     formula = "rank_add(kl_t4(k3),sum_layers(fro_norm(act)))"
     run = tmp_path / "run"
@@ -313,10 +313,10 @@ def test_compare_scores_a_run_on_features_like_those_it_evolved_on(bench: Path,
 
 def test_reported_autodas_formulas_parse_and_instincts_run_everywhere(bench: Path,
                                                                       tmp_path: Path) -> None:
-    from gp_proxy.benchmark import load_benchmark
-    from gp_proxy.compare import compare
-    from gp_proxy.fitness import make_splits
-    from gp_proxy.reported import REPORTED
+    from gp_proxy.baselines.compare import compare
+    from gp_proxy.baselines.reported import REPORTED
+    from gp_proxy.bench.benchmark import load_benchmark
+    from gp_proxy.evaluate.fitness import make_splits
     from primitives.formula import check, parse
 
     for r in REPORTED.values():
@@ -366,8 +366,8 @@ def test_score_command_prints_formula_next_to_baselines(bench: Path, tmp_path: P
 
 def test_noise_check_separates_data_free_statistics_from_data_dependent_proxies(
         bench: Path, tmp_path: Path) -> None:
-    from gp_proxy.compare import compare, noise_probe
-    from gp_proxy.fitness import make_splits
+    from gp_proxy.baselines.compare import compare, noise_probe
+    from gp_proxy.evaluate.fitness import make_splits
 
     b = load_benchmark(bench, "kd_mean")
     root = str(tmp_path / "cache")
@@ -381,7 +381,7 @@ def test_noise_check_separates_data_free_statistics_from_data_dependent_proxies(
     assert -1.0 <= tau["snip"] <= 1.0
     probe = noise_probe(b, root)
     x, _ = b.probe()
-    from gp_proxy.io import load_tensors
+    from gp_proxy.core.files import load_tensors
 
     noise = load_tensors(probe)["images"]
     assert noise.shape == x.shape and not torch.allclose(noise, x)
@@ -406,8 +406,8 @@ def test_worker_processes_reproduce_a_one_process_campaign(bench: Path, tmp_path
 def test_a_combined_best_formula_comes_with_its_calibration(bench: Path, tmp_path: Path) -> None:
     """calibration.json (the parts over the benchmark's students) lets Proxy.load score one
     model at a time; scored alone, the benchmark's students rank as the campaign ranks them."""
-    from gp_proxy.proxy import Proxy
-    from gp_proxy.rank import kendall_tau
+    from gp_proxy.evaluate.rank import kendall_tau
+    from gp_proxy.plugin.proxy import Proxy
 
     cfg = load_config(None, _cfg(bench, tmp_path / "cache", generations=0))
     c = Campaign(cfg, tmp_path / "run")
@@ -431,7 +431,7 @@ def test_a_combined_best_formula_comes_with_its_calibration(bench: Path, tmp_pat
 
 
 def test_formula_tree_marks_families_and_sides(tmp_path: Path) -> None:
-    from gp_proxy import report
+    from gp_proxy.report import pictures as report
 
     node = primitives.parse("rank_sub_w2(cosine(tanh(k2)),sum_layers(l1_norm(weight)))")
     g = report.formula_graph(node)

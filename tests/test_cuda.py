@@ -19,10 +19,10 @@ import pytest
 import torch
 
 import primitives
-from gp_proxy.campaign import Campaign
 from gp_proxy.config import load_config
-from gp_proxy.evaluator import Evaluator
-from gp_proxy.rank import kendall_tau
+from gp_proxy.evaluate.evaluator import Evaluator
+from gp_proxy.evaluate.rank import kendall_tau
+from gp_proxy.evolve.campaign import Campaign
 from primitives import Ragged
 
 from .conftest import random_formulas

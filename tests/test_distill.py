@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gp_proxy.data import Split
-from gp_proxy.distill import DistillConfig, _read_checkpoint, distill
-from gp_proxy.losses import LOSSES, build_loss
+from gp_proxy.bench.data import Split
+from gp_proxy.distill.losses import LOSSES, build_loss
+from gp_proxy.distill.runner import DistillConfig, _read_checkpoint, distill
 from gp_proxy.spaces import get_space
 from primitives import GpProxyError
 
@@ -126,7 +126,7 @@ def test_distillation_resumes_to_identical_weights(tmp_path: Path) -> None:
 
 
 def test_a_checkpoint_without_its_epoch_record_is_one_clear_error(tmp_path: Path) -> None:
-    from gp_proxy.io import save_tensors
+    from gp_proxy.core.files import save_tensors
 
     run = tmp_path / "run"
     save_tensors(run / "checkpoint.safetensors", {"rng": torch.zeros(3)},
@@ -138,7 +138,7 @@ def test_a_checkpoint_without_its_epoch_record_is_one_clear_error(tmp_path: Path
 def test_formula_loss_is_divided_by_its_first_batch_value() -> None:
     """An evolved distance at 1e15 no longer swamps the other terms: each part starts at 1,
     and the unit is a buffer (saved with the checkpoint, kept on resume)."""
-    from gp_proxy.losses import FormulaLoss
+    from gp_proxy.distill.losses import FormulaLoss
 
     loss = FormulaLoss({}, formula="rank_add(mse(k2),mean_layers(fro_norm(weight)))")
     g = torch.Generator().manual_seed(0)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gp_proxy.data import Split
-from gp_proxy.distill import DistillConfig, distill
-from gp_proxy.distpro import (
+from gp_proxy.bench.data import Split
+from gp_proxy.bench.train import Schedule, sgd
+from gp_proxy.distill.distpro import (
     TAU,
     Pathways,
     Process,
@@ -24,8 +24,8 @@ from gp_proxy.distpro import (
     hypergradient,
     search_process,
 )
+from gp_proxy.distill.runner import DistillConfig, distill
 from gp_proxy.spaces import get_space
-from gp_proxy.train import Schedule, sgd
 from primitives import GpProxyError
 
 SPACE = get_space("fmnist-cnn")
@@ -109,7 +109,7 @@ def test_hypergradient_matches_autograd_through_the_inner_step(momentum: float, 
     val = (torch.randn(8, 1, 14, 14, generator=g, dtype=torch.float64),
            torch.randint(0, 10, (8,), generator=g))
     if step_first:  # a momentum buffer exists
-        from gp_proxy.distpro import _train_loss
+        from gp_proxy.distill.distpro import _train_loss
 
         _train_loss(joint, dict(joint.named_parameters()), {}, raw, train).backward()
         opt.step()
@@ -199,7 +199,7 @@ def test_retraining_with_a_process_resumes_exactly_and_bad_files_are_one_line(
 
 
 def test_the_process_picture_is_written(tmp_path: Path) -> None:
-    from gp_proxy.report import plot_process
+    from gp_proxy.report.pictures import plot_process
 
     plot_process(["T.k1<-S.k1/M1", "T.k1<-S.k1/M2"], [[0.3, 0.2], [0.4, 0.1]],
                  [[1.0, 1.0], [1.2, 0.4]], tmp_path / "p.png", 1)

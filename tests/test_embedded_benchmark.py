@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gp_proxy.benchmark import load_benchmark
+from gp_proxy.bench.benchmark import load_benchmark
 from gp_proxy.cli import main
-from gp_proxy.io import load_tensors, read_json
+from gp_proxy.core.files import load_tensors, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "fmnist"
@@ -54,8 +54,8 @@ def test_second_teacher_benchmark_is_complete_data() -> None:
     """Benchmark 2: the same students and probe batch as benchmarks/fmnist, a wide-shallow
     CNN teacher, KD runs only (CE shared): every student's 3 KD runs are valid records of
     this config, and the summary covers all of them with the teacher-difference analysis."""
-    from gp_proxy.artifacts import BenchRun, TeacherRecord, load_artifact
-    from gp_proxy.bench import BenchConfig, shared_ce_source
+    from gp_proxy.bench.build import BenchConfig, shared_ce_source
+    from gp_proxy.core.artifacts import BenchRun, TeacherRecord, load_artifact
 
     cfg = BenchConfig.load(SECOND_TEACHER / "config.json")
     assert cfg.teacher == "wide-cnn" and cfg.modes == ("kd",) and cfg.ce_from == "../fmnist"
@@ -90,8 +90,8 @@ def test_second_family_benchmark_as_far_as_it_is_built() -> None:
     probe batch, a ResNet-56 teacher of that family, KD and CE. Checked as far as it is built:
     the teacher reached a comparable accuracy, every finished run is a valid record of this
     config, and a summary (once written) covers the runs."""
-    from gp_proxy.artifacts import BenchRun, TeacherRecord, load_artifact
-    from gp_proxy.bench import BenchConfig
+    from gp_proxy.bench.build import BenchConfig
+    from gp_proxy.core.artifacts import BenchRun, TeacherRecord, load_artifact
 
     cfg = BenchConfig.load(SECOND_FAMILY / "config.json")
     assert (cfg.space, cfg.teacher, cfg.modes) == ("cifar-resnet-depth", "resnet56",

@@ -17,13 +17,13 @@ import sympy as sp
 import torch
 
 import primitives
-from gp_proxy.benchmark import load_benchmark
-from gp_proxy.cache import FeatureCache, load_cache
+from gp_proxy.bench.benchmark import load_benchmark
 from gp_proxy.cli import main
 from gp_proxy.config import run_config
-from gp_proxy.evaluator import Evaluator
-from gp_proxy.export import export, to_sympy, to_torch
-from gp_proxy.proxy import Calibration, Proxy
+from gp_proxy.evaluate.cache import FeatureCache, load_cache
+from gp_proxy.evaluate.evaluator import Evaluator
+from gp_proxy.plugin.export import export, to_sympy, to_torch
+from gp_proxy.plugin.proxy import Calibration, Proxy
 from primitives import GpProxyError, Kind, Ragged
 from primitives.reference import REFERENCE, generator
 

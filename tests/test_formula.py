@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import primitives
-from gp_proxy.gp.pset import GRAMMARS, build_pset
+from gp_proxy.evolve.pset import GRAMMARS, build_pset
 from primitives import FormulaError, Kind, Node, Ragged, canonicalize, check, parse
 
 from .conftest import make_layers

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import primitives
-from gp_proxy.artifacts import ArtifactError, CampaignCheckpoint, load_artifact, read_history
 from gp_proxy.cli import main
 from gp_proxy.config import ConfigError, load_config
-from gp_proxy.io import RunLockedError, run_lock
-from gp_proxy.proxy import Proxy, read_best
+from gp_proxy.core.artifacts import ArtifactError, CampaignCheckpoint, load_artifact, read_history
+from gp_proxy.core.files import RunLockedError, run_lock
+from gp_proxy.plugin.proxy import Proxy, read_best
 from primitives import FormulaError, GpProxyError
 
 DEEP = "sum_layers(" + "abs(" * 495 + "fro_norm(grad)" + ")" * 495 + ")"
@@ -82,8 +82,8 @@ def test_malformed_best_proxy_names_the_field(tmp_path: Path, content: object,
 
 
 def test_benchmark_artifacts_name_file_and_field(tmp_path: Path) -> None:
-    from gp_proxy.bench import BenchConfig, _load_runs
-    from gp_proxy.benchmark import load_benchmark
+    from gp_proxy.bench.benchmark import load_benchmark
+    from gp_proxy.bench.build import BenchConfig, _load_runs
 
     from .tiny_benchmark import make_tiny_benchmark
 
@@ -127,7 +127,7 @@ def test_errors_name_the_override_or_the_file(tmp_path: Path) -> None:
 
 
 def test_ground_truth_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
-    from gp_proxy.groundtruth import load_ground_truth
+    from gp_proxy.bench.groundtruth import load_ground_truth
     from gp_proxy.spaces import get_space
 
     p = tmp_path / "gt.csv"
@@ -175,7 +175,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path: Path) -> None:
 
 
 def test_two_campaigns_on_one_folder(bench: Path, tmp_path: Path) -> None:
-    from gp_proxy.campaign import Campaign
+    from gp_proxy.evolve.campaign import Campaign
 
     from .test_campaign import _cfg
 
@@ -196,8 +196,8 @@ def test_a_torn_history_tail_is_skipped_a_torn_middle_is_an_error(tmp_path: Path
 def test_a_tampered_cache_file_is_rebuilt(probe: Path, tmp_path: Path) -> None:
     """Finite garbage written over a cache file (metadata intact) was used silently: the
     content digest catches it and the file is rebuilt to the same bits."""
-    from gp_proxy.cache import CacheConfig, _arch_file, _read_metadata, load_cache
-    from gp_proxy.io import load_tensors, save_tensors
+    from gp_proxy.core.files import load_tensors, save_tensors
+    from gp_proxy.evaluate.cache import CacheConfig, _arch_file, _read_metadata, load_cache
 
     cfg = CacheConfig("fmnist-cnn", "resnet-t", str(probe), act_samples=2)
     first = load_cache(tmp_path, cfg, ["w8-d111-k3"])
@@ -212,8 +212,8 @@ def test_a_tampered_cache_file_is_rebuilt(probe: Path, tmp_path: Path) -> None:
 
 
 def test_pareto_breaks_ties_by_formula(bench: Path, tmp_path: Path) -> None:
-    from gp_proxy.campaign import Campaign, Record
-    from gp_proxy.fitness import Assessment
+    from gp_proxy.evaluate.fitness import Assessment
+    from gp_proxy.evolve.campaign import Campaign, Record
 
     from .test_campaign import _cfg
 
@@ -288,7 +288,7 @@ def test_score_many_holds_one_student_at_a_time() -> None:
 
 
 def test_a_malformed_teacher_record_names_its_field(tmp_path: Path) -> None:
-    from gp_proxy.artifacts import TeacherRecord
+    from gp_proxy.core.artifacts import TeacherRecord
 
     _write(tmp_path / "teacher.json", {"name": "resnet-t", "test_acc": "high"})
     with pytest.raises(ArtifactError, match=r"teacher\.json: field test_acc"):

@@ -52,7 +52,7 @@ def _arrays(path: Path, n: int = 90, classes: int = 3) -> Path:
 
 
 def test_arrays_dataset_standardises_and_names_missing_arrays(tmp_path: Path) -> None:
-    from gp_proxy.data import get_dataset
+    from gp_proxy.bench.data import get_dataset
 
     f = _arrays(tmp_path / "d.npz")
     ds = get_dataset("arrays")
@@ -69,7 +69,7 @@ def test_bench_build_on_a_user_space_and_dataset(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """The command line with a plug-in space (module:attr) and an arrays dataset: channels
     and classes come from the data, the ground truth is built and summarised."""
-    from gp_proxy.bench import BenchConfig
+    from gp_proxy.bench.build import BenchConfig
     from gp_proxy.cli import main
 
     data = _arrays(tmp_path / "d.npz")
@@ -137,7 +137,7 @@ def test_user_measures_and_features_for_zen_and_diswot() -> None:
     not a special name); zen and DisWOT read plain models through features=."""
     from torch import nn
 
-    from gp_proxy.zerocost import MEASURES, register_measure, zero_cost
+    from gp_proxy.baselines.zerocost import MEASURES, register_measure, zero_cost
 
     @register_measure("test-width", replace=True)
     def width(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -173,8 +173,8 @@ def test_a_user_loss_declares_its_hyperparameters() -> None:
 
     from torch import nn
 
-    from gp_proxy.distill import DistillConfig
-    from gp_proxy.losses import LOSSES, build_loss, loss_arguments, register_loss
+    from gp_proxy.distill.losses import LOSSES, build_loss, loss_arguments, register_loss
+    from gp_proxy.distill.runner import DistillConfig
 
     @register_loss("test-logit-l2", replace=True)
     class LogitL2(nn.Module):
@@ -217,7 +217,7 @@ def test_tutorial_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 def test_image_folder_and_torch_dataset_plugins(tmp_path: Path) -> None:
     from PIL import Image
 
-    from gp_proxy.data import get_dataset
+    from gp_proxy.bench.data import get_dataset
 
     rng = np.random.default_rng(0)
     for split, n in (("train", 4), ("test", 2)):

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from gp_proxy.cache import CacheConfig, load_cache
-from gp_proxy.evaluator import Evaluator
-from gp_proxy.io import save_tensors
-from gp_proxy.proxy import NASLibPredictor, Proxy, make_measure
+from gp_proxy.core.files import save_tensors
+from gp_proxy.evaluate.cache import CacheConfig, load_cache
+from gp_proxy.evaluate.evaluator import Evaluator
+from gp_proxy.plugin.proxy import NASLibPredictor, Proxy, make_measure
 from gp_proxy.spaces import get_space
 from primitives import GpProxyError
 
@@ -119,7 +119,7 @@ def test_readme_example_runs() -> None:
 def test_a_run_directory_brings_its_campaign_seed(tmp_path: Path) -> None:
     """Stochastic ops draw from (seed, subtree): a run's formula must be re-scored with the
     campaign's seed, recorded in best_proxy.json or read from config.yaml."""
-    from gp_proxy.proxy import read_best
+    from gp_proxy.plugin.proxy import read_best
 
     run = tmp_path / "run"
     run.mkdir()
@@ -205,7 +205,7 @@ def test_calibrated_proxy_scores_one_model_at_a_time(setup, formula: str, tmp_pa
     alone = [proxy.score(teacher, m, x, y) for m in models]
     assert alone == together  # bit for bit
     cal.save(tmp_path / "calibration.json")
-    from gp_proxy.proxy import Calibration
+    from gp_proxy.plugin.proxy import Calibration
 
     loaded = Proxy.from_string(formula, calibration=Calibration.load(tmp_path /
                                                                      "calibration.json"))

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gp_proxy.benchmark import Benchmark, load_benchmark
-from gp_proxy.cache import FeatureCache, load_cache
+from gp_proxy.bench.benchmark import Benchmark, load_benchmark
 from gp_proxy.config import run_config
-from gp_proxy.evaluator import Evaluator
-from gp_proxy.fitness import Splits, assess, descriptor_regression, make_splits
-from gp_proxy.provenance import cpu_name
+from gp_proxy.core.provenance import cpu_name
+from gp_proxy.evaluate.cache import FeatureCache, load_cache
+from gp_proxy.evaluate.evaluator import Evaluator
+from gp_proxy.evaluate.fitness import Splits, assess, descriptor_regression, make_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "results" / "fmnist-reference"
@@ -104,7 +104,7 @@ def test_the_baselines_score_as_committed(
 def test_the_reference_campaign_evolves_as_committed(tmp_path: Path, cache_root: Path) -> None:
     """Its first generations re-run (population, variation, selection, every random draw)
     reach the committed history line for line, but for the seconds they took."""
-    from gp_proxy.campaign import Campaign
+    from gp_proxy.evolve.campaign import Campaign
 
     config = run_config(RUN)
     assert config is not None
@@ -139,8 +139,8 @@ def test_inspect_reads_the_committed_run_written_with_the_old_key_names(
         capsys: pytest.CaptureFixture[str]) -> None:
     """``best_proxy.json`` files written before the report keys were named as ``compare``
     names them (kendall_* -> tau_*) read the same."""
-    from gp_proxy.artifacts import LEGACY_KEYS
     from gp_proxy.cli import main
+    from gp_proxy.core.artifacts import LEGACY_KEYS
 
     raw = (RUN / "best_proxy.json").read_text()
     assert all(old in raw for old in LEGACY_KEYS)  # the committed run is such a file

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gp_proxy.proxy import Proxy
-from gp_proxy.search import baseline_scorer, formula_scorer, search
+from gp_proxy.plugin.proxy import Proxy
+from gp_proxy.search.students import baseline_scorer, formula_scorer, search
 from gp_proxy.spaces import get_space
 from primitives import GpProxyError
 
@@ -83,7 +83,7 @@ def test_search_cli_writes_top_k(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_a_user_strategy_registers_like_the_built_ins() -> None:
     """Strategies are a registry: a user's runs through the same state (budget, memoised
     scorer, RNG) and is found by name; an unknown name is one error naming the choices."""
-    from gp_proxy.search import STRATEGIES, SearchState, Strategy
+    from gp_proxy.search.students import STRATEGIES, SearchState, Strategy
 
     def smallest_first(st: SearchState) -> None:  # ranks the st.iterations smallest fitting
         pool = sorted((s for s in st.space.enumerate() if st.fits(s)), key=st.space.params)

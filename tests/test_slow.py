@@ -47,9 +47,9 @@ def test_backends_benchmark_runs_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_real_fashion_mnist_student_learns(tmp_path: Path) -> None:
-    from gp_proxy.data import DEFAULT_FMNIST_DIR, load_fashion_mnist
+    from gp_proxy.bench.data import DEFAULT_FMNIST_DIR, load_fashion_mnist
+    from gp_proxy.bench.train import Recipe, evaluate_accuracy, train_classifier
     from gp_proxy.spaces import get_space
-    from gp_proxy.train import Recipe, evaluate_accuracy, train_classifier
 
     if not DEFAULT_FMNIST_DIR.is_dir():
         pytest.skip("apt-get install dataset-fashion-mnist to run this check")

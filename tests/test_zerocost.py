@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from gp_proxy.baselines.zerocost import student_measures, zero_cost
 from gp_proxy.spaces import FeatureNet, get_space
-from gp_proxy.zerocost import student_measures, zero_cost
 
 X = torch.tensor([[1.0, 2.0], [0.5, -1.0], [-1.5, 0.3]])
 Y = torch.tensor([0, 1, 1])
@@ -113,7 +113,7 @@ def test_every_proxy_runs_on_a_space_model_and_leaves_it_untouched(name: str) ->
 
 
 def test_diswot_is_zero_for_an_identical_pair_and_negative_otherwise() -> None:
-    from gp_proxy.zerocost import diswot
+    from gp_proxy.baselines.zerocost import diswot
 
     space = get_space("fmnist-cnn")
     x = torch.randn(6, 1, 14, 14, generator=torch.Generator().manual_seed(0))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from gp_proxy.io import save_tensors
+from gp_proxy.core.files import save_tensors
 from gp_proxy.spaces import count_flops, count_params, get_space
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from primitives.errors import GpProxyError
 
-from ..registry import Registry
+from ..core.registry import Registry
 from .base import (
     FeatureAdapter,
     FeatureNet,

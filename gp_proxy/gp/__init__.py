@@ -1,1 +1,0 @@
-"""Typed genetic programming over the primitive registry (DEAP)."""

@@ -1,0 +1,3 @@
+"""Using a discovered proxy elsewhere: the Proxy API (per model, calibrated), NAS adapters and the
+torch/sympy/LaTeX export.
+"""

@@ -1,0 +1,3 @@
+"""Pictures a person would rather look at: evolution curves, proxy-vs-accuracy scatters, formula
+trees, processes.
+"""
