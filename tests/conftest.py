@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -99,3 +100,11 @@ def random_formulas(cache: FeatureCache, n: int, rng: random.Random) -> list[str
                     smallest_map=cache.smallest_map())
     return list(dict.fromkeys(str(primitives.canonicalize(ps.to_node(ps.random_tree(
         rng, 2, 5)))) for _ in range(n)))
+
+
+def _cfg(bench: Path, cache: Path, **kw: object) -> list[str]:
+    """Campaign config overrides for a small, fast campaign on ``bench``."""
+    base = {"benchmark": str(bench), "cache_dir": str(cache), "population": 12,
+            "generations": 3, "act_samples": 2, "test_fraction": 0.3, "folds": 3}
+    base.update(kw)
+    return [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in base.items()]

@@ -62,3 +62,19 @@ def test_documented_command_parses(page: Path, line: int, command: str) -> None:
         if a.startswith("--"):
             opt = a.split("=", 1)[0]
             assert opt in known, f"{page.name}:{line}: {cmd.name} has no option {opt}"
+
+
+def test_the_layout_section_and_page_are_generated_from_the_code() -> None:
+    """The README's layout table and docs/layout.md are what ``python docs/layout.py`` writes
+    from the packages' docstrings now, and every package stands in its order."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("layout", ROOT / "docs" / "layout.py")
+    assert spec is not None and spec.loader is not None
+    layout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layout)
+    assert layout.missing() == [], "packages missing from docs/layout.py ORDER"
+    assert layout.readme_section() in (ROOT / "README.md").read_text(), \
+        "README layout section is stale: run python docs/layout.py"
+    assert (ROOT / "docs" / "layout.md").read_text() == layout.layout_page(), \
+        "docs/layout.md is stale: run python docs/layout.py"

@@ -311,7 +311,7 @@ def _build(out: Path, cfg: BenchConfig, train: Split, test: Split, workers: int,
                "teacher_logits": teacher_logits}
     new = 0
     if todo:
-        from ..evaluate.backends import executor
+        from ..evaluate.backends import BACKENDS, executor
 
         with progress(f"{out.name}: student trainings", len(todo), quiet) as advance, \
                 executor(backend, workers, scheduler, initializer=_init_worker,
@@ -321,7 +321,7 @@ def _build(out: Path, cfg: BenchConfig, train: Split, test: Split, workers: int,
             try:
                 # a few ahead per local process (Ctrl-C then cancels the rest at once); a Dask
                 # cluster, whose size this process does not set, schedules them all itself
-                ahead = len(todo) if backend == "dask" else workers * 2
+                ahead = len(todo) if BACKENDS.get(backend).cluster else workers * 2
                 for item in itertools.islice(queue, ahead):
                     pending.add(pool.submit(_train_one, *item))
                 while pending:

@@ -1,5 +1,5 @@
 """One registry idiom for every kind of plug-in users extend: search spaces, datasets,
-zero-cost measures, distillation losses.
+zero-cost measures, distillation losses, campaign schemes, search strategies, backends.
 
 A registry maps names to entries; ``@REG.register("name")`` (or ``REG.register("name",
 entry)``) adds one; ``REG.get(name)`` finds it, and also accepts ``module:attr`` (the way the

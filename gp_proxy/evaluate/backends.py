@@ -28,6 +28,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +45,8 @@ from .evaluator import Backend, Evaluator
 if TYPE_CHECKING:
     from ..config import CampaignConfig
 
-__all__ = ["BACKENDS", "InProcess", "Processes", "WorkerOptions", "compute_parts", "executor",
-           "fanned_out", "make_evaluator", "optional_executor"]
+__all__ = ["BACKENDS", "BackendSpec", "InProcess", "Processes", "WorkerOptions", "compute_parts",
+           "executor", "fanned_out", "make_evaluator", "optional_executor"]
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,28 @@ class WorkerOptions:
                     held_bytes=max(1, self.held_bytes // share))
 
 
-#: backend name -> ``factory(evaluator, cache, options)`` returning a :class:`Backend`
-BACKENDS: Registry[Callable[[Evaluator, FeatureCache, WorkerOptions], Backend]] = Registry(
-    "evaluation backend")
+#: ``executor(workers, scheduler, retries, initializer, initargs)``: a context manager giving
+#: a ``concurrent.futures`` executor on the backend's workers
+ExecutorFactory = Callable[..., AbstractContextManager[Executor]]
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One place work can run. ``evaluations(evaluator, cache, options)`` computes an
+    evaluator's parts there; ``executor`` runs other pure units of work (cache entries,
+    trainings, searches) there. ``in_process``: the work stays in this process (nothing is
+    sent; the evaluator's device is used here). ``cluster``: the workers are a cluster's, so
+    it is used whatever ``workers`` says and every unit is queued at once (its scheduler
+    balances them) rather than a few ahead per local process."""
+
+    evaluations: Callable[[Evaluator, FeatureCache, WorkerOptions], Backend]
+    executor: ExecutorFactory
+    in_process: bool = False
+    cluster: bool = False
+
+
+#: backend name -> :class:`BackendSpec` (``BACKENDS.register`` adds one)
+BACKENDS: Registry[BackendSpec] = Registry("evaluation backend")
 
 
 def make_evaluator(cache: FeatureCache, config: CampaignConfig | None = None,
@@ -261,8 +281,6 @@ def _first(errors: dict[str, tuple[int, str, str]], text: str, cid: int, status:
         errors[text] = (cid, status, reason)
 
 
-BACKENDS.register("local", InProcess)
-BACKENDS.register("processes", Processes)
 
 
 def _dask_module() -> Any:
@@ -279,40 +297,59 @@ def _dask(ev: Evaluator, cache: FeatureCache, options: WorkerOptions) -> Backend
     return _dask_module().DaskBackend(ev, cache, options)
 
 
-BACKENDS.register("dask", _dask)
 
 
 # ---------------------------------------------------------------------- other work ---------
 @contextlib.contextmanager
+def _here(workers: int, scheduler: str | None, retries: int,
+          initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]
+          ) -> Iterator[Executor]:
+    """Units one at a time in this process."""
+    if initializer is not None:
+        initializer(*initargs)
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        yield ex
+
+
+@contextlib.contextmanager
+def _spawned(workers: int, scheduler: str | None, retries: int,
+             initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]
+             ) -> Iterator[Executor]:
+    """Units in ``workers`` spawned local processes."""
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=initializer, initargs=initargs) as ex:
+        yield ex
+
+
+@contextlib.contextmanager
+def _on_dask(workers: int, scheduler: str | None, retries: int,
+             initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]
+             ) -> Iterator[Executor]:
+    """Units on a Dask cluster (a unit whose worker died runs again elsewhere)."""
+    dask = _dask_module()
+    client = dask.CLIENTS.acquire(scheduler, workers)
+    try:
+        with dask.DaskExecutor(client, retries, initializer, initargs) as ex:
+            yield ex
+    finally:
+        dask.CLIENTS.release(scheduler, workers)
+
+
+BACKENDS.register("local", BackendSpec(InProcess, _here, in_process=True))
+BACKENDS.register("processes", BackendSpec(Processes, _spawned))
+BACKENDS.register("dask", BackendSpec(_dask, _on_dask, cluster=True))
+
+
 def executor(backend: str = "processes", workers: int = 2, scheduler: str | None = None,
              retries: int = 2, initializer: Callable[..., Any] | None = None,
-             initargs: tuple[Any, ...] = ()) -> Iterator[Executor]:
+             initargs: tuple[Any, ...] = ()) -> AbstractContextManager[Executor]:
     """A ``concurrent.futures`` executor on a backend, for pure units of work whose results the
     caller writes atomically as they arrive (a cache entry, a training's run file), so a lost
     worker loses only the unit it was running: ``local`` runs them in this process one at a
     time, ``processes`` in ``workers`` spawned processes, ``dask`` on the cluster (a unit whose
     worker died runs again elsewhere, up to ``retries`` times for an exception).
     ``initializer(*initargs)`` runs once per worker process before its first unit."""
-    if backend == "local":
-        if initializer is not None:
-            initializer(*initargs)
-        with ThreadPoolExecutor(max_workers=1) as ex:
-            yield ex
-    elif backend == "processes":
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=initializer, initargs=initargs) as ex:
-            yield ex
-    elif backend == "dask":
-        dask = _dask_module()
-        client = dask.CLIENTS.acquire(scheduler, workers)
-        try:
-            with dask.DaskExecutor(client, retries, initializer, initargs) as ex:
-                yield ex
-        finally:
-            dask.CLIENTS.release(scheduler, workers)
-    else:
-        BACKENDS.get(backend)  # an unknown name: one error with the closest match
-        raise GpProxyError(f"backend {backend!r} runs evaluations only")
+    return BACKENDS.get(backend).executor(workers, scheduler, retries, initializer, initargs)
 
 
 @contextlib.contextmanager
@@ -320,7 +357,7 @@ def optional_executor(backend: str = "processes", workers: int = 1,
                       scheduler: str | None = None) -> Iterator[Executor | None]:
     """:func:`executor`, or None where one local process is asked for: then the caller runs
     its units in this process, as it always did (a cluster is used whatever its size)."""
-    if workers <= 1 and backend != "dask":
+    if workers <= 1 and not BACKENDS.get(backend).cluster:
         yield None
         return
     with executor(backend, workers, scheduler) as ex:
@@ -353,7 +390,7 @@ def fanned_out(scorer: Callable[[list[str]], list[float]], backend: str = "local
     parts of ``part`` specs scored on the backend's workers (the same bits: each worker holds a
     copy of the scorer, sent once); a batch of at most ``part`` specs is scored here, without a
     round trip. For the exhaustive student search over a large space."""
-    if backend == "local":  # scored here: nothing to send anywhere, and no extra needed
+    if BACKENDS.get(backend).in_process:  # scored here: nothing to send, no extra needed
         yield scorer
         return
     try:

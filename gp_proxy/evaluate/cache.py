@@ -190,7 +190,9 @@ def build_cache(root: str | os.PathLike[str], config: CacheConfig, archs: list[s
     own file atomically, so an interrupted build keeps what finished and a rerun builds only
     the rest.
     """
-    if backend != "local":
+    from .backends import BACKENDS
+
+    if not BACKENDS.get(backend).in_process:
         folder = build_cache(root, config, [], quiet=True)  # the teacher, here
         space = config.student_space()
         specs = [space.validate(a) for a in archs]

@@ -144,7 +144,10 @@ class Evaluator:
                  scheduler: str | None = None, held_bytes: int = 1 << 30) -> None:
         # with workers elsewhere this process only combines score vectors, on the CPU; each
         # worker resolves ``device`` (None: CUDA when it has one) on its own machine
-        here = device if backend == "local" else "cpu"
+        from .backends import BACKENDS, WorkerOptions  # (backends import this module)
+
+        spec = BACKENDS.get(backend)
+        here = device if spec.in_process else "cpu"
         self.device = torch.device(here or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.threads = threads if self.device.type == "cpu" else None
         # keeping freed buffers in the heap (about 15 % faster on act-heavy formulas) holds
@@ -180,9 +183,7 @@ class Evaluator:
         # part text -> its float64 score vector over all architectures, or its failure
         self._parts: OrderedDict[str, Tensor | tuple[str, str]] = OrderedDict()
         self.part_hits = 0
-        from .backends import BACKENDS, WorkerOptions  # (backends import this module)
-
-        self.backend: Backend = BACKENDS.get(backend)(self, cache, WorkerOptions(
+        self.backend: Backend = spec.evaluations(self, cache, WorkerOptions(
             workers=workers, scheduler=scheduler, device=device, memo_bytes=memo_bytes,
             seed=seed, memoize=memoize, threads=threads, kept_bytes=kept_bytes,
             held_bytes=held_bytes))

@@ -25,15 +25,15 @@ from gp_proxy.evaluate.rank import kendall_tau
 from gp_proxy.evolve.campaign import Campaign
 from primitives import Ragged
 
-from .conftest import random_formulas
-from .test_campaign import _cfg
-from .test_primitives_generated import CASES, IDS, _args, _call, _flat
+from ..conftest import random_formulas
+from ..evolve.test_campaign import _cfg
+from ..primitives.test_primitives_generated import CASES, IDS, _args, _call, _flat
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA device (on a GPU machine: pytest -m cuda)", allow_module_level=True)
 pytestmark = pytest.mark.cuda
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _to(v: torch.Tensor | Ragged, device: str) -> torch.Tensor | Ragged:

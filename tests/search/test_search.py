@@ -67,7 +67,7 @@ def test_impossible_budget_is_a_clear_error() -> None:
 def test_search_cli_writes_top_k(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from gp_proxy.cli import main
 
-    from .tiny_benchmark import make_tiny_benchmark
+    from ..tiny_benchmark import make_tiny_benchmark
 
     bench = make_tiny_benchmark(tmp_path / "b")
     out = tmp_path / "search.json"

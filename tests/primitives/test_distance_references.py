@@ -14,7 +14,7 @@ import torch
 import primitives
 from primitives import Kind, Ragged, apply
 
-from .conftest import make_layers
+from ..conftest import make_layers
 
 
 def _rows(x: np.ndarray) -> np.ndarray:

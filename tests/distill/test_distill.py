@@ -157,8 +157,8 @@ def test_distill_cli_on_fake_idx_files(tmp_path: Path, capsys: pytest.CaptureFix
                                        ) -> None:
     from gp_proxy.cli import main
 
-    from .test_bench_and_data import _fake_fmnist
-    from .tiny_benchmark import make_tiny_benchmark
+    from ..bench.test_bench_and_data import _fake_fmnist
+    from ..tiny_benchmark import make_tiny_benchmark
 
     data = tmp_path / "idx"
     data.mkdir()
@@ -176,8 +176,8 @@ def test_pipeline_report_on_a_tiny_benchmark(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     from gp_proxy.cli import main
 
-    from .test_bench_and_data import _fake_fmnist
-    from .tiny_benchmark import make_tiny_benchmark
+    from ..bench.test_bench_and_data import _fake_fmnist
+    from ..tiny_benchmark import make_tiny_benchmark
 
     data = tmp_path / "idx"
     data.mkdir()
@@ -228,7 +228,7 @@ def test_committed_distillation_records_match_the_current_config() -> None:
     """A distillation resumes only if its config.json equals the settings asked for: every
     committed pipeline run must still read as the DistillConfig the pipeline builds (so a
     change of the config's fields or defaults cannot silently orphan them)."""
-    root = Path(__file__).resolve().parents[1] / "results"
+    root = Path(__file__).resolve().parents[2] / "results"
     records = sorted(root.glob("*/distill/*/config.json"))
     assert len(records) >= 20
     for path in records:

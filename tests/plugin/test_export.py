@@ -27,10 +27,10 @@ from gp_proxy.plugin.proxy import Calibration, Proxy
 from primitives import GpProxyError, Kind, Ragged
 from primitives.reference import REFERENCE, generator
 
-from .conftest import random_formulas
-from .test_op_properties import VALUE_FAMILIES, _values
+from ..conftest import random_formulas
+from ..primitives.test_op_properties import VALUE_FAMILIES, _values
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_RUN = ROOT / "results" / "fmnist-reference"
 OPS = [op for op in primitives.ops() if op.family not in ("input", "combine")]
 CASES = [(op, sig, fam) for op in OPS for sig in op.signatures for fam in VALUE_FAMILIES]

@@ -10,8 +10,8 @@ import torch
 import primitives
 from primitives import Kind, Ragged
 
-from .conftest import FAMILIES, make_value
-from .test_primitives_generated import _args, _call, _flat
+from ..conftest import FAMILIES, make_value
+from ..primitives.test_primitives_generated import _args, _call, _flat
 
 OPS = [op for op in primitives.ops() if op.family != "input"]
 #: the value families plus mixed signs around zero, where piecewise ops differ most

@@ -13,7 +13,7 @@ import primitives
 from gp_proxy.evolve.pset import GRAMMARS, build_pset
 from primitives import FormulaError, Kind, Node, Ragged, canonicalize, check, parse
 
-from .conftest import make_layers
+from ..conftest import make_layers
 
 # the campaign's own typed generator, over every grammar (it covers every non-identity op)
 PSETS = [build_pset(g) for g in GRAMMARS] + [build_pset("both", "z")]

@@ -10,7 +10,7 @@ from primitives import Kind, KindError, Ragged, ShapeError, apply
 from primitives.contract import expected_shape, is_tensor_contract
 from primitives.values import RAGGED_KINDS
 
-from .conftest import FAMILIES, LAYERS, SHAPES, A, make_layers, make_value
+from ..conftest import FAMILIES, LAYERS, SHAPES, A, make_layers, make_value
 
 OPS = [op for op in primitives.ops() if op.family != "input"]
 CASES = [(op, sig) for op in OPS for sig in op.signatures]

@@ -23,7 +23,7 @@ def test_public_api_names_resolve() -> None:
 
 
 def test_a_user_space_by_name_and_by_module_attr() -> None:
-    from . import user_plugin  # registers "tiny-user"
+    from .. import user_plugin  # registers "tiny-user"
 
     space = gp_proxy.get_space("tiny-user")
     assert list(space.enumerate())[:2] == ["4x1", "4x2"]
@@ -98,7 +98,7 @@ def test_bench_import_of_published_ground_truth(tmp_path: Path,
     a campaign can run on; a bad row is one line naming the line and column."""
     from gp_proxy.cli import main
 
-    from . import user_plugin  # noqa: F401  (registers tiny-user)
+    from .. import user_plugin  # noqa: F401  (registers tiny-user)
 
     data = _arrays(tmp_path / "d.npz")
     csv_file = tmp_path / "gt.csv"
@@ -200,7 +200,7 @@ def test_tutorial_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     """The tutorial (docs/tutorial.md), executed as written in a temporary folder."""
     from gp_proxy.spaces import SPACES
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     text = (root / "docs" / "tutorial.md").read_text()
     code = text.split("<!-- tutorial -->")[1].split("<!-- /tutorial -->")[0]
     code = code.split("```python")[1].split("```")[0]

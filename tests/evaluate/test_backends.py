@@ -20,7 +20,7 @@ from gp_proxy.evaluate.evaluator import Evaluator
 from gp_proxy.evolve.campaign import Campaign
 from primitives import GpProxyError
 
-from .conftest import EVAL_ARCHS, random_formulas
+from ..conftest import EVAL_ARCHS, random_formulas
 
 distributed = pytest.importorskip("distributed")
 
@@ -182,7 +182,7 @@ def test_benchmark_trainings_on_dask_match_local_processes(tmp_path: Path,
     and a build resumed on the other backend redoes none of them."""
     from gp_proxy.bench.build import build_benchmark
 
-    from .test_bench_and_data import TINY, _synthetic
+    from ..bench.test_bench_and_data import TINY, _synthetic
 
     train, test = _synthetic(300, 0), _synthetic(100, 1)
     counts = build_benchmark(tmp_path / "dask", TINY, train, test, workers=2, max_runs=6,

@@ -97,7 +97,7 @@ def test_load_from_a_run_directory_and_adapters(setup, tmp_path: Path) -> None: 
 
 def test_readme_example_runs() -> None:
     """The README's plug-in example, executed as written."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     text = (root / "README.md").read_text()
     code = text.split("<!-- example -->")[1].split("<!-- /example -->")[0]
     code = code.split("```python")[1].split("```")[0]

@@ -191,7 +191,7 @@ def test_retraining_with_a_process_resumes_exactly_and_bad_files_are_one_line(
         Process.load(bad)
     from gp_proxy.cli import main
 
-    from .tiny_benchmark import make_tiny_benchmark
+    from ..tiny_benchmark import make_tiny_benchmark
 
     bench = make_tiny_benchmark(tmp_path / "bench", n_archs=4)
     assert main(["distill", "--student", "w8-d111-k3", "--out", str(tmp_path / "d"),

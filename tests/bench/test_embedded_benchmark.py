@@ -11,7 +11,7 @@ from gp_proxy.bench.benchmark import load_benchmark
 from gp_proxy.cli import main
 from gp_proxy.core.files import load_tensors, read_json
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks" / "fmnist"
 
 

@@ -26,7 +26,7 @@ from gp_proxy.distill.runner import DistillConfig, distill
 from gp_proxy.spaces import get_space
 from primitives import GpProxyError
 
-from .tiny_benchmark import make_tiny_benchmark
+from ..tiny_benchmark import make_tiny_benchmark
 
 G = torch.Generator().manual_seed(0)
 # a student narrower than the teacher (the connector maps it) with the teacher's map sizes
@@ -247,7 +247,7 @@ def test_comparison_runs_end_to_end_and_resumes(tmp_path: Path,
     again, it trains nothing (every training is on disk)."""
     from gp_proxy.distill.kdcompare import HAND_DESIGNED, CompareConfig, compare_distillers
 
-    from .test_bench_and_data import _fake_fmnist
+    from ..bench.test_bench_and_data import _fake_fmnist
 
     data = tmp_path / "idx"
     data.mkdir()

@@ -138,7 +138,7 @@ def test_campaign_accepts_beyond_size_fitness(bench, tmp_path) -> None:  # type:
     from gp_proxy.config import load_config
     from gp_proxy.evolve.campaign import Campaign
 
-    from .test_campaign import _cfg
+    from ..evolve.test_campaign import _cfg
 
     cfg = load_config(None, _cfg(bench, tmp_path / "cache", generations=1,
                                  fitness="partial_tau_params"))
@@ -161,7 +161,7 @@ def test_weighted_combiners_and_their_refit(bench, tmp_path) -> None:  # type: i
     from gp_proxy.config import load_config
     from gp_proxy.evolve.campaign import Campaign
 
-    from .test_campaign import _cfg
+    from ..evolve.test_campaign import _cfg
 
     x = torch.tensor([3.0, 1.0, 2.0, 5.0], dtype=torch.float64)
     y = torch.tensor([1.0, 4.0, 2.0, 3.0], dtype=torch.float64)
@@ -199,7 +199,7 @@ def test_the_size_prior_input(bench, tmp_path) -> None:  # type: ignore[no-untyp
     from gp_proxy.plugin.proxy import Proxy
     from gp_proxy.spaces import count_params
 
-    from .test_campaign import _cfg
+    from ..evolve.test_campaign import _cfg
 
     off = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=0)),
                    tmp_path / "a")
@@ -226,8 +226,8 @@ def test_joint_fitness_is_the_aggregate_of_single_benchmark_fitnesses(bench, tmp
     from gp_proxy.config import load_config
     from gp_proxy.evolve.campaign import Campaign
 
-    from .test_campaign import _cfg
-    from .tiny_benchmark import make_tiny_benchmark
+    from ..evolve.test_campaign import _cfg
+    from ..tiny_benchmark import make_tiny_benchmark
 
     other = make_tiny_benchmark(tmp_path / "other", n_archs=18)
     formulas = ["rank_add(kl_t4(k3),sum_layers(l1_norm(weight)))",
@@ -282,7 +282,7 @@ def test_nsga2_keeps_the_first_front(bench, tmp_path) -> None:  # type: ignore[n
     from gp_proxy.config import load_config
     from gp_proxy.evolve.campaign import FAILED, Campaign
 
-    from .test_campaign import _cfg
+    from ..evolve.test_campaign import _cfg
 
     c = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=2,
                                         scheme="nsga2")), tmp_path / "run")
@@ -324,7 +324,7 @@ def test_valid_for_builds_only_formulas_defined_on_a_vit_space(bench, tmp_path) 
     from gp_proxy.config import ConfigError, load_config
     from gp_proxy.evolve.campaign import Campaign, _feature_kinds
 
-    from .test_campaign import _cfg
+    from ..evolve.test_campaign import _cfg
 
     vit = _feature_kinds("autoformer")
 
@@ -403,7 +403,7 @@ def test_parsimony_pressure_shrinks_the_population_not_the_reported_fitness(
     from gp_proxy.config import load_config
     from gp_proxy.evolve.campaign import Campaign
 
-    from .test_campaign import _cfg
+    from ..evolve.test_campaign import _cfg
 
     runs = {}
     for p in (0.0, 1.0):
@@ -427,7 +427,7 @@ def test_the_verdict_on_params_rests_on_the_paired_interval(bench, tmp_path, cap
     from gp_proxy.config import load_config
     from gp_proxy.evolve.campaign import Campaign
 
-    from .test_campaign import _cfg
+    from ..evolve.test_campaign import _cfg
 
     c = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=1)),
                  tmp_path / "run")

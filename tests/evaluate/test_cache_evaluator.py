@@ -18,8 +18,8 @@ from gp_proxy.evolve.pset import build_pset
 from gp_proxy.spaces import get_space, space_names
 from primitives import Kind, Ragged
 
-from .conftest import EVAL_ARCHS as ARCHS
-from .conftest import random_formulas
+from ..conftest import EVAL_ARCHS as ARCHS
+from ..conftest import random_formulas
 
 
 def _naive(formula: str, cache) -> np.ndarray:  # type: ignore[no-untyped-def]
