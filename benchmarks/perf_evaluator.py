@@ -58,9 +58,9 @@ sys.path.insert(0, str(ROOT))
 
 import primitives  # noqa: E402
 from gp_proxy.core.files import save_tensors  # noqa: E402
+from gp_proxy.core.rank import kendall_tau_batch, spearman_rho_batch  # noqa: E402
 from gp_proxy.evaluate.cache import CacheConfig, FeatureCache, load_cache  # noqa: E402
 from gp_proxy.evaluate.evaluator import Evaluator  # noqa: E402
-from gp_proxy.evaluate.rank import kendall_tau_batch, spearman_rho_batch  # noqa: E402
 from gp_proxy.evolve.pset import build_pset  # noqa: E402
 from gp_proxy.evolve.variation import crossover, mutate  # noqa: E402
 from gp_proxy.plugin.proxy import _STUDENT_ONLY  # noqa: E402

@@ -580,9 +580,9 @@ def score(
     from .baselines.compare import baselines, paired_verdicts, record_context
     from .baselines.reported import REPORTED
     from .bench.benchmark import load_benchmark
+    from .core.rank import kendall_tau
     from .evaluate.backends import make_evaluator
     from .evaluate.fitness import assess, make_splits
-    from .evaluate.rank import kendall_tau
 
     if formula in REPORTED:
         formula = REPORTED[formula].formula
@@ -638,12 +638,13 @@ def compare_cmd(
     import csv
     import io
 
-    from .baselines.compare import compare, plot, rows_to_json
+    from .baselines.compare import compare, rows_to_json
     from .baselines.reported import REPORTED
     from .baselines.zerocost import MEASURES, SIZE_STATISTICS
     from .bench.benchmark import load_benchmark
     from .core.files import atomic_write_text
     from .evaluate.fitness import make_splits
+    from .report.pictures import plot_comparison
 
     bench = load_benchmark(benchmark, target)
     cache = bench.cache(str(cache_dir))
@@ -700,7 +701,7 @@ def compare_cmd(
         w.writeheader()
         w.writerows(data)
         atomic_write_text(out / "compare.csv", buf.getvalue())
-        plot(rows, out / "compare.png", f"{benchmark.name}: held-out τ ({target}, "
+        plot_comparison(rows, out / "compare.png", f"{benchmark.name}: held-out τ ({target}, "
                                         f"{len(splits.test)} architectures)")
         _out.print(f"wrote {out / 'compare.csv'} and {out / 'compare.png'}")
 

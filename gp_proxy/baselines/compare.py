@@ -28,7 +28,8 @@ from primitives.errors import GpProxyError
 from ..bench.benchmark import Benchmark
 from ..config import CampaignConfig, run_config
 from ..core.artifacts import ScoreCacheRecord, load_artifact
-from ..core.files import atomic_write_json, load_tensors, save_figure, save_tensors
+from ..core.files import atomic_write_json, load_tensors, save_tensors
+from ..core.rank import kendall_tau, spearman_rho
 from ..evaluate.backends import make_evaluator
 from ..evaluate.cache import FeatureCache, load_cache
 from ..evaluate.evaluator import Evaluator
@@ -41,7 +42,6 @@ from ..evaluate.fitness import (
     size_residual,
     tau_in_params_bins,
 )
-from ..evaluate.rank import kendall_tau, spearman_rho
 from ..plugin.proxy import read_best
 from .reported import REPORTED
 from .zerocost import MEASURES, SIZE_STATISTICS, get_measure, zero_cost
@@ -373,42 +373,3 @@ def _noise_tau(item: str, kind: str, scores: np.ndarray, bench: Benchmark,
 
 def rows_to_json(rows: list[ProxyRow]) -> list[dict[str, Any]]:
     return [{"proxy": r.name, "kind": r.kind, **r.metrics, "note": r.note} for r in rows]
-
-
-def plot(rows: list[ProxyRow], path: Path, title: str = "") -> None:
-    """Held-out τ of every proxy with its bootstrap interval; names wrapped, never cut;
-    #params as a reference line; a proxy that could not be evaluated shows "n/a"."""
-    import textwrap
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = ["\n".join(textwrap.wrap(r.name, 48)) for r in rows]
-    tau = [r.metrics.get("test_tau", float("nan")) for r in rows]
-    ok = [math.isfinite(t) for t in tau]
-    lo = [t - r.metrics.get("test_tau_lo", t) if k else 0.0
-          for t, r, k in zip(tau, rows, ok, strict=True)]
-    hi = [r.metrics.get("test_tau_hi", t) - t if k else 0.0
-          for t, r, k in zip(tau, rows, ok, strict=True)]
-    lines = sum(n.count("\n") + 1 for n in names)
-    fig, ax = plt.subplots(figsize=(9, 0.3 * lines + 0.25 * len(rows) + 1.6))
-    colours = {"size": "#888888", "fitted": "#b58900"}
-    ax.barh(names, [t if k else 0.0 for t, k in zip(tau, ok, strict=True)], xerr=[lo, hi],
-            color=[colours.get(r.kind, "#4a7") for r in rows])
-    for i, k in enumerate(ok):
-        if not k:
-            ax.text(0.01, i, "n/a (not evaluated)", va="center", fontsize=8, color="#c0392b")
-    params = next((r.metrics.get("test_tau") for r in rows if r.name == "#params"), None)
-    if params is not None and math.isfinite(params):
-        ax.axvline(params, color="#555555", ls="--", lw=1, label="#params")
-        ax.legend(fontsize=8, loc="lower right")
-    ax.set_xlabel("held-out Kendall τ (95 % bootstrap interval)")
-    ax.set_title(title or "proxies on the same held-out architectures", fontsize=10)
-    ax.tick_params(axis="y", labelsize=7)
-    ax.invert_yaxis()
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-

@@ -53,6 +53,7 @@ from ..core.files import (
 )
 from ..core.progress import progress
 from ..core.provenance import cpu_name, git_revision
+from ..core.rank import kendall_tau, spearman_rho
 from ..spaces import FeatureNet, SearchSpace, count_flops, count_params, get_space
 from .data import Split, get_dataset
 from .train import Recipe, evaluate_accuracy, predict_logits, train_classifier
@@ -346,14 +347,6 @@ def _build(out: Path, cfg: BenchConfig, train: Split, test: Split, workers: int,
 
 
 # --------------------------------------------------------------------- summary --------------
-def _kendall(a: np.ndarray, b: np.ndarray) -> float:
-    return float(stats.kendalltau(a, b).statistic)
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return float(stats.spearmanr(a, b).statistic)
-
-
 def _load_runs(folder: Path, modes: tuple[str, ...]) -> dict[tuple[str, str, int], dict[str, Any]]:
     runs: dict[tuple[str, str, int], dict[str, Any]] = {}
     for p in sorted((folder / "runs").glob("*.json")):
@@ -389,7 +382,7 @@ def _read_rows(folder: Path) -> dict[str, dict[str, float]]:
 def _reliability(per_seed: list[np.ndarray]) -> float:
     """Spearman-Brown reliability of the seed mean from the mean seed-pair Spearman."""
     k = len(per_seed)
-    rho = statistics.fmean(_spearman(a, b) for a, b in itertools.combinations(per_seed, 2))
+    rho = statistics.fmean(spearman_rho(a, b) for a, b in itertools.combinations(per_seed, 2))
     return k * rho / (1 + (k - 1) * rho)
 
 
@@ -434,9 +427,9 @@ def teacher_difference(reference: Path, rows: list[dict[str, Any]], seeds: tuple
     cross_pairs = [(i, j) for i in range(k) for j in range(k) if i != j]
 
     def taus(idx: np.ndarray) -> tuple[float, float, float]:
-        wa = statistics.fmean(_kendall(a[idx, i], a[idx, j]) for i, j in pairs)
-        wb = statistics.fmean(_kendall(b[idx, i], b[idx, j]) for i, j in pairs)
-        cr = statistics.fmean(_kendall(a[idx, i], b[idx, j]) for i, j in cross_pairs)
+        wa = statistics.fmean(kendall_tau(a[idx, i], a[idx, j]) for i, j in pairs)
+        wb = statistics.fmean(kendall_tau(b[idx, i], b[idx, j]) for i, j in pairs)
+        cr = statistics.fmean(kendall_tau(a[idx, i], b[idx, j]) for i, j in cross_pairs)
         return wa, wb, cr
 
     everything = np.arange(len(archs))
@@ -450,7 +443,7 @@ def teacher_difference(reference: Path, rows: list[dict[str, Any]], seeds: tuple
     effect = b - a  # per seed: the same init and data order under both teachers
     ka, kb = a.mean(axis=1), b.mean(axis=1)
     rel_a, rel_b = _reliability(list(a.T)), _reliability(list(b.T))
-    rho_ab = _spearman(ka, kb)
+    rho_ab = spearman_rho(ka, kb)
     return {
         "reference": str(reference.name),
         "architectures": len(archs),
@@ -458,7 +451,7 @@ def teacher_difference(reference: Path, rows: list[dict[str, Any]], seeds: tuple
                                "cross_teacher": cr, "within_minus_cross": (wa + wb) / 2 - cr,
                                "within_minus_cross_ci95": [float(np.percentile(gaps, 2.5)),
                                                            float(np.percentile(gaps, 97.5))]},
-        "kd_mean_kendall_between_teachers": _kendall(ka, kb),
+        "kd_mean_kendall_between_teachers": kendall_tau(ka, kb),
         "kd_mean_spearman_between_teachers": rho_ab,
         "spearman_disattenuated": rho_ab / float(np.sqrt(rel_a * rel_b)),
         "reliability_of_mean": {"reference": rel_a, "this": rel_b},
@@ -470,7 +463,7 @@ def teacher_difference(reference: Path, rows: list[dict[str, Any]], seeds: tuple
             "definition": "KD under this teacher minus KD under the reference, per architecture",
             "mean": float(effect.mean()), "std_over_archs": float(effect.mean(axis=1).std()),
             "seed_reliability": _reliability(list(effect.T)),
-            "kendall_with_params": _kendall(effect.mean(axis=1), params)},
+            "kendall_with_params": kendall_tau(effect.mean(axis=1), params)},
     }
 
 
@@ -512,8 +505,8 @@ def summarize(out: str | os.PathLike[str], command: str = "") -> dict[str, Any]:
     ce = np.array([r["ce_mean"] for r in rows])
     per_seed = {s: np.array([r[f"kd_s{s}"] for r in rows]) for s in cfg.seeds}
     pairs = list(itertools.combinations(cfg.seeds, 2))
-    tau_pairs = [_kendall(per_seed[a], per_seed[b]) for a, b in pairs]
-    rho_pairs = [_spearman(per_seed[a], per_seed[b]) for a, b in pairs]
+    tau_pairs = [kendall_tau(per_seed[a], per_seed[b]) for a, b in pairs]
+    rho_pairs = [spearman_rho(per_seed[a], per_seed[b]) for a, b in pairs]
     k = len(cfg.seeds)
     rho1 = statistics.fmean(rho_pairs) if rho_pairs else float("nan")
     params = np.array([r["params"] for r in rows], dtype=float)
@@ -526,9 +519,9 @@ def summarize(out: str | os.PathLike[str], command: str = "") -> dict[str, Any]:
         "seed_to_seed_spearman_kd": {"mean": rho1, "pairs": rho_pairs},
         "reliability_of_mean_spearman_brown": k * rho1 / (1 + (k - 1) * rho1),
         "baselines_vs_kd_mean": {
-            "params": {"kendall": _kendall(params, kd), "spearman": _spearman(params, kd)},
-            "flops": {"kendall": _kendall(flops, kd), "spearman": _spearman(flops, kd)},
-            "ce_mean": {"kendall": _kendall(ce, kd), "spearman": _spearman(ce, kd)},
+            "params": {"kendall": kendall_tau(params, kd), "spearman": spearman_rho(params, kd)},
+            "flops": {"kendall": kendall_tau(flops, kd), "spearman": spearman_rho(flops, kd)},
+            "ce_mean": {"kendall": kendall_tau(ce, kd), "spearman": spearman_rho(ce, kd)},
         },
         "kd_accuracy": {"min": float(kd.min()), "max": float(kd.max()),
                         "mean": float(kd.mean()), "std": float(kd.std())},

@@ -1,3 +1,3 @@
-"""Plumbing every stage uses: the plug-in registry idiom, artifact schemas, atomic files,
-provenance, progress.
+"""Plumbing every stage uses: the plug-in registry idiom, artifact schemas, atomic files, rank
+correlations (numba), provenance, progress.
 """

@@ -1,3 +1,3 @@
 """Formulas to scores: the feature cache, the batched evaluator and its backends (local, processes,
-Dask), rank correlations and fitness.
+Dask) and fitness.
 """

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .rank import kendall_tau, spearman_rho
+from ..core.rank import kendall_tau, spearman_rho
 
 __all__ = ["FITNESS_METRICS", "Assessment", "Splits", "assess", "descriptor_regression",
            "make_splits", "noise_ceiling", "partial_kendall", "size_residual",

@@ -51,6 +51,7 @@ from ..core.artifacts import (
 )
 from ..core.files import atomic_write_json, atomic_write_text, run_lock
 from ..core.provenance import environment
+from ..core.rank import kendall_tau
 from ..core.registry import Registry
 from ..evaluate.backends import make_evaluator
 from ..evaluate.cache import CacheConfig, FeatureCache, load_cache
@@ -64,7 +65,6 @@ from ..evaluate.fitness import (
     partial_kendall,
     training_metric,
 )
-from ..evaluate.rank import kendall_tau
 from .pset import ProxySet, build_pset
 from .variation import crossover, mutate
 

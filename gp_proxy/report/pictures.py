@@ -1,21 +1,21 @@
 """Pictures of a run: evolution curve, proxy-vs-accuracy scatter, formula tree, Pareto front.
 
-Rendered with matplotlib's Agg backend (no display needed); the formula tree is a networkx
+Drawn on matplotlib ``Figure`` objects (no pyplot, so no global backend or figure state: a
+figure is rendered when it is saved, with no display needed); the formula tree is a networkx
 graph laid out top-down.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import textwrap
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import networkx as nx
 import numpy as np
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 import primitives
@@ -80,7 +80,8 @@ def plot_formula_tree(node: Node, path: str | os.PathLike[str], title: str = "")
     g = formula_graph(node)
     pos = _tree_layout(g)
     leaves = 1 + max(x for x, _ in pos.values())
-    fig, ax = plt.subplots(figsize=(min(4.5 + 1.3 * leaves, 18), 0.6 + 0.6 * (1 + node.height)))
+    fig = Figure(figsize=(min(4.5 + 1.3 * leaves, 18), 0.6 + 0.6 * (1 + node.height)))
+    ax = fig.subplots()
     nx.draw_networkx_edges(g, pos, ax=ax, arrows=False, edge_color="#888888")
     for v, data in g.nodes(data=True):
         text = data["label"]
@@ -102,13 +103,13 @@ def plot_formula_tree(node: Node, path: str | os.PathLike[str], title: str = "")
     ax.set_axis_off()
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_evolution(history: list[dict[str, Any]], path: str | os.PathLike[str],
                    title: str = "evolution of the campaign") -> None:
     gens = [h["generation"] for h in history]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     base = history[-1]["baselines"]["params"]["test_tau"]
     if base is not None:  # drawn first and thick, so a curve on top of it stays visible
         ax.axhline(base, color="#bbbbbb", lw=3, label="#params τ (held-out)", zorder=1)
@@ -129,13 +130,13 @@ def plot_evolution(history: list[dict[str, Any]], path: str | os.PathLike[str],
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_scatter(scores: np.ndarray, y: np.ndarray, params: np.ndarray, test: np.ndarray,
                  title: str, stats: dict[str, str], path: str | os.PathLike[str],
                  target: str = "ground truth") -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     is_test = np.zeros(len(y), dtype=bool)
     is_test[test] = True
     for ax, x, name in ((axes[0], scores, "proxy score (oriented)"),
@@ -150,7 +151,6 @@ def plot_scatter(scores: np.ndarray, y: np.ndarray, params: np.ndarray, test: np
     fig.suptitle(_wrap(title), fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
 
 
 
@@ -159,7 +159,8 @@ def plot_pareto(rows: list[dict[str, Any]], params_tau: float | None,
                 path: str | os.PathLike[str], title: str = "") -> None:
     """Held-out τ against complexity for the archive's Pareto front (``pareto.csv`` rows),
     #params as a reference line; held-out numbers were never selected on."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     xs = [int(r["complexity"]) for r in rows]
     ys = [float(r["test_tau"]) for r in rows]
     if params_tau is not None:
@@ -176,7 +177,6 @@ def plot_pareto(rows: list[dict[str, Any]], params_tau: float | None,
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_process(pathways: list[str], alpha: list[list[float]], raw: list[list[float]],
@@ -187,10 +187,10 @@ def plot_process(pathways: list[str], alpha: list[list[float]], raw: list[list[f
     share of the loss left to the pathways (1 − Σα goes to the biased softmax's constant)."""
     a, r = np.asarray(alpha), np.asarray(raw)
     x = np.arange(len(a)) / steps_per_epoch if steps_per_epoch else np.arange(len(a))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 1]})
+    fig = Figure(figsize=(10, 7))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     connections = list(dict.fromkeys(p.split("/")[0] for p in pathways))
-    colours = plt.get_cmap("tab10")
+    colours = matplotlib.colormaps["tab10"]
     styles = ["-", "--", ":", "-."]
     for i, name in enumerate(pathways):
         conn, block = name.split("/")
@@ -205,5 +205,39 @@ def plot_process(pathways: list[str], alpha: list[list[float]], raw: list[list[f
     bottom.set_ylabel("Σα")
     bottom.set_xlabel("search epoch" if steps_per_epoch else "search step")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
+
+
+def plot_comparison(rows: list[Any], path: str | os.PathLike[str], title: str = "") -> None:
+    """Held-out τ of every proxy with its bootstrap interval; names wrapped, never cut;
+    #params as a reference line; a proxy that could not be evaluated shows "n/a"."""
+    from ..baselines.zerocost import SIZE_STATISTICS
+
+    names = ["\n".join(textwrap.wrap(r.name, 48)) for r in rows]
+    tau = [r.metrics.get("test_tau", float("nan")) for r in rows]
+    ok = [math.isfinite(t) for t in tau]
+    lo = [t - r.metrics.get("test_tau_lo", t) if k else 0.0
+          for t, r, k in zip(tau, rows, ok, strict=True)]
+    hi = [r.metrics.get("test_tau_hi", t) - t if k else 0.0
+          for t, r, k in zip(tau, rows, ok, strict=True)]
+    lines = sum(n.count("\n") + 1 for n in names)
+    fig = Figure(figsize=(9, 0.3 * lines + 0.25 * len(rows) + 1.6))
+    ax = fig.subplots()
+    colours = {"size": "#888888", "fitted": "#b58900"}
+    ax.barh(names, [t if k else 0.0 for t, k in zip(tau, ok, strict=True)], xerr=[lo, hi],
+            color=[colours.get(r.kind, "#4a7") for r in rows])
+    for i, k in enumerate(ok):
+        if not k:
+            ax.text(0.01, i, "n/a (not evaluated)", va="center", fontsize=8, color="#c0392b")
+    label = SIZE_STATISTICS["params"].label
+    params = next((r.metrics.get("test_tau") for r in rows if r.name == label), None)
+    if params is not None and math.isfinite(params):
+        ax.axvline(params, color="#555555", ls="--", lw=1, label="#params")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlabel("held-out Kendall τ (95 % bootstrap interval)")
+    ax.set_title(title or "proxies on the same held-out architectures", fontsize=10)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    save_figure(fig, path)
+

@@ -20,8 +20,8 @@ import torch
 
 import primitives
 from gp_proxy.config import load_config
+from gp_proxy.core.rank import kendall_tau
 from gp_proxy.evaluate.evaluator import Evaluator
-from gp_proxy.evaluate.rank import kendall_tau
 from gp_proxy.evolve.campaign import Campaign
 from primitives import Ragged
 

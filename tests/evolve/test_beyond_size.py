@@ -182,7 +182,7 @@ def test_weighted_combiners_and_their_refit(bench, tmp_path) -> None:  # type: i
     fits = {r.formula: r.fitness for r in added}
     for r in added:  # fitness is the training metric of each weighted variant's own scores
         s = c.evaluator.evaluate([r.formula])[0].scores
-        assert r.fitness == pytest.approx(abs(__import__("gp_proxy.evaluate.rank", fromlist=["x"])
+        assert r.fitness == pytest.approx(abs(__import__("gp_proxy.core.rank", fromlist=["x"])
                                               .kendall_tau(s[c.splits.train],
                                                            c.y[c.splits.train])))
     assert len(set(fits.values())) > 1  # the weight matters

@@ -163,7 +163,7 @@ def test_worker_processes_reproduce_a_one_process_campaign(bench: Path, tmp_path
 def test_a_combined_best_formula_comes_with_its_calibration(bench: Path, tmp_path: Path) -> None:
     """calibration.json (the parts over the benchmark's students) lets Proxy.load score one
     model at a time; scored alone, the benchmark's students rank as the campaign ranks them."""
-    from gp_proxy.evaluate.rank import kendall_tau
+    from gp_proxy.core.rank import kendall_tau
     from gp_proxy.plugin.proxy import Proxy
 
     cfg = load_config(None, _cfg(bench, tmp_path / "cache", generations=0))

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from gp_proxy.evaluate.rank import (
+from gp_proxy.core.rank import (
     average_ranks,
     kendall_tau,
     kendall_tau_batch,
