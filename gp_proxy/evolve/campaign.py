@@ -168,6 +168,8 @@ class Campaign:
         self._other_kinds = [_feature_kinds(name) for name in config.valid_for]
         self.population: list[gp.PrimitiveTree] = []
         self.records: dict[str, Record] = {}
+        self._keys: dict[str, str] = {}  # DEAP's rendering of a tree -> its canonical formula
+        self._nodes: dict[str, primitives.Node] = {}  # canonical formula -> its Node
         self.archive: dict[str, Record] = {}
         self.generation = 0
         self.evaluations = 0
@@ -213,8 +215,17 @@ class Campaign:
 
     # ------------------------------------------------------------------ fitness -----------
     def _key(self, tree: gp.PrimitiveTree) -> str:
-        """The canonical formula string: the identity of an individual everywhere."""
-        return str(primitives.canonicalize(self.ps.to_node(tree)))
+        """The canonical formula string: the identity of an individual everywhere. Selection
+        asks for it many times per tree; each distinct tree is converted to a Node and
+        canonicalised once (keyed by DEAP's own rendering), and the canonical Node is kept for
+        the record, so a formula is not printed and parsed back per comparison."""
+        text = str(tree)
+        key = self._keys.get(text)
+        if key is None:
+            node = primitives.canonicalize(self.ps.to_node(tree))
+            key = self._keys[text] = str(node)
+            self._nodes.setdefault(key, node)
+        return key
 
     def _evaluate(self, trees: list[gp.PrimitiveTree]) -> list[Record]:
         """Records for ``trees`` (canonical trees), evaluating only unseen formulas."""
@@ -224,7 +235,8 @@ class Campaign:
             results = self.evaluator.evaluate(todo, keep_memo=True)
             others = [v.evaluator.evaluate(todo, keep_memo=True) for v in self.variants[1:]]
             for i, res in enumerate(results):
-                node = primitives.parse(res.formula, self.cache.feature_kinds)
+                node = self._nodes.get(res.formula) or primitives.parse(
+                    res.formula, self.cache.feature_kinds)
                 a: Assessment | None = None
                 fitness, spread = FAILED, math.nan
                 status, reason = res.status, res.reason
