@@ -577,7 +577,7 @@ def score(
     scheduler: SchedulerOpt = None,
 ) -> None:
     """Evaluate one formula on a benchmark, next to the #params and FLOPs baselines."""
-    from .baselines.compare import baselines, paired_verdicts, record_context
+    from .baselines.metrics import baselines, paired_verdicts, record_context
     from .baselines.reported import REPORTED
     from .bench.benchmark import load_benchmark
     from .core.rank import kendall_tau

@@ -123,7 +123,7 @@ class CampaignConfig(BaseModel):
     def _registered(cls, name: str, info: ValidationInfo) -> str:
         # imported here: the backends and the campaign import this module
         from .evaluate.backends import BACKENDS
-        from .evolve.campaign import SCHEMES
+        from .evolve.schemes import SCHEMES
 
         registry = {"backend": BACKENDS, "scheme": SCHEMES}[info.field_name or ""]
         try:

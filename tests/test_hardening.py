@@ -177,7 +177,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path: Path) -> None:
 def test_two_campaigns_on_one_folder(bench: Path, tmp_path: Path) -> None:
     from gp_proxy.evolve.campaign import Campaign
 
-    from .evolve.test_campaign import _cfg
+    from .conftest import _cfg
 
     cfg = load_config(None, _cfg(bench, tmp_path / "cache", generations=1))
     with run_lock(tmp_path / "run"), pytest.raises(RunLockedError):
@@ -215,7 +215,7 @@ def test_pareto_breaks_ties_by_formula(bench: Path, tmp_path: Path) -> None:
     from gp_proxy.evaluate.fitness import Assessment
     from gp_proxy.evolve.campaign import Campaign, Record
 
-    from .evolve.test_campaign import _cfg
+    from .conftest import _cfg
 
     c = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=0)),
                  tmp_path / "run")

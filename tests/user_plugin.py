@@ -73,8 +73,8 @@ def random_restart(campaign: object) -> None:
     """A user's campaign scheme (config ``scheme=tests.user_plugin:random_restart``): each
     generation replaces the worse half of the population by fresh random formulas."""
     c: Any = campaign
-    keep = sorted(c.population, key=c._order, reverse=True)[:len(c.population) // 2]
-    fresh = [c._random() for _ in range(len(c.population) - len(keep))]
+    keep = sorted(c.population, key=c.order, reverse=True)[:len(c.population) // 2]
+    fresh = [c.newcomer() for _ in range(len(c.population) - len(keep))]
     c.evaluations += len(fresh)
-    c._evaluate(fresh)
+    c.evaluate(fresh)
     c.population = keep + fresh

@@ -28,21 +28,18 @@ from primitives.errors import GpProxyError
 from ..bench.benchmark import Benchmark
 from ..config import CampaignConfig, run_config
 from ..core.artifacts import ScoreCacheRecord, load_artifact
-from ..core.files import atomic_write_json, load_tensors, save_tensors
-from ..core.rank import kendall_tau, spearman_rho
+from ..core.files import atomic_write_json, load_tensors
+from ..core.rank import kendall_tau
 from ..evaluate.backends import make_evaluator
 from ..evaluate.cache import FeatureCache, load_cache
 from ..evaluate.evaluator import Evaluator
 from ..evaluate.fitness import (
-    Assessment,
     Splits,
-    assess,
     descriptor_regression,
-    partial_kendall,
-    size_residual,
-    tau_in_params_bins,
 )
 from ..plugin.proxy import read_best
+from .metrics import proxy_metrics
+from .noise import noise_cache
 from .reported import REPORTED
 from .zerocost import MEASURES, SIZE_STATISTICS, get_measure, zero_cost
 
@@ -78,26 +75,6 @@ def _code_version() -> str:
 def _file(cache: FeatureCache, root: str, name: str) -> Path:
     digest = hashlib.sha1(f"{_code_version()}:{name}".encode()).hexdigest()[:16]
     return Path(root) / cache.key / "scores" / f"{digest}.json"
-
-
-def noise_probe(bench: Benchmark, root: str) -> Path:
-    """A probe file like the benchmark's, but of seeded Gaussian noise with the real batch's
-    mean and std, and random labels: what a proxy sees when the data carries no information."""
-    x, y = bench.probe()
-    digest = hashlib.sha1((bench.folder / "probe.safetensors").read_bytes()).hexdigest()[:12]
-    path = Path(root) / f"noise-probe-{digest}.safetensors"
-    if not path.exists():
-        g = torch.Generator().manual_seed(20261122)
-        images = torch.randn(x.shape, generator=g) * x.std() + x.mean()
-        labels = torch.randint(0, int(y.max()) + 1, y.shape, generator=g)
-        save_tensors(path, {"images": images, "labels": labels})
-    return path
-
-
-def noise_cache(bench: Benchmark, cache: FeatureCache, root: str) -> FeatureCache:
-    """``cache``'s configuration with :func:`noise_probe` in place of the real probe batch."""
-    config = dataclasses.replace(cache.config, probe=str(noise_probe(bench, root)))
-    return load_cache(root, config, list(bench.truth.archs))
 
 
 _EVALUATOR_DEFAULTS: dict[str, Any] = {
@@ -199,115 +176,6 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
     atomic_write_json(file, {"proxy": item, "kind": kind, "archs": list(bench.truth.archs),
                              "scores": [None if not math.isfinite(v) else v for v in scores]})
     return label or item, kind, scores
-
-
-def _precision_top(s: np.ndarray, y: np.ndarray, frac: float = 0.1) -> float:
-    k = max(1, round(frac * len(y)))
-    return len(set(np.argsort(-s)[:k]) & set(np.argsort(-y)[:k])) / k
-
-
-def proxy_metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
-             bootstrap: int, seed: int, descriptors: np.ndarray | None = None
-             ) -> dict[str, float]:
-    """Train and held-out metrics of one proxy, with bootstrap intervals over the held-out
-    architectures: its τ, its partial τ given #params, and its paired differences with
-    #params and (``descriptors``: the regression's predictions) the descriptor regression."""
-    tr, te = splits.train, splits.test
-    if not np.isfinite(s).all():
-        return {"sign": float("nan")}
-    sign = -1.0 if kendall_tau(s[tr], y[tr]) < 0 else 1.0
-    o = sign * s
-    # how much of the proxy is model size: Kendall τ of the oriented scores with #params
-    out = {"sign": sign, "tau_with_params": kendall_tau(o, params)}
-    for part, idx in (("train", tr), ("test", te)):
-        out[f"{part}_tau"] = kendall_tau(o[idx], y[idx])
-        out[f"{part}_rho"] = spearman_rho(o[idx], y[idx])
-        out[f"{part}_pearson"] = float(np.corrcoef(o[idx], y[idx])[0, 1])
-        out[f"{part}_p_at_10"] = _precision_top(o[idx], y[idx])
-        out[f"{part}_tau_params_bins"] = tau_in_params_bins(o[idx], y[idx], params[idx])
-    # beyond size: what the proxy orders that #params does not (fit-free), and its τ with the
-    # target's size residual (the size fit made on the training architectures only)
-    out["test_partial_tau_params"] = partial_kendall(o[te], y[te], params[te])
-    out["test_tau_size_residual"] = kendall_tau(o[te], size_residual(y, params, tr)[te])
-    rng = np.random.default_rng(seed)
-    # #params oriented on the training architectures too, for the paired difference
-    p = (-1.0 if kendall_tau(params[tr], y[tr]) < 0 else 1.0) * params
-    taus, diffs, partials, vs_desc = [], [], [], []
-    for b in (rng.choice(te, len(te)) for _ in range(bootstrap)):
-        t = kendall_tau(o[b], y[b])
-        if math.isfinite(t):
-            taus.append(t)
-            d = t - kendall_tau(p[b], y[b])
-            if math.isfinite(d):
-                diffs.append(d)
-            if descriptors is not None:
-                d = t - kendall_tau(descriptors[b], y[b])
-                if math.isfinite(d):
-                    vs_desc.append(d)
-        pt = partial_kendall(o[b], y[b], params[b])
-        if math.isfinite(pt):
-            partials.append(pt)
-
-    def ci(v: list[float]) -> tuple[float, float]:
-        return ((float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if v
-                else (float("nan"), float("nan")))
-
-    out["test_tau_lo"], out["test_tau_hi"] = ci(taus)
-    # the paired bootstrap: the same resampled architectures for the proxy and #params
-    out["test_tau_minus_params"] = out["test_tau"] - kendall_tau(p[te], y[te])
-    out["test_tau_minus_params_lo"], out["test_tau_minus_params_hi"] = ci(diffs)
-    out["test_partial_tau_params_lo"], out["test_partial_tau_params_hi"] = ci(partials)
-    if descriptors is not None:
-        out["test_tau_minus_descriptors"] = out["test_tau"] - kendall_tau(descriptors[te], y[te])
-        out["test_tau_minus_descriptors_lo"], out["test_tau_minus_descriptors_hi"] = ci(vs_desc)
-    return out
-
-
-def baselines(bench: Benchmark, splits: Splits, metric: str = "tau") -> dict[str, Assessment]:
-    """The size statistics and (for a space that declares descriptors; fitted on the training
-    architectures only) the descriptor regression, assessed on ``splits`` like a proxy."""
-    y, params = bench.truth.y, bench.params
-    out = {name: assess(np.asarray(bench.truth.columns[stat.key], dtype=float), y, params,
-                        splits, metric)
-           for name, stat in SIZE_STATISTICS.items()}
-    desc = bench.descriptors()
-    if desc is not None:
-        out["descriptors"] = assess(descriptor_regression(desc, params, y, splits.train), y,
-                                    params, splits, metric)
-    return out
-
-
-def paired_verdicts(scores: np.ndarray, bench: Benchmark, splits: Splits,
-                    resamples: int = 1000) -> dict[str, Any]:
-    """A proxy's held-out τ minus #params' and minus the descriptor regression's, each with
-    its paired bootstrap interval (the same resampled held-out architectures for both
-    sides): what decides "beats #params", rather than the point estimates alone."""
-    desc = bench.descriptors()
-    pred = (None if desc is None else
-            descriptor_regression(desc, bench.params, bench.truth.y, splits.train))
-    m = proxy_metrics(scores, bench.truth.y, bench.params, splits, resamples, 0, pred)
-    out = {}
-    for name, key in (("paired_vs_params", "test_tau_minus_params"),
-                      ("paired_vs_descriptors", "test_tau_minus_descriptors")):
-        if key in m:
-            out[name] = {"difference": _finite(m[key]), "lo": _finite(m[key + "_lo"]),
-                         "hi": _finite(m[key + "_hi"]), "resamples": resamples}
-    return out
-
-
-def record_context(bench: Benchmark, splits: Splits, target: str,
-                   found: dict[str, Assessment]) -> dict[str, Any]:
-    """The fields every best-proxy record carries beside the proxy's own numbers: the
-    baselines on the same split, the architectures, benchmark, target, noise ceiling."""
-    return {"baselines": {k: v.to_json() for k, v in found.items()},
-            "architectures": {"total": len(bench.truth.y), "train": len(splits.train),
-                              "test": len(splits.test)},
-            "benchmark": str(bench.folder), "target": target,
-            "noise_ceiling": bench.noise_ceiling(splits.test)}
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root: str,

@@ -38,7 +38,7 @@ from deap import gp
 import primitives
 from primitives.errors import GpProxyError
 
-from ..baselines.compare import baselines, paired_verdicts, record_context
+from ..baselines.metrics import baselines, paired_verdicts, record_context
 from ..bench.benchmark import Benchmark, load_benchmark
 from ..config import CampaignConfig, ConfigError
 from ..core.artifacts import (
@@ -52,7 +52,6 @@ from ..core.artifacts import (
 from ..core.files import atomic_write_json, atomic_write_text, run_lock
 from ..core.provenance import environment
 from ..core.rank import kendall_tau
-from ..core.registry import Registry
 from ..evaluate.backends import make_evaluator
 from ..evaluate.cache import CacheConfig, FeatureCache, load_cache
 from ..evaluate.evaluator import EvalResult, Evaluator
@@ -66,9 +65,10 @@ from ..evaluate.fitness import (
     training_metric,
 )
 from .pset import ProxySet, build_pset
+from .schemes import SCHEMES
 from .variation import crossover, mutate
 
-__all__ = ["SCHEMES", "Campaign", "Record"]
+__all__ = ["FAILED", "Campaign", "Record"]
 
 FAILED = -math.inf
 
@@ -214,7 +214,7 @@ class Campaign:
         return out
 
     # ------------------------------------------------------------------ fitness -----------
-    def _key(self, tree: gp.PrimitiveTree) -> str:
+    def key(self, tree: gp.PrimitiveTree) -> str:
         """The canonical formula string: the identity of an individual everywhere. Selection
         asks for it many times per tree; each distinct tree is converted to a Node and
         canonicalised once (keyed by DEAP's own rendering), and the canonical Node is kept for
@@ -227,9 +227,9 @@ class Campaign:
             self._nodes.setdefault(key, node)
         return key
 
-    def _evaluate(self, trees: list[gp.PrimitiveTree]) -> list[Record]:
+    def evaluate(self, trees: list[gp.PrimitiveTree]) -> list[Record]:
         """Records for ``trees`` (canonical trees), evaluating only unseen formulas."""
-        keys = [self._key(t) for t in trees]
+        keys = [self.key(t) for t in trees]
         todo = list(dict.fromkeys(k for k in keys if k not in self.records))
         if todo:
             results = self.evaluator.evaluate(todo, keep_memo=True)
@@ -285,20 +285,20 @@ class Campaign:
         """Higher fitness first, then lower complexity, then the string (a total order)."""
         return (r.fitness, -r.complexity, r.formula)
 
-    def _select_key(self, r: Record) -> tuple[float, int, str]:
+    def select_key(self, r: Record) -> tuple[float, int, str]:
         """What selection compares: fitness less ``parsimony`` per unit of complexity (linear
         parsimony pressure, Koza 1992; 0 by default: exactly :meth:`_rank_key`), then lower
         complexity, then the string. Reports (best, hall of fame) keep the plain fitness."""
         return (r.fitness - self.config.parsimony * r.complexity, -r.complexity, r.formula)
 
-    def _rec(self, tree: gp.PrimitiveTree) -> Record:
-        return self.records[self._key(tree)]
+    def record(self, tree: gp.PrimitiveTree) -> Record:
+        return self.records[self.key(tree)]
 
-    def _order(self, tree: gp.PrimitiveTree) -> tuple[float, int, str]:
-        return self._select_key(self._rec(tree))
+    def order(self, tree: gp.PrimitiveTree) -> tuple[float, int, str]:
+        return self.select_key(self.record(tree))
 
     # ------------------------------------------------------------------ initialisation ----
-    def _random(self) -> gp.PrimitiveTree:
+    def newcomer(self) -> gp.PrimitiveTree:
         from .variation import normalise
 
         c = self.config
@@ -342,23 +342,23 @@ class Campaign:
         attempts = 0
         while len(pop) < self.config.population and attempts < 100 * self.config.population:
             attempts += 1
-            t = self._random()
-            k = self._key(t)
+            t = self.newcomer()
+            k = self.key(t)
             if k not in seen:
                 seen.add(k)
                 pop.append(t)
         self.population = pop[: self.config.population]
         self.evaluations += len(self.population)
-        self._evaluate(self.population)
+        self.evaluate(self.population)
 
     # ------------------------------------------------------------------ schemes -----------
-    def _offspring(self, parents: list[gp.PrimitiveTree]) -> gp.PrimitiveTree:
+    def offspring(self, parents: list[gp.PrimitiveTree]) -> gp.PrimitiveTree:
         c = self.config
         child = parents[0]
         if self.rng.random() < c.crossover_prob:
             child = crossover(self.ps, parents[0], parents[1], self.rng, c.max_height, c.max_size)
-        if self.rng.random() < c.mutation_prob or self._key(child) in (
-                self._key(parents[0]), self._key(parents[1])):
+        if self.rng.random() < c.mutation_prob or self.key(child) in (
+                self.key(parents[0]), self.key(parents[1])):
             child = mutate(self.ps, child, self.rng, c.max_height, c.max_size)
         for _ in range(20):  # a child undefined on a valid_for space is mutated again
             if self._valid(child):
@@ -366,105 +366,9 @@ class Campaign:
             child = mutate(self.ps, parents[0], self.rng, c.max_height, c.max_size)
         return child if self._valid(child) else parents[0]
 
-    def _steady_generation(self) -> None:
-        """Auto-DAS steady state: ``population`` iterations of parents from the top fraction,
-        offspring versus a random newcomer, the better replacing the worst.
-
-        Iterations run in batches of ``steady_batch``: a batch's offspring are drawn from the
-        same population and evaluated together (their shared subtrees computed once), then the
-        replacements are applied in order. ``steady_batch=1`` is the strict one-at-a-time form.
-        """
-        c = self.config
-        done = 0
-        while done < c.population:
-            b = min(c.steady_batch, c.population - done)
-            ranked = sorted(self.population, key=self._order, reverse=True)
-            top = ranked[: max(2, round(c.parents_top * len(ranked)))]
-            pairs = []
-            for _ in range(b):
-                parents = [top[self.rng.randrange(len(top))] for _ in range(2)]
-                pairs.append((self._offspring(parents), self._random()))
-            self.evaluations += 2 * b
-            recs = self._evaluate([t for pair in pairs for t in pair])
-            for k, (child, newcomer) in enumerate(pairs):
-                rc, rn = recs[2 * k], recs[2 * k + 1]
-                cand, rec = (child, rc) if self._select_key(rc) >= self._select_key(rn) else \
-                    (newcomer, rn)
-                if rec.formula in {self._key(t) for t in self.population}:
-                    continue
-                worst = min(range(len(self.population)),
-                            key=lambda i: self._order(self.population[i]))
-                if self._select_key(rec) >= self._order(self.population[worst]):
-                    self.population[worst] = cand
-            done += b
-
-    def _tournament(self) -> gp.PrimitiveTree:
-        picks = [self.population[self.rng.randrange(len(self.population))]
-                 for _ in range(self.config.tournament)]
-        return max(picks, key=self._order)
-
-    def elite_ratio(self) -> float:
-        c = self.config
-        frac = self.generation / max(1, c.generations - 1)
-        return c.elite_start + (c.elite_end - c.elite_start) * min(1.0, frac)
-
-    def _generational_generation(self) -> None:
-        """Elitism (ratio growing from elite_start to elite_end) plus tournament offspring."""
-        c = self.config
-        ranked = sorted(self.population, key=self._order, reverse=True)
-        n_elite = max(1, round(self.elite_ratio() * c.population))
-        nxt = ranked[:n_elite]
-        self._fill_distinct(nxt, c.population, {self._key(t) for t in nxt})
-        self.evaluations += len(nxt) - n_elite
-        self._evaluate(nxt)
-        self.population = nxt
-
-    def _fill_distinct(self, out: list[gp.PrimitiveTree], size: int, seen: set[str]) -> None:
-        """Append tournament offspring to ``out`` until it holds ``size`` formulas none of
-        which is in ``seen`` or repeated (random newcomers once offspring keep repeating)."""
-        c = self.config
-        attempts = 0
-        while len(out) < size:
-            attempts += 1
-            child = (self._offspring([self._tournament(), self._tournament()])
-                     if attempts < 20 * c.population else self._random())
-            k = self._key(child)
-            if k in seen:
-                continue
-            seen.add(k)
-            out.append(child)
-
-    def _nsga2_generation(self) -> None:
-        """NSGA-II survival (Deb et al. 2002, DEAP's selNSGA2): parents and offspring together,
-        the population kept by non-dominated fronts over (fitness, training partial τ given
-        #params), crowding distance within the last front. Parents are drawn by the
-        campaign's fitness tournament; a failed formula is dominated by every working one."""
-        from deap import base, tools
-
-        class Objectives(base.Fitness):
-            weights = (1.0, 1.0)
-
-        class Wrapped:
-            def __init__(self, tree: gp.PrimitiveTree, rec: Record) -> None:
-                self.tree = tree
-                a = rec.assessment
-                beyond = a.sign * a.train_partial_tau_params if a is not None else math.nan
-                self.fitness = Objectives((
-                    rec.fitness if rec.fitness > FAILED else -2.0,
-                    beyond if rec.fitness > FAILED and math.isfinite(beyond) else -2.0))
-
-        c = self.config
-        offspring: list[gp.PrimitiveTree] = []
-        self._fill_distinct(offspring, c.population, {self._key(t) for t in self.population})
-        self.evaluations += len(offspring)
-        self._evaluate(offspring)
-        pool = sorted(self.population + offspring, key=self._order, reverse=True)
-        chosen = tools.selNSGA2([Wrapped(t, self._rec(t)) for t in pool], c.population)
-        self.population = [w.tree for w in chosen]
-
     # ------------------------------------------------------------------ reporting ---------
     def best(self) -> Record:
-        return max((self._rec(t) for t in self.population), key=self._rank_key)
+        return max((self.record(t) for t in self.population), key=self._rank_key)
 
     def hall_of_fame(self) -> list[Record]:
         return sorted(self.archive.values(), key=self._rank_key, reverse=True)[
@@ -484,7 +388,7 @@ class Campaign:
 
     def _history_line(self, statuses: Counter[str], seconds: float) -> dict[str, Any]:
         b = self.best()
-        fits = [self._rec(t).fitness for t in self.population]
+        fits = [self.record(t).fitness for t in self.population]
         finite = [f for f in fits if math.isfinite(f)]
         return {
             "generation": self.generation, "evaluations": self.evaluations,
@@ -500,7 +404,7 @@ class Campaign:
             generation=self.generation, evaluations=self.evaluations,
             elapsed=self.elapsed, stagnant=self.stagnant,
             best_history=[_num(f) for f in self.best_history],
-            population=[self._key(t) for t in self.population],
+            population=[self.key(t) for t in self.population],
             rng_state=_jsonable_state(self.rng.getstate()),
             archive=[ArchiveEntry(**r.to_json()) for r in self.archive.values()]))
 
@@ -535,7 +439,7 @@ class Campaign:
                                for f in state.population]
         except GpProxyError as exc:
             raise ArtifactError(f"{path}: field population: {exc}") from None
-        self._evaluate(self.population)
+        self.evaluate(self.population)
         for d in (e.model_dump() for e in state.archive):
             if d["formula"] not in self.records:
                 fitness = FAILED if d["fitness"] is None else float(d["fitness"])
@@ -687,7 +591,7 @@ class Campaign:
 
     def _noise_results(self, texts: list[str]) -> list[EvalResult]:
         """The formulas scored on the feature cache of a seeded noise probe batch."""
-        from ..baselines.compare import noise_cache
+        from ..baselines.noise import noise_cache
 
         c = self.config
         cache = noise_cache(self.bench, self.cache, c.cache_dir)
@@ -781,7 +685,7 @@ class Campaign:
                 trees.append(self.ps.to_tree(primitives.canonicalize(v)))
             except GpProxyError:  # a variant the grammar cannot express is skipped
                 continue
-        return self._evaluate(trees)
+        return self.evaluate(trees)
 
 
 def _feature_kinds(space_name: str) -> dict[str, Any]:
@@ -792,15 +696,6 @@ def _feature_kinds(space_name: str) -> dict[str, Any]:
     return dict(type(space.build(space.sample(random.Random(0)))).feature_kinds)
 
 
-def _builtin_schemes() -> None:
-    SCHEMES.register("steady", Campaign._steady_generation)
-    SCHEMES.register("generational", Campaign._generational_generation)
-    SCHEMES.register("nsga2", Campaign._nsga2_generation)
-
-
-#: campaign scheme name -> one generation of it (``SCHEMES.register`` adds one: a function
-#: of the campaign that advances its population by one generation)
-SCHEMES: Registry[Callable[[Campaign], None]] = Registry("campaign scheme", _builtin_schemes)
 
 
 def _assessment(d: dict[str, Any]) -> Assessment | None:

@@ -118,7 +118,8 @@ def test_reported_autodas_formulas_parse_and_instincts_run_everywhere(bench: Pat
 
 def test_noise_check_separates_data_free_statistics_from_data_dependent_proxies(
         bench: Path, tmp_path: Path) -> None:
-    from gp_proxy.baselines.compare import compare, noise_probe
+    from gp_proxy.baselines.compare import compare
+    from gp_proxy.baselines.noise import noise_probe
     from gp_proxy.evaluate.fitness import make_splits
 
     b = load_benchmark(bench, "kd_mean")

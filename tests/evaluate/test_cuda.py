@@ -25,8 +25,7 @@ from gp_proxy.evaluate.evaluator import Evaluator
 from gp_proxy.evolve.campaign import Campaign
 from primitives import Ragged
 
-from ..conftest import random_formulas
-from ..evolve.test_campaign import _cfg
+from ..conftest import _cfg, random_formulas
 from ..primitives.test_primitives_generated import CASES, IDS, _args, _call, _flat
 
 if not torch.cuda.is_available():

@@ -138,7 +138,7 @@ def test_campaign_accepts_beyond_size_fitness(bench, tmp_path) -> None:  # type:
     from gp_proxy.config import load_config
     from gp_proxy.evolve.campaign import Campaign
 
-    from ..evolve.test_campaign import _cfg
+    from ..conftest import _cfg
 
     cfg = load_config(None, _cfg(bench, tmp_path / "cache", generations=1,
                                  fitness="partial_tau_params"))
@@ -161,7 +161,7 @@ def test_weighted_combiners_and_their_refit(bench, tmp_path) -> None:  # type: i
     from gp_proxy.config import load_config
     from gp_proxy.evolve.campaign import Campaign
 
-    from ..evolve.test_campaign import _cfg
+    from ..conftest import _cfg
 
     x = torch.tensor([3.0, 1.0, 2.0, 5.0], dtype=torch.float64)
     y = torch.tensor([1.0, 4.0, 2.0, 3.0], dtype=torch.float64)
@@ -199,7 +199,7 @@ def test_the_size_prior_input(bench, tmp_path) -> None:  # type: ignore[no-untyp
     from gp_proxy.plugin.proxy import Proxy
     from gp_proxy.spaces import count_params
 
-    from ..evolve.test_campaign import _cfg
+    from ..conftest import _cfg
 
     off = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=0)),
                    tmp_path / "a")
@@ -226,7 +226,7 @@ def test_joint_fitness_is_the_aggregate_of_single_benchmark_fitnesses(bench, tmp
     from gp_proxy.config import load_config
     from gp_proxy.evolve.campaign import Campaign
 
-    from ..evolve.test_campaign import _cfg
+    from ..conftest import _cfg
     from ..tiny_benchmark import make_tiny_benchmark
 
     other = make_tiny_benchmark(tmp_path / "other", n_archs=18)
@@ -237,7 +237,7 @@ def test_joint_fitness_is_the_aggregate_of_single_benchmark_fitnesses(bench, tmp
     for name, folder in (("a", bench), ("b", other)):
         c = Campaign(load_config(None, _cfg(folder, tmp_path / "cache", generations=0)),
                      tmp_path / f"single-{name}")
-        single[name] = {f: c.records[f] if f in c.records else c._evaluate(
+        single[name] = {f: c.records[f] if f in c.records else c.evaluate(
             [c.ps.to_tree(primitives.parse(f, c.cache.feature_kinds))])[0] for f in formulas}
     for agg in ("mean", "worst"):
         joint = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=0,
@@ -245,7 +245,7 @@ def test_joint_fitness_is_the_aggregate_of_single_benchmark_fitnesses(bench, tmp
                                                 fitness_aggregate=agg)),
                          tmp_path / f"joint-{agg}")
         for f in formulas:
-            rec = joint._evaluate([joint.ps.to_tree(primitives.parse(
+            rec = joint.evaluate([joint.ps.to_tree(primitives.parse(
                 f, joint.cache.feature_kinds))])[0]
             a, b = single["a"][f].assessment, single["b"][f].assessment
             assert a is not None and b is not None
@@ -282,35 +282,37 @@ def test_nsga2_keeps_the_first_front(bench, tmp_path) -> None:  # type: ignore[n
     from gp_proxy.config import load_config
     from gp_proxy.evolve.campaign import FAILED, Campaign
 
-    from ..evolve.test_campaign import _cfg
+    from ..conftest import _cfg
 
     c = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=2,
                                         scheme="nsga2")), tmp_path / "run")
     c.initialise()
     before = list(c.population)
     offspring: list = []  # type: ignore[type-arg]
-    real = c._evaluate
+    real = c.evaluate
 
     def spy(trees):  # type: ignore[no-untyped-def]
         offspring.extend(trees)
         return real(trees)
 
-    c._evaluate = spy  # type: ignore[method-assign]
-    c._nsga2_generation()
+    c.evaluate = spy  # type: ignore[method-assign]
+    from gp_proxy.evolve.schemes import nsga2
+
+    nsga2(c)
     assert len(c.population) == len(before)
 
     def objectives(t):  # type: ignore[no-untyped-def]
-        r = c._rec(t)
+        r = c.record(t)
         a = r.assessment
         if r.fitness <= FAILED or a is None:
             return (-2.0, -2.0)
         beyond = a.sign * a.train_partial_tau_params
         return (r.fitness, beyond if np.isfinite(beyond) else -2.0)
 
-    pool = {c._key(t): objectives(t) for t in before + offspring}
+    pool = {c.key(t): objectives(t) for t in before + offspring}
     front = [k for k, v in pool.items()
              if not any(w[0] >= v[0] and w[1] >= v[1] and w != v for w in pool.values())]
-    kept = {c._key(t) for t in c.population}
+    kept = {c.key(t) for t in c.population}
     if len(front) <= len(c.population):
         assert set(front) <= kept
     c.run_dir.mkdir(parents=True, exist_ok=True)
@@ -324,7 +326,7 @@ def test_valid_for_builds_only_formulas_defined_on_a_vit_space(bench, tmp_path) 
     from gp_proxy.config import ConfigError, load_config
     from gp_proxy.evolve.campaign import Campaign, _feature_kinds
 
-    from ..evolve.test_campaign import _cfg
+    from ..conftest import _cfg
 
     vit = _feature_kinds("autoformer")
 
@@ -342,7 +344,7 @@ def test_valid_for_builds_only_formulas_defined_on_a_vit_space(bench, tmp_path) 
     c = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=2,
                                         valid_for=["autoformer"])), tmp_path / "run")
     c.run()
-    assert all(defined(c._key(t)) for t in c.population)
+    assert all(defined(c.key(t)) for t in c.population)
     assert all(defined(r.formula) for r in c.archive.values())
     with pytest.raises(ConfigError, match="not defined on every space"):
         Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=0,
@@ -353,7 +355,7 @@ def test_valid_for_builds_only_formulas_defined_on_a_vit_space(bench, tmp_path) 
 
 
 def test_paired_bootstrap_difference_against_params() -> None:
-    from gp_proxy.baselines.compare import proxy_metrics
+    from gp_proxy.baselines.metrics import proxy_metrics
 
     rng = np.random.default_rng(4)
     params = rng.integers(10_000, 1_000_000, 60).astype(float)
@@ -370,7 +372,7 @@ def test_bootstrap_intervals_of_partial_tau_and_of_the_difference_with_descripto
     """The partial τ's interval comes from the same resamples as τ's and contains the point
     estimate; the paired difference with the descriptor regression is 0 for the regression
     itself and positive for an oracle that the regression only approximates."""
-    from gp_proxy.baselines.compare import proxy_metrics
+    from gp_proxy.baselines.metrics import proxy_metrics
     from gp_proxy.evaluate.fitness import partial_kendall
 
     rng = np.random.default_rng(5)
@@ -403,7 +405,7 @@ def test_parsimony_pressure_shrinks_the_population_not_the_reported_fitness(
     from gp_proxy.config import load_config
     from gp_proxy.evolve.campaign import Campaign
 
-    from ..evolve.test_campaign import _cfg
+    from ..conftest import _cfg
 
     runs = {}
     for p in (0.0, 1.0):
@@ -412,7 +414,7 @@ def test_parsimony_pressure_shrinks_the_population_not_the_reported_fitness(
         c.run()
         hof = c.hall_of_fame()
         assert [r.fitness for r in hof] == sorted((r.fitness for r in hof), reverse=True)
-        runs[p] = statistics.mean(c._rec(t).complexity for t in c.population)
+        runs[p] = statistics.mean(c.record(t).complexity for t in c.population)
     assert runs[1.0] < runs[0.0]
 
 
@@ -422,12 +424,12 @@ def test_the_verdict_on_params_rests_on_the_paired_interval(bench, tmp_path, cap
     "beyond noise" only when the paired interval excludes 0."""
     import json
 
-    from gp_proxy.baselines.compare import proxy_metrics
+    from gp_proxy.baselines.metrics import proxy_metrics
     from gp_proxy.cli import _report
     from gp_proxy.config import load_config
     from gp_proxy.evolve.campaign import Campaign
 
-    from ..evolve.test_campaign import _cfg
+    from ..conftest import _cfg
 
     c = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=1)),
                  tmp_path / "run")

@@ -111,7 +111,7 @@ def test_guesses_seed_the_population(bench: Path, tmp_path: Path) -> None:
     c = Campaign(load_config(None, _cfg(bench, tmp_path / "cache", generations=0,
                                         guesses=[guess])), tmp_path / "g")
     c.run()
-    assert c._key(c.population[0]) == str(primitives.canonicalize(primitives.parse(guess)))
+    assert c.key(c.population[0]) == str(primitives.canonicalize(primitives.parse(guess)))
     bad = load_config(None, _cfg(bench, tmp_path / "cache", generations=0, guesses=["l1(k2)"]))
     with pytest.raises(primitives.GpProxyError, match="does not fit the 'both' grammar"):
         Campaign(bad, tmp_path / "h").run()
