@@ -227,3 +227,22 @@ def test_a_killed_teacher_training_resumes_to_the_same_weights(tmp_path: Path) -
     train_classifier(resumed, data.images, data.labels, recipe, seed=0, checkpoint=ckpt)
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_the_benchmark_kd_loss_keeps_its_bits() -> None:
+    """The committed benchmarks were trained with α·T²·KL + (1 − α)·CE multiplied in this
+    order; the shared divergence must reproduce it, and the registered kd loss T²·KL, exactly."""
+    import torch.nn.functional as F
+
+    from gp_proxy.bench.train import hinton_kd_loss
+    from gp_proxy.distill.losses import KD
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(64, 10, generator=g), torch.randn(64, 10, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    temp, alpha = 4.0, 0.9
+    log_ps, log_pt = F.log_softmax(s / temp, dim=1), F.log_softmax(t / temp, dim=1)
+    kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1).mean()
+    want = alpha * temp**2 * kl + (1 - alpha) * F.cross_entropy(s, y)
+    assert torch.equal(hinton_kd_loss(s, t, y, temp, alpha), want)
+    assert torch.equal(KD(None, temp)({"k3": s}, {"k3": t}, y), temp**2 * kl)
