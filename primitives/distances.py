@@ -238,35 +238,44 @@ def _cwd(temperature: float) -> Callable[[Tensor, Tensor], Tensor]:
     return fn
 
 
-def _reg(name: str, fn: Callable[[Tensor, Tensor], Tensor], kinds: tuple[Kind, ...], latex: str,
-         source: str = "Auto-DAS supplement C.2 / Listing 1.2", complexity: int = 1,
-         differentiable: bool = True, relation: bool = False, temperature: float = 0.0) -> None:
-    register(Op(
+def _distance(name: str, fn: Callable[[Tensor, Tensor], Tensor], kinds: tuple[Kind, ...],
+              latex: str, source: str = "Auto-DAS supplement C.2 / Listing 1.2",
+              complexity: int = 1, differentiable: bool = True, relation: bool = False,
+              temperature: float = 0.0) -> Op:
+    """The record of a teacher-student distance: one signature per input kind, its doc the
+    function's."""
+    return Op(
         name=name, family="distance",
         signatures=tuple(Signature((k,), Kind.SCORE, fn, _CONTRACTS[k]) for k in kinds),
         doc=(fn.__doc__ or "").strip(), source=source, pairwise=True, complexity=complexity,
         differentiable=differentiable, relation=relation, latex=latex, temperature=temperature,
-    ))
+    )
 
 
-_reg("l1", l1, _ALL, r"\ell_1\left({0}, {1}\right)")
-_reg("mse", mse, _ALL, r"\operatorname{{MSE}}\left({0}, {1}\right)")
-_reg("l2", l2, _ALL, r"\ell_2\left({0}, {1}\right)")
-_reg("smooth_l1", smooth_l1, _ALL, r"\ell_{{1,\mathrm{{smooth}}}}\left({0}, {1}\right)")
+register(_distance("l1", l1, _ALL, r"\ell_1\left({0}, {1}\right)"))
+register(_distance("mse", mse, _ALL, r"\operatorname{{MSE}}\left({0}, {1}\right)"))
+register(_distance("l2", l2, _ALL, r"\ell_2\left({0}, {1}\right)"))
+register(_distance(
+    "smooth_l1", smooth_l1, _ALL, r"\ell_{{1,\mathrm{{smooth}}}}\left({0}, {1}\right)"))
 for _t in TEMPERATURES:
-    _reg(f"kl_t{_t}", _kl(float(_t)), _ALL,
-         r"\operatorname{{KL}}_{{T=%d}}\left({1} \,\|\, {0}\right)" % _t,
-         source="Auto-DAS C.2; with kind fmap it is Auto-KD Eq. 2 (sample-wise KL)",
-         temperature=float(_t))
-_reg("cosine", cosine, _ALL, r"\operatorname{{cos-dist}}\left({0}, {1}\right)")
-_reg("pearson", pearson, _ALL, r"\operatorname{{pearson-dist}}\left({0}, {1}\right)")
-_reg("hard", hard, _ALL, r"\operatorname{{hard}}\left({0}, {1}\right)", differentiable=False)
-_reg("sp_dist", sp_dist, _ALL, r"D_{{\mathrm{{SP}}}}\left({0}, {1}\right)",
-     source="Auto-KD supplement Eq. 1", complexity=2, relation=True)
-_reg("ickd_dist", ickd_dist, (Kind.FMAP, Kind.SEQ), r"D_{{\mathrm{{ICKD}}}}\left({0}, {1}\right)",
-     source="Auto-KD supplement Eq. 3", complexity=2)
+    register(_distance(
+        f"kl_t{_t}", _kl(float(_t)), _ALL,
+        r"\operatorname{{KL}}_{{T=%d}}\left({1} \,\|\, {0}\right)" % _t,
+        source="Auto-DAS C.2; with kind fmap it is Auto-KD Eq. 2 (sample-wise KL)",
+        temperature=float(_t)))
+register(_distance("cosine", cosine, _ALL, r"\operatorname{{cos-dist}}\left({0}, {1}\right)"))
+register(_distance("pearson", pearson, _ALL, r"\operatorname{{pearson-dist}}\left({0}, {1}\right)"))
+register(_distance(
+    "hard", hard, _ALL, r"\operatorname{{hard}}\left({0}, {1}\right)", differentiable=False))
+register(_distance(
+    "sp_dist", sp_dist, _ALL, r"D_{{\mathrm{{SP}}}}\left({0}, {1}\right)",
+    source="Auto-KD supplement Eq. 1", complexity=2, relation=True))
+register(_distance(
+    "ickd_dist", ickd_dist, (Kind.FMAP, Kind.SEQ), r"D_{{\mathrm{{ICKD}}}}\left({0}, {1}\right)",
+    source="Auto-KD supplement Eq. 3", complexity=2))
 for _t in TEMPERATURES:
-    _reg(f"cwd_t{_t}", _cwd(float(_t)), (Kind.FMAP, Kind.SEQ),
-         r"D_{{\mathrm{{CWD}},T=%d}}\left({0}, {1}\right)" % _t,
-         source="Auto-KD supplement Eq. 4 / CWD (Shu et al. 2021)", complexity=2,
-         temperature=float(_t))
+    register(_distance(
+        f"cwd_t{_t}", _cwd(float(_t)), (Kind.FMAP, Kind.SEQ),
+        r"D_{{\mathrm{{CWD}},T=%d}}\left({0}, {1}\right)" % _t,
+        source="Auto-KD supplement Eq. 4 / CWD (Shu et al. 2021)", complexity=2,
+        temperature=float(_t)))

@@ -49,10 +49,11 @@ def _sig(inp: Kind, out: Kind, fn: Callable[..., Tensor], contract: str) -> Sign
     return Signature((inp,), out, fn, contract)
 
 
-def _reg(name: str, doc: str, sigs: list[Signature], source: str = _AUTODAS,
-         complexity: int = 1, latex: str = "", **props: Any) -> None:
-    register(Op(name=name, family="transform", signatures=tuple(sigs), doc=doc,
-                source=source, complexity=complexity, latex=latex, **props))
+def _transform(name: str, doc: str, sigs: list[Signature], source: str = _AUTODAS,
+               complexity: int = 1, latex: str = "", **props: Any) -> Op:
+    """The record of a transform (applied alike to the teacher and the student side)."""
+    return Op(name=name, family="transform", signatures=tuple(sigs), doc=doc, source=source,
+              complexity=complexity, latex=latex, **props)
 
 
 def _crop(x: Tensor, p: int) -> Tensor:
@@ -85,19 +86,22 @@ def _natt(x: Tensor) -> Tensor:
     return _attention(x, 1)
 
 
-_reg("satt", "spatial attention (FGD): HW · softmax(mean_c|F| / T) over positions, T=0.5",
-     [_sig(Kind.FMAP, Kind.VEC, _satt, "n c h w -> n (h w)")],
-     latex=r"A^{{S}}\left({0}\right)")
-_reg("catt", "channel attention (FGD): C · softmax(mean_hw|F| / T) over channels, T=0.5; "
-     "on seq/vec: C · softmax(F / T) over the channel axis",
-     [_sig(Kind.FMAP, Kind.VEC, _catt_map, "n c h w -> n c"),
-      _sig(Kind.SEQ, Kind.SEQ, _catt_axis, "n c m -> n c m"),
-      _sig(Kind.VEC, Kind.VEC, _catt_axis, "n d -> n d")],
-     latex=r"A^{{C}}\left({0}\right)")
-_reg("natt", "sample attention: N · softmax(F / T) over the sample axis, T=0.5",
-     [_sig(k, k, _natt, c) for k, c in ((Kind.FMAP, "n c h w -> n c h w"),
-                                        (Kind.SEQ, "n c m -> n c m"), (Kind.VEC, "n d -> n d"))],
-     latex=r"A^{{N}}\left({0}\right)")
+register(_transform(
+    "satt", "spatial attention (FGD): HW · softmax(mean_c|F| / T) over positions, T=0.5",
+    [_sig(Kind.FMAP, Kind.VEC, _satt, "n c h w -> n (h w)")],
+    latex=r"A^{{S}}\left({0}\right)"))
+register(_transform(
+    "catt", "channel attention (FGD): C · softmax(mean_hw|F| / T) over channels, T=0.5; "
+    "on seq/vec: C · softmax(F / T) over the channel axis",
+    [_sig(Kind.FMAP, Kind.VEC, _catt_map, "n c h w -> n c"),
+     _sig(Kind.SEQ, Kind.SEQ, _catt_axis, "n c m -> n c m"),
+     _sig(Kind.VEC, Kind.VEC, _catt_axis, "n d -> n d")],
+    latex=r"A^{{C}}\left({0}\right)"))
+register(_transform(
+    "natt", "sample attention: N · softmax(F / T) over the sample axis, T=0.5",
+    [_sig(k, k, _natt, c) for k, c in ((Kind.FMAP, "n c h w -> n c h w"),
+                                       (Kind.SEQ, "n c m -> n c m"), (Kind.VEC, "n d -> n d"))],
+    latex=r"A^{{N}}\left({0}\right)"))
 
 
 # ---------------------------------------------------------------- stochastic ---------------
@@ -115,15 +119,17 @@ def _drop(x: Tensor, generator: torch.Generator) -> Tensor:
     return x * keep.reshape((1, n, c) + (1,) * (x.dim() - 3))
 
 
-_reg("mask", "random spatial mask (MGD): zero 65% of positions, same mask for every channel, "
-     "architecture, teacher and student", [_sig(Kind.FMAP, Kind.FMAP, _mask, "n c h w -> n c h w")],
-     source="Auto-DAS C.1 / MGD (Yang et al. 2022)", stochastic=True,
-     latex=r"\operatorname{{mask}}\left({0}\right)")
-_reg("drop", "channel dropout p=0.1 (whole channel maps for fmap/seq, elements for vec), "
-     "rescaled by 1/(1-p)",
-     [_sig(k, k, _drop, c) for k, c in ((Kind.FMAP, "n c h w -> n c h w"),
-                                        (Kind.SEQ, "n c m -> n c m"), (Kind.VEC, "n d -> n d"))],
-     stochastic=True)
+register(_transform(
+    "mask", "random spatial mask (MGD): zero 65% of positions, same mask for every channel, "
+    "architecture, teacher and student", [_sig(Kind.FMAP, Kind.FMAP, _mask, "n c h w -> n c h w")],
+    source="Auto-DAS C.1 / MGD (Yang et al. 2022)", stochastic=True,
+    latex=r"\operatorname{{mask}}\left({0}\right)"))
+register(_transform(
+    "drop", "channel dropout p=0.1 (whole channel maps for fmap/seq, elements for vec), "
+    "rescaled by 1/(1-p)",
+    [_sig(k, k, _drop, c) for k, c in ((Kind.FMAP, "n c h w -> n c h w"),
+                                       (Kind.SEQ, "n c m -> n c m"), (Kind.VEC, "n d -> n d"))],
+    stochastic=True))
 
 
 # ---------------------------------------------------------------- grams and reshapes ------
@@ -151,34 +157,40 @@ def _ickd(x: Tensor) -> Tensor:
     return g / norm.clamp_min(NORM_EPS)
 
 
-_reg("bmm", "per-sample channel gram F Fᵀ (C × C)",
-     [_sig(Kind.FMAP, Kind.SEQ, _bmm, "n c h w -> n c c"),
-      _sig(Kind.SEQ, Kind.SEQ, _bmm, "n c m -> n c c")],
-     complexity=2, latex=r"G_{{C}}\left({0}\right)")
-_reg("mm", "batch gram F Fᵀ over flattened samples (N × N)",
-     [_sig(Kind.FMAP, Kind.VEC, _mm, "n c h w -> n n"),
-      _sig(Kind.SEQ, Kind.VEC, _mm, "n c m -> n n"),
-      _sig(Kind.VEC, Kind.VEC, _mm, "n d -> n n")],
-     complexity=2, latex=r"G_{{N}}\left({0}\right)")
-_reg("sp", "sample-wise relation (SP, Tung & Mori 2019; Auto-KD Eq. 1): batch gram with each "
-     "row L2-normalised",
-     [_sig(Kind.FMAP, Kind.VEC, _sp, "n c h w -> n n"),
-      _sig(Kind.SEQ, Kind.VEC, _sp, "n c m -> n n"),
-      _sig(Kind.VEC, Kind.VEC, _sp, "n d -> n n")],
-     source="Auto-KD supplement Eq. 1 / SP", complexity=2,
-     latex=r"\operatorname{{SP}}\left({0}\right)")
-_reg("ickd", "channel-wise relation (ICKD, Liu et al. 2021; Auto-KD Eq. 3): per-sample channel "
-     "gram divided by its Frobenius norm",
-     [_sig(Kind.FMAP, Kind.SEQ, _ickd, "n c h w -> n c c"),
-      _sig(Kind.SEQ, Kind.SEQ, _ickd, "n c m -> n c c")],
-     source="Auto-KD supplement Eq. 3 / ICKD", complexity=2,
-     latex=r"\operatorname{{ICKD}}\left({0}\right)")
-_reg("batch", "flatten each sample: n c h w -> n (c h w)",
-     [_sig(Kind.FMAP, Kind.VEC, _flat, "n c h w -> n (c h w)"),
-      _sig(Kind.SEQ, Kind.VEC, _flat, "n c m -> n (c m)")])
-_reg("channel", "flatten positions: n c h w -> n c (h w)",
-     [_sig(Kind.FMAP, Kind.SEQ, lambda x: rearrange(x, "a n c h w -> a n c (h w)"),
-           "n c h w -> n c (h w)")])
+register(_transform(
+    "bmm", "per-sample channel gram F Fᵀ (C × C)",
+    [_sig(Kind.FMAP, Kind.SEQ, _bmm, "n c h w -> n c c"),
+     _sig(Kind.SEQ, Kind.SEQ, _bmm, "n c m -> n c c")],
+    complexity=2, latex=r"G_{{C}}\left({0}\right)"))
+register(_transform(
+    "mm", "batch gram F Fᵀ over flattened samples (N × N)",
+    [_sig(Kind.FMAP, Kind.VEC, _mm, "n c h w -> n n"),
+     _sig(Kind.SEQ, Kind.VEC, _mm, "n c m -> n n"),
+     _sig(Kind.VEC, Kind.VEC, _mm, "n d -> n n")],
+    complexity=2, latex=r"G_{{N}}\left({0}\right)"))
+register(_transform(
+    "sp", "sample-wise relation (SP, Tung & Mori 2019; Auto-KD Eq. 1): batch gram with each "
+    "row L2-normalised",
+    [_sig(Kind.FMAP, Kind.VEC, _sp, "n c h w -> n n"),
+     _sig(Kind.SEQ, Kind.VEC, _sp, "n c m -> n n"),
+     _sig(Kind.VEC, Kind.VEC, _sp, "n d -> n n")],
+    source="Auto-KD supplement Eq. 1 / SP", complexity=2,
+    latex=r"\operatorname{{SP}}\left({0}\right)"))
+register(_transform(
+    "ickd", "channel-wise relation (ICKD, Liu et al. 2021; Auto-KD Eq. 3): per-sample channel "
+    "gram divided by its Frobenius norm",
+    [_sig(Kind.FMAP, Kind.SEQ, _ickd, "n c h w -> n c c"),
+     _sig(Kind.SEQ, Kind.SEQ, _ickd, "n c m -> n c c")],
+    source="Auto-KD supplement Eq. 3 / ICKD", complexity=2,
+    latex=r"\operatorname{{ICKD}}\left({0}\right)"))
+register(_transform(
+    "batch", "flatten each sample: n c h w -> n (c h w)",
+    [_sig(Kind.FMAP, Kind.VEC, _flat, "n c h w -> n (c h w)"),
+     _sig(Kind.SEQ, Kind.VEC, _flat, "n c m -> n (c m)")]))
+register(_transform(
+    "channel", "flatten positions: n c h w -> n c (h w)",
+    [_sig(Kind.FMAP, Kind.SEQ, lambda x: rearrange(x, "a n c h w -> a n c (h w)"),
+          "n c h w -> n c (h w)")]))
 
 
 # ---------------------------------------------------------------- multi-scale and local ---
@@ -195,21 +207,24 @@ def _local(p: int) -> Callable[[Tensor], Tensor]:
 
 
 for _r in (1, 2, 4):
-    _reg(f"multi_scale_r{_r}",
-         f"spatial pyramid level (Review, Chen et al. 2021): {_r}x{_r} max pooling",
-         [_sig(Kind.FMAP, Kind.FMAP, _multi_scale(_r),
-               f"n c h w -> n c h//{_r} w//{_r}" if _r > 1 else "n c h w -> n c h w")],
-         identity=_r == 1, min_map=_r,
-         latex=r"\operatorname{{MS}}_{{%d}}\left({0}\right)" % _r)
-_reg("local_s1", "local patches of 1x1 (LKD): every position becomes its own instance",
-     [_sig(Kind.FMAP, Kind.VEC, lambda x: rearrange(x, "a n c h w -> a n (c h w)"),
-           "n c h w -> n (c h w)")], latex=r"\operatorname{{local}}_{{1}}\left({0}\right)")
+    register(_transform(
+        f"multi_scale_r{_r}",
+        f"spatial pyramid level (Review, Chen et al. 2021): {_r}x{_r} max pooling",
+        [_sig(Kind.FMAP, Kind.FMAP, _multi_scale(_r),
+              f"n c h w -> n c h//{_r} w//{_r}" if _r > 1 else "n c h w -> n c h w")],
+        identity=_r == 1, min_map=_r,
+        latex=r"\operatorname{{MS}}_{{%d}}\left({0}\right)" % _r))
+register(_transform(
+    "local_s1", "local patches of 1x1 (LKD): every position becomes its own instance",
+    [_sig(Kind.FMAP, Kind.VEC, lambda x: rearrange(x, "a n c h w -> a n (c h w)"),
+          "n c h w -> n (c h w)")], latex=r"\operatorname{{local}}_{{1}}\left({0}\right)"))
 for _p in (2, 4):
-    _reg(f"local_s{_p}", f"local patches of {_p}x{_p} (LKD, Li et al. 2020), stacked on the "
-         "channel axis",
-         [_sig(Kind.FMAP, Kind.FMAP, _local(_p),
-               f"n c h w -> n (c h//{_p} w//{_p}) {_p} {_p}")],
-         min_map=_p, latex=r"\operatorname{{local}}_{{%d}}\left({0}\right)" % _p)
+    register(_transform(
+        f"local_s{_p}", f"local patches of {_p}x{_p} (LKD, Li et al. 2020), stacked on the "
+        "channel axis",
+        [_sig(Kind.FMAP, Kind.FMAP, _local(_p),
+              f"n c h w -> n (c h//{_p} w//{_p}) {_p} {_p}")],
+        min_map=_p, latex=r"\operatorname{{local}}_{{%d}}\left({0}\right)" % _p))
 
 
 # ---------------------------------------------------------------- normalisations ----------
@@ -258,23 +273,29 @@ def _softmax_hw(log: bool) -> Callable[[Tensor], Tensor]:
 
 
 _ALL = ((Kind.FMAP, "n c h w -> n c h w"), (Kind.SEQ, "n c m -> n c m"), (Kind.VEC, "n d -> n d"))
-_reg("norm_hw", "L2-normalise over positions",
-     [_sig(Kind.FMAP, Kind.FMAP, _normalize((3, 4)), "n c h w -> n c h w"),
-      _sig(Kind.SEQ, Kind.SEQ, _normalize((3,)), "n c m -> n c m")], idempotent=True)
-_reg("norm_c", "L2-normalise over channels",
-     [_sig(k, k, _normalize((2,)), c) for k, c in _ALL], idempotent=True)
-_reg("norm_n", "L2-normalise over samples",
-     [_sig(k, k, _normalize((1,)), c) for k, c in _ALL], idempotent=True)
+register(_transform(
+    "norm_hw", "L2-normalise over positions",
+    [_sig(Kind.FMAP, Kind.FMAP, _normalize((3, 4)), "n c h w -> n c h w"),
+     _sig(Kind.SEQ, Kind.SEQ, _normalize((3,)), "n c m -> n c m")], idempotent=True))
+register(_transform(
+    "norm_c", "L2-normalise over channels",
+    [_sig(k, k, _normalize((2,)), c) for k, c in _ALL], idempotent=True))
+register(_transform(
+    "norm_n", "L2-normalise over samples",
+    [_sig(k, k, _normalize((1,)), c) for k, c in _ALL], idempotent=True))
 for _log in (False, True):
     _pre = "log" if _log else ""
     _f = torch.log_softmax if _log else torch.softmax
-    _reg(f"{_pre}softmax_n", f"{_pre} softmax over the sample axis",
-         [_sig(k, k, (lambda f: lambda x: f(x, dim=1))(_f), c) for k, c in _ALL])
-    _reg(f"{_pre}softmax_c", f"{_pre} softmax over the channel axis",
-         [_sig(k, k, (lambda f: lambda x: f(x, dim=2))(_f), c) for k, c in _ALL])
-    _reg(f"{_pre}softmax_hw", f"{_pre} softmax over positions",
-         [_sig(Kind.FMAP, Kind.SEQ, _softmax_hw(_log), "n c h w -> n c (h w)"),
-          _sig(Kind.SEQ, Kind.SEQ, _softmax_hw(_log), "n c m -> n c m")])
+    register(_transform(
+        f"{_pre}softmax_n", f"{_pre} softmax over the sample axis",
+        [_sig(k, k, (lambda f: lambda x: f(x, dim=1))(_f), c) for k, c in _ALL]))
+    register(_transform(
+        f"{_pre}softmax_c", f"{_pre} softmax over the channel axis",
+        [_sig(k, k, (lambda f: lambda x: f(x, dim=2))(_f), c) for k, c in _ALL]))
+    register(_transform(
+        f"{_pre}softmax_hw", f"{_pre} softmax over positions",
+        [_sig(Kind.FMAP, Kind.SEQ, _softmax_hw(_log), "n c h w -> n c (h w)"),
+         _sig(Kind.SEQ, Kind.SEQ, _softmax_hw(_log), "n c m -> n c m")]))
 
 
 def _min_max(x: Tensor) -> Tensor:
@@ -296,8 +317,10 @@ def _batchnorm(x: Tensor) -> Tensor:
     return centred / std if recording(centred, std) else centred.div_(std)
 
 
-_reg("min_max_normalize", "(x - min) / (max - min) over each architecture's tensor; 0 if constant",
-     [_sig(k, k, _min_max, c) for k, c in _ALL], idempotent=True)
-_reg("batchnorm", "parameter-free batch norm: per channel, batch statistics over samples and "
-     "positions, eps=1e-5", [_sig(k, k, _batchnorm, c) for k, c in _ALL],
-     latex=r"\operatorname{{BN}}\left({0}\right)")
+register(_transform(
+    "min_max_normalize", "(x - min) / (max - min) over each architecture's tensor; 0 if constant",
+    [_sig(k, k, _min_max, c) for k, c in _ALL], idempotent=True))
+register(_transform(
+    "batchnorm", "parameter-free batch norm: per channel, batch statistics over samples and "
+    "positions, eps=1e-5", [_sig(k, k, _batchnorm, c) for k, c in _ALL],
+    latex=r"\operatorname{{BN}}\left({0}\right)"))
