@@ -194,6 +194,12 @@ class SearchSpace(ABC):
     def build_teacher(self, name: str, seed: int = 0) -> FeatureNet:
         raise SpecError(f"space {self.name} has no teacher {name!r}")
 
+    def check_teacher(self, name: str) -> None:
+        """One line naming the choices when ``name`` is not one of :meth:`teachers`."""
+        if name not in self.teachers():
+            raise SpecError(f"{self.name}: unknown teacher {name!r}; choose from "
+                            f"{', '.join(self.teachers())}")
+
     def params(self, spec: str) -> int:
         return count_params(self.build(spec))
 

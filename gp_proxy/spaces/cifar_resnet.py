@@ -94,8 +94,6 @@ class CifarResNetSpace(SearchSpace):
         return list(TEACHERS)
 
     def build_teacher(self, name: str = "resnet110", seed: int = 0) -> FeatureNet:
-        if name not in TEACHERS:
-            raise SpecError(f"{self.name}: unknown teacher {name!r}; choose from "
-                            f"{', '.join(TEACHERS)}")
+        self.check_teacher(name)
         return seeded_init(CifarResNet(TEACHERS[name], self.num_classes, self.input_shape[0]),
                            seed)  # type: ignore[return-value]

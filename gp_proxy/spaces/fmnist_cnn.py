@@ -161,8 +161,6 @@ class FmnistCNNSpace(SearchSpace):
         return list(TEACHERS)
 
     def build_teacher(self, name: str = "resnet-t", seed: int = 0) -> FeatureNet:
-        if name not in TEACHERS:
-            raise SpecError(f"{self.name}: unknown teacher {name!r}; choose from "
-                            f"{', '.join(TEACHERS)}")
+        self.check_teacher(name)
         model = TEACHERS[name](self.num_classes, self.input_shape[0])
         return seeded_init(model, seed)  # type: ignore[return-value]

@@ -155,6 +155,5 @@ class NB201Space(SearchSpace):
     def build_teacher(self, name: str = "resnet56", seed: int = 0) -> FeatureNet:
         from .cifar_resnet import CifarResNetSpace
 
-        if name != "resnet56":
-            raise SpecError(f"{self.name}: unknown teacher {name!r}; choose resnet56")
+        self.check_teacher(name)
         return CifarResNetSpace(self.num_classes).adapt(self.input_shape).build_teacher(name, seed)

@@ -198,8 +198,7 @@ class AutoFormerSpace(SearchSpace):
         return ["vit-s"]
 
     def build_teacher(self, name: str = "vit-s", seed: int = 0) -> FeatureNet:
-        if name != "vit-s":
-            raise SpecError(f"{self.name}: unknown teacher {name!r}; choose vit-s")
+        self.check_teacher(name)
         net = AutoFormerNet(384, [4.0] * 12, [6] * 12, self.num_classes, self.input_shape)
         return seeded_init(net, seed)  # type: ignore[return-value]
 
@@ -320,7 +319,6 @@ class PiTSpace(SearchSpace):
         return ["pit-s"]
 
     def build_teacher(self, name: str = "pit-s", seed: int = 0) -> FeatureNet:
-        if name != "pit-s":
-            raise SpecError(f"{self.name}: unknown teacher {name!r}; choose pit-s")
+        self.check_teacher(name)
         return seeded_init(PiTNet(48, [2, 6, 4], [3, 6, 12], 4.0, self.num_classes,
                                   self.input_shape), seed)  # type: ignore[return-value]
