@@ -233,7 +233,7 @@ def test_image_folder_and_torch_dataset_plugins(tmp_path: Path) -> None:
     assert ds.load(tmp_path, "test", 8).images.shape == (4, 3, 8, 8)
     with pytest.raises(GpProxyError, match="no class folders"):
         ds.load(tmp_path / "nowhere", "train", 8)
-    torch_ds = get_dataset("tests.test_plugins:_tensor_dataset")
+    torch_ds = get_dataset("tests.plugin.test_plugins:_tensor_dataset")
     got = torch_ds.load(None, "test", 6)
     assert got.images.shape == (5, 1, 6, 6) and got.labels.tolist() == [0, 1, 2, 0, 1]
 
