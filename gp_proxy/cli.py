@@ -34,6 +34,12 @@ SchedulerOpt = Annotated[str | None, typer.Option(
 SplitSeedOpt = Annotated[int, typer.Option(min=0, help="seed of the train/held-out split (a "
                                                        "run's split_seed)")]
 TestFractionOpt = Annotated[float, typer.Option(min=0.05, max=0.95, help="held-out fraction")]
+StudentOpt = Annotated[str, typer.Option(help="student spec of the benchmark's space")]
+BenchmarkOpt = Annotated[Path, typer.Option(help="benchmark folder: space and teacher")]
+DataOpt = Annotated[Path | None, typer.Option(help="dataset folder (Fashion-MNIST IDX files)")]
+TrainingBackendOpt = Annotated[str, typer.Option(
+    help="where trainings run: processes (--workers local processes) or dask (a cluster at "
+         "--scheduler, or a new LocalCluster)")]
 
 
 def _evaluation(backend: str, workers: int, scheduler: str | None) -> dict[str, Any]:
@@ -784,12 +790,10 @@ def search_cmd(
 
 @app.command("distill")
 def distill_cmd(
-    student: Annotated[str, typer.Option(help="student spec of the benchmark's space")],
+    student: StudentOpt,
     out: Annotated[Path, typer.Option(help="run directory (resumes if it holds a checkpoint)")],
-    benchmark: Annotated[Path, typer.Option(help="benchmark folder: space and teacher")
-                         ] = Path("benchmarks/fmnist"),
-    data: Annotated[Path | None, typer.Option(help="folder with the Fashion-MNIST IDX files")
-                    ] = None,
+    benchmark: BenchmarkOpt = Path("benchmarks/fmnist"),
+    data: DataOpt = None,
     losses: Annotated[str, typer.Option(help="name=weight,... from kd, fitnet, at, sp, rkd, pkt, "
                                              "ickd, dkd, formula")] = "kd=0.9",
     formula: Annotated[str | None, typer.Option(help="formula (or run dir) for the 'formula' "
@@ -878,12 +882,10 @@ def distill_cmd(
 
 @app.command("distiller-search")
 def distiller_search(
-    student: Annotated[str, typer.Option(help="student spec of the benchmark's space")],
+    student: StudentOpt,
     out: Annotated[Path, typer.Option(help="search directory (resumes what it holds)")],
-    benchmark: Annotated[Path, typer.Option(help="benchmark folder: space and teacher")
-                         ] = Path("benchmarks/fmnist"),
-    data: Annotated[Path | None, typer.Option(help="dataset folder (Fashion-MNIST IDX files)")
-                    ] = None,
+    benchmark: BenchmarkOpt = Path("benchmarks/fmnist"),
+    data: DataOpt = None,
     algorithm: Annotated[str, typer.Option(help="mcts, random or gp (a DEAP GA)")] = "mcts",
     budget: Annotated[int, typer.Option(min=1, help="proxy trainings")] = 32,
     epochs: Annotated[int, typer.Option(min=1, help="epochs of a proxy training")] = 3,
@@ -894,9 +896,7 @@ def distiller_search(
     batch: Annotated[int, typer.Option(min=1, help="proxy trainings per round")] = 2,
     workers: Annotated[int, typer.Option(min=1, help="processes for a round's trainings")] = 1,
     seed: Annotated[int, typer.Option(min=0, help="seed of the search and the trainings")] = 0,
-    backend: Annotated[str, typer.Option(
-        help="where trainings run: processes (--workers local processes) or dask (a cluster "
-             "at --scheduler, or a new LocalCluster)")] = "processes",
+    backend: TrainingBackendOpt = "processes",
     scheduler: SchedulerOpt = None,
 ) -> None:
     """Search the distiller for one student (Auto-KD): MCTS, random search or a GA, every
@@ -928,10 +928,10 @@ def distiller_search(
 
 @app.command("distpro-search")
 def distpro_search(
-    student: Annotated[str, typer.Option(help="student spec of the benchmark's space")],
+    student: StudentOpt,
     out: Annotated[Path, typer.Option(help="search directory (resumes what it holds)")],
     benchmark: Annotated[Path, typer.Option(help="benchmark folder")] = Path("benchmarks/fmnist"),
-    data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
+    data: DataOpt = None,
     epochs: Annotated[int, typer.Option(min=1, help="search epochs (T_search)")] = 4,
     distance: Annotated[str, typer.Option(help="l2, l1 or hcl (ReviewKD)")] = "hcl",
     alpha_lr: Annotated[float, typer.Option(help="Adam learning rate of α̃")] = 0.05,
@@ -980,16 +980,14 @@ def distiller_compare(
     benchmark: Annotated[Path, typer.Option(help="benchmark folder")] = Path("benchmarks/fmnist"),
     students: Annotated[str, typer.Option(help="comma-separated student specs")
                         ] = "w8-d111-k3,w12-d212-k5,w16-d111-k3",
-    data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
+    data: DataOpt = None,
     budget: Annotated[int, typer.Option(min=1, help="proxy trainings per search")] = 24,
     top: Annotated[int, typer.Option(min=1, help="distillers of each search trained fully")] = 2,
     seeds: Annotated[str, typer.Option(help="seeds of the full trainings")] = "0,1,2",
     epochs: Annotated[int, typer.Option(min=1, help="epochs of a full training")] = 10,
     proxy_epochs: Annotated[int, typer.Option(min=1, help="epochs of a proxy training")] = 3,
     workers: Annotated[int, typer.Option(min=1, help="processes")] = 2,
-    backend: Annotated[str, typer.Option(
-        help="where trainings run: processes (--workers local processes) or dask (a cluster "
-             "at --scheduler, or a new LocalCluster)")] = "processes",
+    backend: TrainingBackendOpt = "processes",
     scheduler: SchedulerOpt = None,
 ) -> None:
     """Searched distillers (MCTS, random, GA) against KD, FitNet, AT, SP, RKD, PKT, ICKD, DKD
@@ -1036,7 +1034,7 @@ def distpro_compare(
     benchmark: Annotated[Path, typer.Option(help="benchmark folder")] = Path("benchmarks/fmnist"),
     students: Annotated[str, typer.Option(help="comma-separated student specs")
                         ] = "w8-d111-k3,w12-d212-k5,w16-d111-k3",
-    data: Annotated[Path | None, typer.Option(help="dataset folder")] = None,
+    data: DataOpt = None,
     search_epochs: Annotated[int, typer.Option(min=1, help="epochs of the search phase")] = 3,
     seeds: Annotated[str, typer.Option(help="seeds of the trainings")] = "0,1,2",
     epochs: Annotated[int, typer.Option(min=1, help="epochs of the full recipe")] = 10,
@@ -1045,9 +1043,7 @@ def distpro_compare(
     autokd: Annotated[Path | None, typer.Option(help="an Auto-KD comparison folder: its best "
                                                      "distiller per student joins")] = None,
     workers: Annotated[int, typer.Option(min=1, help="processes")] = 2,
-    backend: Annotated[str, typer.Option(
-        help="where trainings run: processes (--workers local processes) or dask (a cluster "
-             "at --scheduler, or a new LocalCluster)")] = "processes",
+    backend: TrainingBackendOpt = "processes",
     scheduler: SchedulerOpt = None,
 ) -> None:
     """DistPro against CE and KD: equal weights, α_T held, the learned process, at the full
@@ -1086,8 +1082,7 @@ def pipeline_cmd(
     proxy: Annotated[str | None, typer.Option(help="run directory or formula (default: evolve "
                                                    "one now)")] = None,
     benchmark: Annotated[Path, typer.Option(help="benchmark folder")] = Path("benchmarks/fmnist"),
-    data: Annotated[Path | None, typer.Option(help="folder with the Fashion-MNIST IDX files")
-                    ] = None,
+    data: DataOpt = None,
     max_params: Annotated[int | None, typer.Option(min=1, help="budget: params")] = None,
     max_flops: Annotated[int | None, typer.Option(min=1, help="budget: MACs")] = None,
     strategy: Annotated[str, typer.Option(help="exhaustive, evolution or random")
