@@ -63,9 +63,8 @@ from gp_proxy.evaluate.cache import CacheConfig, FeatureCache, load_cache  # noq
 from gp_proxy.evaluate.evaluator import Evaluator  # noqa: E402
 from gp_proxy.evolve.pset import build_pset  # noqa: E402
 from gp_proxy.evolve.variation import crossover, mutate  # noqa: E402
-from gp_proxy.plugin.proxy import _STUDENT_ONLY  # noqa: E402
 from gp_proxy.spaces import get_space  # noqa: E402
-from primitives import Kind, Ragged  # noqa: E402
+from primitives import Kind  # noqa: E402
 
 
 def population(n: int, seed: int, misaligned: dict[str, frozenset[int]] | None = None,
@@ -165,7 +164,7 @@ def input_bytes(formula: str, cache: FeatureCache) -> int:
 
 def _reads_layers(node: primitives.Node) -> bool:
     """Whether ``node`` reads a student-only per-layer input (act, grad, weight)."""
-    return any(not n.args and n.name in _STUDENT_ONLY for n in node.walk())
+    return any(not n.args and primitives.get(n.name).side == "student" for n in node.walk())
 
 
 def _teacher_features(teacher: torch.nn.Module, images: torch.Tensor) -> dict[str, object]:
@@ -181,14 +180,13 @@ def _student_env(m: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
         with torch.no_grad():
             m.train()
             return {k: v.unsqueeze(0) for k, v in m.features(images).items()}  # type: ignore[operator]
-    from gp_proxy.evaluate.cache import _student_tensors
+    from primitives.reference import collect_student_layers
 
-    t = _student_tensors(m, images, labels, act_samples)  # type: ignore[arg-type]
-    n = len(m.weight_layers())  # type: ignore[operator]
-    env: dict[str, object] = {k: t[k].unsqueeze(0) for k in ("k1", "k2", "k3")}
-    for name, kind in (("act", Kind.ASET), ("grad", Kind.WSET), ("weight", Kind.WSET)):
-        env[name] = Ragged.from_layers(kind, [[t[f"{name}.{i}"] for i in range(n)]])
-    return env
+    got = collect_student_layers(m, images, labels, act_samples, forward=m.features)
+    feats = got.pop("outputs")
+    assert isinstance(feats, dict)
+    return {**{k: v.detach().unsqueeze(0) for k, v in feats.items()},
+            **primitives.gather_inputs([got], "student")}
 
 
 def _teacher(space_name: str, teacher_name: str, teacher_weights: str | None, device: str
