@@ -18,11 +18,12 @@ space.
 3. A large space: random NB-201 architectures (random-init students and teacher, 8 random
    3x32x32 probe images, 2 activation samples), a feature cache built on the Dask cluster
    (one task per architecture), then, for each size of ``--large`` (the first N of them) on
-   freshly restarted workers, ``--large-population`` parents and as many offspring evaluated
-   with ``held_bytes`` = ``--held-mb`` over both workers. Recorded per size: the cache's size
-   on disk, each worker's resident-memory high-water mark (VmHWM) after start and after the
-   evaluation, and the bound the design states beyond start-up (held share + memo + kept
-   share + one chunk). Bounded memory shows as a peak that does not grow with the size.
+   fresh worker processes (a new cluster per size), ``--large-population`` parents and as
+   many offspring evaluated with ``held_bytes`` = ``--held-mb`` over both workers. Recorded
+   per size: the cache's size on disk, each worker's resident-memory high-water mark (VmHWM)
+   after start and after the evaluation, and the bound the design states beyond start-up
+   (held share + memo + kept share + one chunk). Bounded memory shows as a peak that does not
+   grow with the size.
 """
 
 from __future__ import annotations
@@ -132,7 +133,6 @@ def large(args: argparse.Namespace, scheduler: str, tmp: Path) -> dict[str, Any]
     out: dict[str, Any] = {"space": "nb201", "cache_build_s": time.perf_counter() - t0,
                            "cache_build_archs": len(archs), "held_mb_all_workers": args.held_mb,
                            "per_size": {}}
-    client = Client(scheduler)
     for n in sizes:
         cache = load_cache(root, cfg, archs[:n], lazy=True)
         disk = sum((folder / "archs" / f"{_name(s.spec)}").stat().st_size
@@ -141,27 +141,39 @@ def large(args: argparse.Namespace, scheduler: str, tmp: Path) -> dict[str, Any]
                              kinds=cache.feature_kinds)
         children = offspring(parents, args.large_population, 1, cache.misaligned(),
                              cache.feature_kinds)
-        client.restart(timeout=600)  # fresh worker processes: this size's peak alone
-        base = client.run(peak_rss_mb)
-        t1 = time.perf_counter()
-        with Evaluator(cache, threads=1, backend="dask", scheduler=scheduler,
-                       held_bytes=args.held_mb << 20) as ev:
-            results = ev.evaluate(parents) + ev.evaluate(children)
-            chunk_mb = max(sum(cache.students[i].nbytes for i in idx) for idx in ev.plan) / 2**20
-            chunks = len(ev.plan)
-        row = {"cache_mb_on_disk": disk / 2**20, "chunks": chunks, "largest_chunk_mb": chunk_mb,
-               "formulas": len(results), "ok": sum(r.ok for r in results),
-               "evaluation_s": time.perf_counter() - t1,
-               "worker_peak_mb_after_start": base, "worker_peak_mb": client.run(peak_rss_mb)}
+        # fresh worker processes, so that this size's peak is its own: a new cluster per size
+        # rather than ``client.restart()``, which on a loaded machine can lose both workers
+        # for good (dask/distributed#7312: a lost-worker timer left by one restart closes the
+        # nannies while the next restart's workers are still starting)
+        with _cluster() as fresh, Client(fresh) as client:
+            base = client.run(peak_rss_mb)
+            t1 = time.perf_counter()
+            with Evaluator(cache, threads=1, backend="dask", scheduler=fresh.scheduler_address,
+                           held_bytes=args.held_mb << 20) as ev:
+                results = ev.evaluate(parents) + ev.evaluate(children)
+                chunk_mb = max(sum(cache.students[i].nbytes for i in idx)
+                               for idx in ev.plan) / 2**20
+                chunks = len(ev.plan)
+            row = {"cache_mb_on_disk": disk / 2**20, "chunks": chunks,
+                   "largest_chunk_mb": chunk_mb, "formulas": len(results),
+                   "ok": sum(r.ok for r in results), "evaluation_s": time.perf_counter() - t1,
+                   "worker_peak_mb_after_start": base, "worker_peak_mb": client.run(peak_rss_mb)}
         out["per_size"][str(n)] = row
         print(n, json.dumps(row), flush=True)
-    client.close()
     # the design's bound per worker, beyond the interpreter, torch and the plan: its share of
     # held_bytes, the memo (512 MiB), its share of kept values (64 MiB) and one chunk
     out["stated_bound_mb_beyond_start"] = (args.held_mb / 2 + 512 + 32
                                            + max(r["largest_chunk_mb"]
                                                  for r in out["per_size"].values()))
     return out
+
+
+def _cluster() -> Any:
+    """The benchmark's cluster: 2 single-threaded worker processes on this machine."""
+    from distributed import LocalCluster
+
+    return LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                        dashboard_address=":0", silence_logs=logging.ERROR)
 
 
 def _name(spec: str) -> str:
@@ -194,16 +206,12 @@ def main() -> None:
     ap.add_argument("--parts", default="embedded,overhead,large")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from distributed import LocalCluster
-
     report: dict[str, Any] = {
         "command": " ".join(["python", *sys.argv]),
         "machine": {"cores": os.cpu_count(), "processor": platform.processor() or
                     platform.machine(), "torch": torch.__version__}}
     t0 = time.perf_counter()
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
-            tempfile.TemporaryDirectory() as tmp:
+    with _cluster() as cluster, tempfile.TemporaryDirectory() as tmp:
         report["local_cluster_start_s"] = time.perf_counter() - t0
         parts = args.parts.split(",")
         if "embedded" in parts:
