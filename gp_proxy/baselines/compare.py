@@ -203,10 +203,12 @@ def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root:
             name, kind, scores = resolve_scores(item, bench, cache, cache_root, seed,
                                                 fit_on=splits.train, evaluation=evaluation)
         except GpProxyError as err:
-            formula = REPORTED[item].formula if item in REPORTED else item
-            if item in (*SIZE_STATISTICS, DESCRIPTORS) or item in MEASURES or Path(item).exists():
+            if item in (*SIZE_STATISTICS, DESCRIPTORS) or Path(item).exists():
                 raise
-            parse(formula)  # a malformed formula is the user's error: raise it
+            if item not in MEASURES:
+                # a malformed formula is the user's error: raise it (a formula that fails on
+                # this space, like a measure that does not apply to it, is a failed row)
+                parse(REPORTED[item].formula if item in REPORTED else item)
             rows.append(ProxyRow(item, "failed", {}, str(err)))
             continue
         metrics = proxy_metrics(scores, y, bench.params, splits, bootstrap, seed, desc)

@@ -191,17 +191,22 @@ def zen(model: nn.Module, x: Tensor, y: Tensor, alpha: float = 0.01) -> float:
 @dataclass(frozen=True)
 class Measure:
     """A zero-cost measure: ``fn(model, x, y)``, or ``fn(teacher, model, x, y)`` when it
-    ``needs_teacher`` (DisWOT compares the student with a teacher)."""
+    ``needs_teacher`` (DisWOT compares the student with a teacher). ``reads``: the module type
+    whose outputs it hooks, if any; a model without one is refused with a clear error rather
+    than scored as a constant (a model applying ``F.relu`` has no ``nn.ReLU`` to hook)."""
 
     fn: Callable[..., float]
     needs_teacher: bool = False
+    reads: type[nn.Module] | None = None
 
 
 def _builtins() -> None:
     for name, fn in (("grad_norm", grad_norm), ("snip", snip), ("grasp", grasp),
-                     ("fisher", fisher), ("synflow", synflow), ("jacov", jacov),
-                     ("nwot", nwot), ("zen", zen), ("plain", plain), ("l2_norm", l2_norm)):
+                     ("synflow", synflow), ("jacov", jacov), ("zen", zen), ("plain", plain),
+                     ("l2_norm", l2_norm)):
         MEASURES.register(name, Measure(fn))
+    for name, fn in (("fisher", fisher), ("nwot", nwot)):  # both hook the ReLUs' outputs
+        MEASURES.register(name, Measure(fn, reads=nn.ReLU))
     MEASURES.register("diswot", Measure(diswot, needs_teacher=True))
 
 
@@ -226,14 +231,16 @@ SIZE_STATISTICS: dict[str, SizeStatistic] = {
 }
 
 
-def register_measure(name: str, *, needs_teacher: bool = False, replace: bool = False
+def register_measure(name: str, *, needs_teacher: bool = False,
+                     reads: type[nn.Module] | None = None, replace: bool = False
                      ) -> Callable[[Callable[..., float]], Callable[..., float]]:
     """Decorator: ``@register_measure("mine")`` on ``fn(model, x, y) -> float`` (or
     ``fn(teacher, model, x, y)`` with ``needs_teacher=True``) makes it a baseline of
-    ``compare``, ``search`` and the pipeline by name."""
+    ``compare``, ``search`` and the pipeline by name; ``reads=nn.ReLU`` when it hooks the
+    outputs of that module type."""
 
     def add(fn: Callable[..., float]) -> Callable[..., float]:
-        MEASURES.register(name, Measure(fn, needs_teacher), replace=replace)
+        MEASURES.register(name, Measure(fn, needs_teacher, reads), replace=replace)
         return fn
 
     return add
@@ -262,6 +269,10 @@ def zero_cost(name: str, model: nn.Module, x: Tensor, y: Tensor,
     if teacher is not None:
         teacher = with_features(teacher, teacher_features)
     m = get_measure(name)
+    if m.reads is not None and not any(isinstance(x, m.reads) for x in model.modules()):
+        raise GpProxyError(f"zero-cost measure {name!r} reads the outputs of "
+                           f"{m.reads.__name__} modules and this {type(model).__name__} has "
+                           "none (an activation applied as a function, or another one)")
     if m.needs_teacher:
         if teacher is None:
             raise GpProxyError(f"zero-cost measure {name!r} compares with a teacher: pass one")

@@ -12,7 +12,6 @@ import itertools
 import random
 from collections.abc import Iterator
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import FeatureNet, SearchSpace, SpecError, seeded_init
@@ -31,6 +30,7 @@ class CifarResNet(FeatureNet):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, WIDTHS[0], 3, 1, 1, bias=False)
         self.bn = nn.BatchNorm2d(WIDTHS[0])
+        self.relu = nn.ReLU()  # a module, as in the blocks: hooks see it
         stages = []
         c = WIDTHS[0]
         for s, (n, w) in enumerate(zip(blocks, WIDTHS, strict=True)):
@@ -42,7 +42,7 @@ class CifarResNet(FeatureNet):
         self.fc = nn.Linear(c, num_classes)
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
-        x = self.stages[0](F.relu(self.bn(self.conv(x))))
+        x = self.stages[0](self.relu(self.bn(self.conv(x))))
         k1 = self.stages[1](x)
         k2 = self.stages[2](k1)
         return {"k1": k1, "k2": k2, "k3": self.fc(k2.mean(dim=(2, 3)))}

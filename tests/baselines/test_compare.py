@@ -139,3 +139,24 @@ def test_noise_check_separates_data_free_statistics_from_data_dependent_proxies(
     noise = load_tensors(probe)["images"]
     assert noise.shape == x.shape and not torch.allclose(noise, x)
     assert noise_probe(b, root) == probe  # seeded, written once
+
+
+def test_a_measure_that_does_not_apply_to_the_space_is_a_failed_row(
+        bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A measure hooking a module type the students lack (here GELU, on the CNN students) is a
+    row saying why, next to the others, not a constant score nor an aborted table."""
+    from torch import nn
+
+    from gp_proxy.baselines.zerocost import MEASURES, Measure, l2_norm
+    from gp_proxy.cli import main
+
+    assert "l2_norm" in MEASURES  # built-ins loaded
+    monkeypatch.setitem(MEASURES._entries, "gelu-codes", Measure(l2_norm, reads=nn.GELU))
+    assert main(["compare", "gelu-codes", "l2_norm", "--benchmark", str(bench),
+                 "--cache-dir", str(tmp_path / "cache"), "--bootstrap", "20",
+                 "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "gelu-codes: not evaluated" in out and "GELU modules" in out
+    rows = (tmp_path / "cmp" / "compare.csv").read_text()
+    assert "l2_norm" in rows

@@ -128,3 +128,44 @@ def test_diswot_is_zero_for_an_identical_pair_and_negative_otherwise() -> None:
     cam = torch.einsum("nchw,nc->nhw", k2, a.fc.weight.detach()[y]).reshape(6, -1)
     g = torch.nn.functional.normalize(cam @ cam.T, dim=1)
     assert torch.allclose(torch.linalg.vector_norm(g, dim=1), torch.ones(6))
+
+
+def _space_models(name: str) -> tuple[nn.Module, nn.Module, Tensor, Tensor]:
+    import random
+
+    space = get_space(name)
+    rng = random.Random(0)
+    a = space.sample(rng)
+    b = next(s for s in iter(lambda: space.sample(rng), None) if s != a)
+    x = torch.randn(4, *space.input_shape, generator=torch.Generator().manual_seed(1))
+    return space.build(a, seed=0), space.build(b, seed=0), x, torch.arange(4) % 10
+
+
+@pytest.mark.parametrize("space", ["fmnist-cnn", "cifar-resnet-depth", "nb201", "autoformer",
+                                   "pit"])
+def test_every_measure_scores_every_space_or_says_why(space: str) -> None:
+    """Every student measure on two architectures of every space: finite and not the same
+    value for both, or, where the measure hooks a module type the model lacks, one clear
+    error (Fisher and NWOT were a constant 0 and NaN on the ResNets while their blocks applied
+    ``F.relu``)."""
+    from gp_proxy.baselines.zerocost import get_measure
+    from gp_proxy.spaces import SPACES
+    from primitives import GpProxyError
+
+    assert set(SPACES) == {"fmnist-cnn", "cifar-resnet-depth", "nb201", "autoformer", "pit"}
+    a, b, x, y = _space_models(space)
+    for name in sorted(student_measures()):
+        reads = get_measure(name).reads
+        if reads is not None and not any(isinstance(m, reads) for m in a.modules()):
+            with pytest.raises(GpProxyError, match=f"{name}.*{reads.__name__}"):
+                zero_cost(name, a, x, y)
+            continue
+        va, vb = zero_cost(name, a, x, y), zero_cost(name, b, x, y)
+        assert math.isfinite(va) and math.isfinite(vb), (space, name)
+        assert va != vb, (space, name)
+
+
+def test_resnet_activations_are_modules_that_hooks_see() -> None:
+    model = get_space("cifar-resnet-depth").build("131", seed=0)
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    assert len(relus) == 1 + 2 * 5  # the stem and two per basic block
