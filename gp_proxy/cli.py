@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -636,6 +636,11 @@ def compare_cmd(
                            ] = False,
     split_seed: SplitSeedOpt = 0,
     test_fraction: TestFractionOpt = 0.3,
+    orient: Annotated[Literal["train", "fixed"], typer.Option(
+        help="train: every proxy and #params oriented by its τ on this benchmark's training "
+             "architectures; fixed: as written, nothing learnt here (a run keeps the sign it "
+             "was evolved with, other proxies and #params count higher as better): the test "
+             "of a proxy carried to a benchmark it never saw")] = "train",
     backend: BackendOpt = "local",
     workers: WorkersOpt = 1,
     scheduler: SchedulerOpt = None,
@@ -662,9 +667,11 @@ def compare_cmd(
         items.insert(2, "descriptors")
     splits = make_splits(len(bench.truth.y), test_fraction, seed=split_seed)
     rows = compare(items, bench, cache, str(cache_dir), splits, bootstrap,
-                   noise_check=noise_check, evaluation=_evaluation(backend, workers, scheduler))
+                   noise_check=noise_check, evaluation=_evaluation(backend, workers, scheduler),
+                   orient=orient)
+    how = "sign chosen on train" if orient == "train" else "signs fixed as written"
     table = Table(title=f"{benchmark} ({len(splits.train)} train / {len(splits.test)} held-out "
-                        f"architectures, target {target}; sign chosen on train)")
+                        f"architectures, target {target}; {how})")
     for col in ("proxy", "τ train", "τ held-out [95% CI]", "Δτ vs #params [paired 95% CI]",
                 "Δτ vs descriptors [paired 95% CI]", "ρ held-out", "r held-out",
                 "P@10% held-out", "τ params-bins held-out", "partial τ | params held-out [95% CI]",

@@ -178,13 +178,21 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
     return label or item, kind, scores
 
 
+#: how ``compare`` orients scores: ``train``, each proxy (and #params) by its τ on this
+#: benchmark's training architectures; ``fixed``, as written, so that nothing is learnt from
+#: this benchmark: a run keeps the sign it was evolved with, every other proxy and #params
+#: count higher as better (the descriptor regression is fitted here in both)
+ORIENTATIONS = ("train", "fixed")
+
+
 def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root: str,
             splits: Splits, bootstrap: int = 1000, seed: int = 0,
-            noise_check: bool = False, evaluation: Mapping[str, Any] | None = None
-            ) -> list[ProxyRow]:
+            noise_check: bool = False, evaluation: Mapping[str, Any] | None = None,
+            orient: str = "train") -> list[ProxyRow]:
     """One row per proxy. A formula that parses but cannot be evaluated on this benchmark
     (for example teacher and student features of different shapes) gives a row with its
     status as the note instead of stopping the table; a malformed formula still raises.
+    ``orient``: see :data:`ORIENTATIONS`.
 
     With ``noise_check`` every proxy is scored again with a noise probe batch
     (:func:`noise_probe`) and ``tau_real_vs_noise`` is the Kendall τ between the two score
@@ -192,6 +200,8 @@ def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root:
     data — a statistic of the architecture (and its initial weights), not of knowledge."""
     from primitives.formula import parse
 
+    if orient not in ORIENTATIONS:
+        raise GpProxyError(f"orient={orient!r}: choose from {', '.join(ORIENTATIONS)}")
     y = bench.truth.y
     # the descriptor regression's predictions (fitted on the training architectures), for
     # every proxy's paired difference with it
@@ -211,7 +221,10 @@ def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root:
                 parse(REPORTED[item].formula if item in REPORTED else item)
             rows.append(ProxyRow(item, "failed", {}, str(err)))
             continue
-        metrics = proxy_metrics(scores, y, bench.params, splits, bootstrap, seed, desc)
+        fixed = None if orient == "train" else (
+            float(read_best(item)[1]) if Path(item).exists() else 1.0)
+        metrics = proxy_metrics(scores, y, bench.params, splits, bootstrap, seed, desc,
+                                sign=fixed, params_sign=None if fixed is None else 1.0)
         if noise_check:
             metrics["tau_real_vs_noise"] = _noise_tau(item, kind, scores, bench, cache,
                                                       cache_root, seed, evaluation)

@@ -32,15 +32,19 @@ def _precision_top(s: np.ndarray, y: np.ndarray, frac: float = 0.1) -> float:
 
 
 def proxy_metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
-             bootstrap: int, seed: int, descriptors: np.ndarray | None = None
-             ) -> dict[str, float]:
+                  bootstrap: int, seed: int, descriptors: np.ndarray | None = None,
+                  sign: float | None = None, params_sign: float | None = None
+                  ) -> dict[str, float]:
     """Train and held-out metrics of one proxy, with bootstrap intervals over the held-out
     architectures: its τ, its partial τ given #params, and its paired differences with
-    #params and (``descriptors``: the regression's predictions) the descriptor regression."""
+    #params and (``descriptors``: the regression's predictions) the descriptor regression.
+    The proxy and #params are oriented by their τ on the training architectures, unless
+    ``sign`` / ``params_sign`` fix them (a proxy carried as it is to another benchmark)."""
     tr, te = splits.train, splits.test
     if not np.isfinite(s).all():
         return {"sign": float("nan")}
-    sign = -1.0 if kendall_tau(s[tr], y[tr]) < 0 else 1.0
+    if sign is None:
+        sign = -1.0 if kendall_tau(s[tr], y[tr]) < 0 else 1.0
     o = sign * s
     # how much of the proxy is model size: Kendall τ of the oriented scores with #params
     out = {"sign": sign, "tau_with_params": kendall_tau(o, params)}
@@ -55,8 +59,11 @@ def proxy_metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Spli
     out["test_partial_tau_params"] = partial_kendall(o[te], y[te], params[te])
     out["test_tau_size_residual"] = kendall_tau(o[te], size_residual(y, params, tr)[te])
     rng = np.random.default_rng(seed)
-    # #params oriented on the training architectures too, for the paired difference
-    p = (-1.0 if kendall_tau(params[tr], y[tr]) < 0 else 1.0) * params
+    # #params oriented like the proxy (on the training architectures, or fixed), for the
+    # paired difference
+    if params_sign is None:
+        params_sign = -1.0 if kendall_tau(params[tr], y[tr]) < 0 else 1.0
+    p = params_sign * params
     taus, diffs, partials, vs_desc = [], [], [], []
     for b in (rng.choice(te, len(te)) for _ in range(bootstrap)):
         t = kendall_tau(o[b], y[b])

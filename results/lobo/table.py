@@ -1,36 +1,47 @@
-"""The leave-one-benchmark-out table of results/lobo, from the two `gp-proxy compare` tables.
+"""The leave-one-benchmark-out table of results/lobo, from its `gp-proxy compare` tables.
 
     python results/lobo/table.py > results/lobo/TABLE.md
 
-Reads results/lobo/compare-fmnist/compare.csv and compare-fmnist-wide/compare.csv (each made
-by `gp-proxy compare params flops descriptors "sum_layers(l1_norm(weight))" results/lobo/*-s*
---benchmark B --bootstrap 1000 --out results/lobo/compare-B`, same split seed 0: the same 113
-training and 49 held-out architectures, since the two benchmarks share their students) and
-prints, per campaign and benchmark, the held-out τ,
+Reads every results/lobo/compare-B/compare.csv (each made by `gp-proxy compare params flops
+descriptors "sum_layers(l1_norm(weight))" results/lobo/*-s* --benchmark benchmarks/B
+--bootstrap 1000 --out results/lobo/compare-B`, split seed 0: on benchmarks that share their
+students, the same training and held-out architectures) and every run folder
+results/lobo/GROUP-sSEED. What a run evolved on is read from its config.yaml (`benchmark` and
+`benchmarks`), what it was evolved with (fitness, size prior) too, so a benchmark or a
+campaign added later needs no edit here. Printed per campaign and benchmark: the held-out τ,
 its paired differences with #params and with the descriptor regression, and the partial τ
 given #params, each with its 95 % bootstrap interval; a benchmark the campaign never saw is
-marked "not evolved on".
+marked "not evolved on". Each benchmark's held-out size and noise ceiling head the table.
+Where results/lobo/compare-B-fixed/ exists (the same command with `--orient fixed`), a column
+gives each proxy's held-out τ with nothing learnt from B: a run keeps the sign it was evolved
+with and #params counts bigger as better (the other columns orient each proxy and #params by
+its τ on B's training architectures).
 """
 
 from __future__ import annotations
 
 import csv
 import statistics
+import sys
 from pathlib import Path
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
-BENCHES = {"fmnist": "benchmarks/fmnist (resnet-t teacher)",
-           "fmnist-wide": "benchmarks/fmnist-wide (wide-cnn teacher)"}
-#: campaign group -> benchmarks it evolved on
-EVOLVED = {"fmnist": {"fmnist"}, "wide": {"fmnist-wide"}, "joint": {"fmnist", "fmnist-wide"},
-           "partial": {"fmnist"}}
-GROUPS = {"fmnist": "default, on fmnist", "wide": "default, on fmnist-wide",
-          "joint": "default, jointly on both", "partial": "fitness=partial_tau_params "
-                                                          "size_prior=true, on fmnist"}
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gp_proxy.bench.benchmark import load_benchmark  # noqa: E402
+from gp_proxy.evaluate.fitness import make_splits  # noqa: E402
+
+BASELINES = ("#params", "descriptor regression", "sum_layers(l1_norm(weight))")
 
 
-def _rows(bench: str) -> dict[str, dict[str, str]]:
-    with (HERE / f"compare-{bench}" / "compare.csv").open() as fh:
+def _rows(folder: str) -> dict[str, dict[str, str]]:
+    path = HERE / folder / "compare.csv"
+    if not path.exists():
+        return {}
+    with path.open() as fh:
         return {r["proxy"]: r for r in csv.DictReader(fh)}
 
 
@@ -42,40 +53,78 @@ def _ci(r: dict[str, str], key: str) -> str:
     return f"{_f(r[key])} [{_f(r[key + '_lo'])}, {_f(r[key + '_hi'])}]"
 
 
+def _runs() -> dict[str, dict[int, tuple[Path, set[str], str]]]:
+    """group -> seed -> (folder, benchmarks evolved on, label), from the runs' configs."""
+    out: dict[str, dict[int, tuple[Path, set[str], str]]] = {}
+    for cfg_file in sorted(HERE.glob("*-s*/config.yaml")):
+        run = cfg_file.parent
+        group, _, seed = run.name.rpartition("-s")
+        cfg = yaml.safe_load(cfg_file.read_text())
+        seen = [Path(b).name for b in [cfg["benchmark"], *cfg.get("benchmarks", [])]]
+        how = [f"fitness={cfg['fitness']}"] if cfg.get("fitness", "tau") != "tau" else []
+        how += ["size_prior=true"] if cfg.get("size_prior") else []
+        where = f"on {seen[0]}" if len(seen) == 1 else f"jointly on {', '.join(seen)}"
+        label = f"{' '.join(how) or 'default'}, {where}"
+        out.setdefault(group, {})[int(seed)] = (run, set(seen), label)
+    return out
+
+
+def _header(bench: str) -> str:
+    b = load_benchmark(ROOT / "benchmarks" / bench)
+    splits = make_splits(len(b.truth.y), 0.3, seed=0)
+    ceiling = b.noise_ceiling(splits.test)
+    noise = ("" if ceiling is None else
+             f", noise ceiling τ {ceiling['kendall_ceiling']:.3f} (reliability "
+             f"{ceiling['reliability']:.3f})")
+    return (f"- **{bench}**: {b.space} students, {b.teacher} teacher; {len(splits.train)} "
+            f"training / {len(splits.test)} held-out architectures{noise}")
+
+
 def main() -> None:
-    tables = {b: _rows(b) for b in BENCHES}
+    benches = sorted(p.parent.name.removeprefix("compare-")
+                     for p in HERE.glob("compare-*/compare.csv")
+                     if not p.parent.name.endswith("-fixed"))
+    tables = {b: _rows(f"compare-{b}") for b in benches}
+    fixed = {b: _rows(f"compare-{b}-fixed") for b in benches}
+    for bench in benches:
+        print(_header(bench))
+    print()
     print("| campaign | seed | benchmark | held-out τ [95 % CI] | Δτ vs #params | "
-          "Δτ vs descriptor regression | partial τ given #params |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "Δτ vs descriptor regression | partial τ given #params | held-out τ, sign as "
+          "evolved |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     spread: dict[tuple[str, str], list[float]] = {}
-    for group in GROUPS:
-        for seed in (0, 1, 2):
-            run = f"results/lobo/{group}-s{seed}"
+    for _group, seeds in _runs().items():
+        for seed, (run, seen, label) in sorted(seeds.items()):
             for bench, rows in tables.items():
-                r = next((v for k, v in rows.items() if k.startswith(run + ":")), None)
+                key = f"results/lobo/{run.name}:"
+                r = next((v for k, v in rows.items() if k.startswith(key)), None)
                 if r is None:
                     continue
-                seen = "" if bench in EVOLVED[group] else " (**not evolved on**)"
-                print(f"| {GROUPS[group]} | {seed} | {bench}{seen} | {_ci(r, 'test_tau')} | "
+                rf = next((v for k, v in fixed[bench].items() if k.startswith(key)), None)
+                unseen = "" if bench in seen else " (**not evolved on**)"
+                print(f"| {label} | {seed} | {bench}{unseen} | {_ci(r, 'test_tau')} | "
                       f"{_ci(r, 'test_tau_minus_params')} | "
                       f"{_ci(r, 'test_tau_minus_descriptors')} | "
-                      f"{_ci(r, 'test_partial_tau_params')} |")
-                spread.setdefault((group, bench), []).append(float(r["test_tau"]))
+                      f"{_ci(r, 'test_partial_tau_params')} | "
+                      f"{'n/a' if rf is None else _ci(rf, 'test_tau')} |")
+                spread.setdefault((label, bench + unseen.replace("**", "")), []).append(
+                    float(r["test_tau"]))
     for bench, rows in tables.items():
-        for name in ("#params", "descriptor regression", "sum_layers(l1_norm(weight))"):
-            r = rows[name]
-            extra = ("| | | |" if name == "#params" else
+        for name in BASELINES:
+            r, rf = rows[name], fixed[bench].get(name)
+            as_is = "n/a" if rf is None else _ci(rf, "test_tau")
+            extra = (f"| | | | {as_is} |" if name == "#params" else
                      f"| {_ci(r, 'test_tau_minus_params')} | "
                      f"{_ci(r, 'test_tau_minus_descriptors')} | "
-                     f"{_ci(r, 'test_partial_tau_params')} |")
+                     f"{_ci(r, 'test_partial_tau_params')} | {as_is} |")
             print(f"| **{name}** | | {bench} | {_ci(r, 'test_tau')} {extra}")
     print()
     print("| campaign | benchmark | held-out τ over GP seeds: mean (sd; min–max) |")
     print("| --- | --- | --- |")
-    for (group, bench), taus in spread.items():
+    for (label, bench), taus in spread.items():
         sd = statistics.stdev(taus) if len(taus) > 1 else float("nan")
-        seen = "" if bench in EVOLVED[group] else " (not evolved on)"
-        print(f"| {GROUPS[group]} | {bench}{seen} | {statistics.mean(taus):.3f} ({sd:.3f}; "
+        print(f"| {label} | {bench} | {statistics.mean(taus):.3f} ({sd:.3f}; "
               f"{min(taus):.3f}–{max(taus):.3f}) |")
 
 

@@ -160,3 +160,48 @@ def test_a_measure_that_does_not_apply_to_the_space_is_a_failed_row(
     assert "gelu-codes: not evaluated" in out and "GELU modules" in out
     rows = (tmp_path / "cmp" / "compare.csv").read_text()
     assert "l2_norm" in rows
+
+
+def test_fixed_orientation_learns_nothing_from_the_benchmark(bench: Path,
+                                                             tmp_path: Path) -> None:
+    """``orient="fixed"``: a run keeps the sign it was evolved with (whichever way it ranks
+    here), #params and other proxies count higher as better; ``train`` orients each by its
+    training τ. The descriptor regression is fitted on the training split in both."""
+    from scipy.stats import kendalltau
+
+    from gp_proxy.baselines.compare import compare
+    from gp_proxy.evaluate.fitness import make_splits
+
+    b = load_benchmark(bench, "kd_mean")
+    root = str(tmp_path / "cache")
+    cache = b.cache(root)
+    splits = make_splits(len(b.truth.y), 0.3, seed=0)
+    te, y = splits.test, b.truth.y
+    formula = "sum_layers(fro_norm(weight))"
+    runs = {}
+    for sign in (1, -1):
+        run = tmp_path / f"run{sign}"
+        run.mkdir()
+        (run / "best_proxy.json").write_text(json.dumps({"formula": formula, "sign": sign,
+                                                          "seed": 0}))
+        runs[sign] = str(run)
+    neg = "sum_layers(negate(fro_norm(weight)))"
+    items = ["params", runs[1], runs[-1], neg]
+    fixed = {r.name.split(":")[0]: r.metrics for r in compare(items, b, cache, root, splits, 20,
+                                                               orient="fixed")}
+    trained = {r.name.split(":")[0]: r.metrics for r in compare(items, b, cache, root, splits,
+                                                                 20, orient="train")}
+    raw = Evaluator(cache).evaluate([formula])[0].scores
+    assert raw is not None
+    want = float(kendalltau(raw[te], y[te])[0])
+    assert fixed[runs[1]]["test_tau"] == pytest.approx(want, abs=1e-12)
+    assert fixed[runs[-1]]["test_tau"] == pytest.approx(-want, abs=1e-12)
+    assert fixed[neg]["test_tau"] == pytest.approx(-want, abs=1e-12)
+    assert fixed["#params"]["test_tau"] == pytest.approx(
+        float(kendalltau(b.params[te], y[te])[0]), abs=1e-12)
+    assert fixed[runs[1]]["sign"] == 1 and fixed[runs[-1]]["sign"] == -1
+    # oriented on the training split, the two runs and the negated formula are the same proxy
+    assert trained[runs[1]]["test_tau"] == trained[runs[-1]]["test_tau"] \
+        == trained[neg]["test_tau"]
+    assert fixed[runs[1]]["test_tau_minus_params"] == pytest.approx(
+        want - fixed["#params"]["test_tau"], abs=1e-12)
