@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The leave-one-benchmark-out study of results/lobo, on every benchmark that is complete.
+#
+#   bash results/lobo/run.sh            # from the repository root; resumable: a finished run
+#                                       # folder (best_proxy.json present) is not run again
+#
+# Campaigns (3 GP seeds each): on each benchmark alone, each carried to the others
+# (`transfer=`); jointly on the two that share their students (fmnist, fmnist-wide) and on
+# the two student families (fmnist, fmnist-resnet); with the beyond-size fitness and size
+# prior. Then one `compare` table per benchmark, oriented on its
+# training split and as evolved (`--orient fixed`), and the table. Benchmark 3
+# (benchmarks/fmnist-resnet: another student family) joins once `gp-proxy bench summarize`
+# has written its ground_truth.csv; before that it is left out, and said so.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+benches=(fmnist fmnist-wide)
+if [[ -f benchmarks/fmnist-resnet/ground_truth.csv ]]; then
+  benches+=(fmnist-resnet)
+else
+  echo "benchmarks/fmnist-resnet is not summarised yet: left out" >&2
+fi
+
+others() {  # the benchmarks other than $1, as a transfer list
+  local out=() b
+  for b in "${benches[@]}"; do [[ $b != "$1" ]] && out+=("benchmarks/$b"); done
+  local IFS=,
+  echo "[${out[*]}]"
+}
+
+evolve() {  # folder, then config overrides
+  local out=$1
+  shift
+  if [[ -f $out/best_proxy.json ]]; then
+    echo "$out: done"
+    return
+  fi
+  gp-proxy evolve "$@" --out "$out"
+}
+
+for seed in 0 1 2; do
+  evolve "results/lobo/fmnist-s$seed" seed=$seed "transfer=$(others fmnist)"
+  evolve "results/lobo/wide-s$seed" benchmark=benchmarks/fmnist-wide seed=$seed \
+    "transfer=$(others fmnist-wide)"
+  evolve "results/lobo/joint-s$seed" seed=$seed "benchmarks=[benchmarks/fmnist-wide]"
+  evolve "results/lobo/partial-s$seed" seed=$seed fitness=partial_tau_params size_prior=true \
+    "transfer=$(others fmnist)"
+  if [[ " ${benches[*]} " == *" fmnist-resnet "* ]]; then
+    evolve "results/lobo/resnet-s$seed" benchmark=benchmarks/fmnist-resnet seed=$seed \
+      "transfer=$(others fmnist-resnet)"
+    evolve "results/lobo/resnet-partial-s$seed" benchmark=benchmarks/fmnist-resnet seed=$seed \
+      fitness=partial_tau_params size_prior=true "transfer=$(others fmnist-resnet)"
+    # both student families at once (fitness: the mean over the two); fmnist-wide unseen
+    evolve "results/lobo/families-s$seed" seed=$seed "benchmarks=[benchmarks/fmnist-resnet]" \
+      "transfer=[benchmarks/fmnist-wide]"
+  fi
+done
+
+for b in "${benches[@]}"; do
+  for orient in train fixed; do
+    suffix=$([[ $orient == fixed ]] && echo "-fixed" || true)
+    gp-proxy compare params flops descriptors "sum_layers(l1_norm(weight))" results/lobo/*-s* \
+      --benchmark "benchmarks/$b" --bootstrap 1000 --orient $orient \
+      --out "results/lobo/compare-$b$suffix"
+  done
+done
+python results/lobo/table.py > results/lobo/TABLE.md
