@@ -283,11 +283,15 @@ def bench_probe(
 @bench_app.command("summarize")
 def bench_summarize(
     out: Annotated[Path, typer.Argument(help="benchmark folder")],
+    partial: Annotated[bool, typer.Option(
+        "--partial", help="summarise an unfinished build too (the architectures with every "
+                          "run; the manifest says how many of the space's): a preview, best "
+                          "on a copy of the folder")] = False,
 ) -> None:
     """Write ground_truth.csv, noise.json and manifest.json from the finished runs."""
     from .bench.build import command_line, summarize
 
-    _out.print_json(data=summarize(out, command_line()))
+    _out.print_json(data=summarize(out, command_line(), partial=partial))
 
 
 def _progress_callback(total: int):  # type: ignore[no-untyped-def]

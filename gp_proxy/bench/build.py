@@ -467,8 +467,11 @@ def teacher_difference(reference: Path, rows: list[dict[str, Any]], seeds: tuple
     }
 
 
-def summarize(out: str | os.PathLike[str], command: str = "") -> dict[str, Any]:
-    """Write ground_truth.csv, noise.json and manifest.json from the finished runs."""
+def summarize(out: str | os.PathLike[str], command: str = "", partial: bool = False
+              ) -> dict[str, Any]:
+    """Write ground_truth.csv, noise.json and manifest.json from the finished runs. An
+    unfinished build is refused unless ``partial``: its ground truth would be read as the
+    benchmark's by every command (the manifest alone says how many architectures it holds)."""
     out = Path(out)
     cfg = BenchConfig.load(out / "config.json")
     space = cfg.student_space()
@@ -481,6 +484,10 @@ def summarize(out: str | os.PathLike[str], command: str = "") -> dict[str, Any]:
     if len(complete) < 3:
         raise GpProxyError(f"{out}: only {len(complete)} architectures have every run; "
                            "build more before summarising")
+    if len(complete) < len(archs) and not partial:
+        raise GpProxyError(f"{out}: {len(complete)} of {len(archs)} architectures have every "
+                           "run; finish the build (gp-proxy bench build resumes it), or "
+                           "summarise a copy with --partial for a preview")
     rows = []
     for a in complete:
         model = space.build(a)

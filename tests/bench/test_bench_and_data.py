@@ -95,6 +95,28 @@ def test_killed_build_resumes_without_redoing_runs(tmp_path: Path) -> None:
     assert manifest["runs"] == 12 and manifest["versions"]["torch"] == torch.__version__
 
 
+def test_an_unfinished_build_is_summarised_only_as_a_preview(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]
+                                                              ) -> None:
+    """A ground truth written from part of a build would be read as the benchmark by every
+    command: summarize refuses it, naming how far the build is, unless --partial."""
+    from gp_proxy.cli import main
+
+    cfg = replace(TINY, archs=(*TINY.archs, "w12-d211-k3"))
+    train, test = _synthetic(300, 0), _synthetic(100, 1)
+    out = tmp_path / "bench"
+    build_benchmark(out, cfg, train, test, workers=2, quiet=True)
+    next((out / "runs").glob("w12-d211-k3__kd__*.json")).unlink()
+    with pytest.raises(GpProxyError, match="3 of 4 architectures have every run"):
+        summarize(out, "test")
+    assert not (out / "ground_truth.csv").exists()
+    assert main(["bench", "summarize", str(out)]) == 2
+    assert "3 of 4 architectures" in capsys.readouterr().err
+    assert main(["bench", "summarize", str(out), "--partial"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["architectures_complete"], manifest["architectures_in_space"]) == (3, 4)
+
+
 def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     out.mkdir()
