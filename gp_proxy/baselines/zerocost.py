@@ -201,12 +201,13 @@ class Measure:
 
 
 def _builtins() -> None:
-    for name, fn in (("grad_norm", grad_norm), ("snip", snip), ("grasp", grasp),
-                     ("synflow", synflow), ("jacov", jacov), ("zen", zen), ("plain", plain),
-                     ("l2_norm", l2_norm)):
-        MEASURES.register(name, Measure(fn))
-    for name, fn in (("fisher", fisher), ("nwot", nwot)):  # both hook the ReLUs' outputs
-        MEASURES.register(name, Measure(fn, reads=nn.ReLU))
+    relu = nn.ReLU  # Fisher and NWOT hook the ReLUs' outputs
+    for name, fn, reads in (("grad_norm", grad_norm, None), ("snip", snip, None),
+                            ("grasp", grasp, None), ("fisher", fisher, relu),
+                            ("synflow", synflow, None), ("jacov", jacov, None),
+                            ("nwot", nwot, relu), ("zen", zen, None), ("plain", plain, None),
+                            ("l2_norm", l2_norm, None)):
+        MEASURES.register(name, Measure(fn, reads=reads))
     MEASURES.register("diswot", Measure(diswot, needs_teacher=True))
 
 
@@ -269,7 +270,7 @@ def zero_cost(name: str, model: nn.Module, x: Tensor, y: Tensor,
     if teacher is not None:
         teacher = with_features(teacher, teacher_features)
     m = get_measure(name)
-    if m.reads is not None and not any(isinstance(x, m.reads) for x in model.modules()):
+    if m.reads is not None and not any(isinstance(mod, m.reads) for mod in model.modules()):
         raise GpProxyError(f"zero-cost measure {name!r} reads the outputs of "
                            f"{m.reads.__name__} modules and this {type(model).__name__} has "
                            "none (an activation applied as a function, or another one)")
