@@ -31,6 +31,11 @@ def _precision_top(s: np.ndarray, y: np.ndarray, frac: float = 0.1) -> float:
     return len(set(np.argsort(-s)[:k]) & set(np.argsort(-y)[:k])) / k
 
 
+def _train_sign(s: np.ndarray, y: np.ndarray, tr: np.ndarray) -> float:
+    """−1 where ``s`` ranks the training architectures against ``y``, else +1."""
+    return -1.0 if kendall_tau(s[tr], y[tr]) < 0 else 1.0
+
+
 def proxy_metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Splits,
                   bootstrap: int, seed: int, descriptors: np.ndarray | None = None,
                   sign: float | None = None, params_sign: float | None = None
@@ -44,7 +49,7 @@ def proxy_metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Spli
     if not np.isfinite(s).all():
         return {"sign": float("nan")}
     if sign is None:
-        sign = -1.0 if kendall_tau(s[tr], y[tr]) < 0 else 1.0
+        sign = _train_sign(s, y, tr)
     o = sign * s
     # how much of the proxy is model size: Kendall τ of the oriented scores with #params
     out = {"sign": sign, "tau_with_params": kendall_tau(o, params)}
@@ -62,7 +67,7 @@ def proxy_metrics(s: np.ndarray, y: np.ndarray, params: np.ndarray, splits: Spli
     # #params oriented like the proxy (on the training architectures, or fixed), for the
     # paired difference
     if params_sign is None:
-        params_sign = -1.0 if kendall_tau(params[tr], y[tr]) < 0 else 1.0
+        params_sign = _train_sign(params, y, tr)
     p = params_sign * params
     taus, diffs, partials, vs_desc = [], [], [], []
     for b in (rng.choice(te, len(te)) for _ in range(bootstrap)):

@@ -52,7 +52,7 @@ from ..core.files import (
     save_tensors,
 )
 from ..core.progress import progress
-from ..core.provenance import cpu_id, cpu_name, git_revision
+from ..core.provenance import git_revision, hardware
 from ..core.rank import kendall_tau, spearman_rho
 from ..spaces import FeatureNet, SearchSpace, count_flops, count_params, get_space
 from .data import Split, get_dataset
@@ -553,10 +553,7 @@ def summarize(out: str | os.PathLike[str], command: str = "", partial: bool = Fa
         "teacher": teacher,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "numpy": np.__version__},
-        "hardware": {"machine": platform.machine(), "processor": cpu_name(),
-                     "cpu_id": cpu_id(),
-                     "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                     "cores": os.cpu_count(), "threads_per_training": 1},
+        "hardware": {**hardware(), "threads_per_training": 1},
         "git_revision": git_revision(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_id", "cpu_name", "environment", "git_revision"]
+__all__ = ["cpu_id", "cpu_name", "environment", "git_revision", "hardware"]
 
 
 def git_revision() -> str:
@@ -56,6 +56,13 @@ def environment() -> dict[str, Any]:
     import torch
 
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "machine": platform.machine(), "processor": cpu_name(),
-            "cpu_id": cpu_id(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cores": os.cpu_count(), "git_revision": git_revision()}
+            "numpy": np.__version__, **hardware(), "git_revision": git_revision()}
+
+
+def hardware() -> dict[str, Any]:
+    """The machine: architecture, CPU name and generation, torch's kernel choice, cores."""
+    import torch
+
+    return {"machine": platform.machine(), "processor": cpu_name(), "cpu_id": cpu_id(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cores": os.cpu_count()}
