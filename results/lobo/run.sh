@@ -73,3 +73,17 @@ for b in "${benches[@]}"; do
   done
 done
 python results/lobo/table.py > results/lobo/TABLE.md
+
+# every baseline on benchmark 3, as results/fmnist-wide-compare and the kd_gain tables are for
+# benchmarks 1 and 2 (made once: a finished table is kept)
+if [[ " ${benches[*]} " == *" fmnist-resnet "* ]]; then
+  every=(params flops grad_norm snip grasp fisher synflow jacov nwot zen plain l2_norm diswot
+    autodas-resnet autodas-resnet-interaction autodas-resnet-instinct autodas-nb201-instinct
+    autodas-vit-instinct "sum_layers(l1_norm(weight))" results/lobo/partial-s0)
+  for target in kd_mean kd_gain; do
+    out=results/fmnist-resnet-$([[ $target == kd_gain ]] && echo kdgain- || true)compare
+    [[ -f $out/compare.csv ]] || gp-proxy compare "${every[@]}" descriptors \
+      --benchmark benchmarks/fmnist-resnet --target $target --bootstrap 1000 --noise-check \
+      --out "$out"
+  done
+fi
