@@ -294,6 +294,28 @@ def bench_summarize(
     _out.print_json(data=summarize(out, command_line(), partial=partial))
 
 
+@bench_app.command("agreement")
+def bench_agreement(
+    a: Annotated[str, typer.Argument(help="FOLDER[:TARGET]: a benchmark and a target with "
+                                          "per-seed runs (default kd_mean)")],
+    b: Annotated[str, typer.Argument(help="the other condition, likewise")],
+    bootstrap: Annotated[int, typer.Option(min=1, help="bootstrap resamples of the "
+                                                       "architectures")] = 2000,
+    out: Annotated[Path | None, typer.Option(help="also write the JSON here")] = None,
+) -> None:
+    """How differently two conditions rank the same students, against seed noise: KD against
+    CE (``B:ce_mean B:kd_mean``), or KD under two teachers (``B1 B2``). Single-run Kendall
+    within and across (the gap with a bootstrap interval), the interaction test, and the
+    reliability of the per-architecture difference (for KD against CE: the KD gain)."""
+    from .bench.agreement import compare_conditions
+    from .core.files import atomic_write_json
+
+    result = compare_conditions(a, b, bootstrap)
+    if out is not None:
+        atomic_write_json(out, result)
+    _out.print_json(data=result)
+
+
 def _progress_callback(total: int):  # type: ignore[no-untyped-def]
     from .core.progress import bar
 

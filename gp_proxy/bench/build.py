@@ -55,6 +55,7 @@ from ..core.progress import progress
 from ..core.provenance import git_revision, hardware
 from ..core.rank import kendall_tau, spearman_rho
 from ..spaces import FeatureNet, SearchSpace, count_flops, count_params, get_space
+from .agreement import ranking_difference
 from .data import Split, get_dataset
 from .train import Recipe, evaluate_accuracy, predict_logits, train_classifier
 
@@ -220,6 +221,8 @@ def _build_order(archs: list[str], cfg: BenchConfig, runs_dir: Path) -> list[str
     random.Random(cfg.subset_seed).shuffle(order)
     started = {p.name.split("__")[0] for p in runs_dir.glob("*.json")}
     return sorted(order, key=lambda a: a not in started)  # stable: keeps the shuffle
+
+
 def _check_config(out: Path, cfg: BenchConfig) -> None:
     path = out / "config.json"
     if path.exists():
@@ -379,42 +382,12 @@ def _read_rows(folder: Path) -> dict[str, dict[str, float]]:
                 for r in csv.DictReader(fh)}
 
 
-def _reliability(per_seed: list[np.ndarray]) -> float:
-    """Spearman-Brown reliability of the seed mean from the mean seed-pair Spearman."""
-    k = len(per_seed)
-    rho = statistics.fmean(spearman_rho(a, b) for a, b in itertools.combinations(per_seed, 2))
-    return k * rho / (1 + (k - 1) * rho)
-
-
-def _interaction_test(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Two-way ANOVA with replication (architecture × teacher, seeds as replicates): does the
-    teacher move architectures differently, beyond the seed-to-seed spread?  ``a``/``b``:
-    architectures × seeds."""
-    y = np.stack([a, b], axis=1)  # arch, teacher, seed
-    n_arch, n_t, n_rep = y.shape
-    cell = y.mean(axis=2)
-    grand = y.mean()
-    arch_m, t_m = cell.mean(axis=1), cell.mean(axis=0)
-    ss_int = n_rep * float(((cell - arch_m[:, None] - t_m[None, :] + grand) ** 2).sum())
-    ss_err = float(((y - cell[:, :, None]) ** 2).sum())
-    df_int, df_err = (n_arch - 1) * (n_t - 1), n_arch * n_t * (n_rep - 1)
-    f = (ss_int / df_int) / (ss_err / df_err)
-    return {"F": f, "df": [df_int, df_err], "p": float(stats.f.sf(f, df_int, df_err))}
-
-
 def teacher_difference(reference: Path, rows: list[dict[str, Any]], seeds: tuple[int, ...],
                        boot: int = 2000) -> dict[str, Any]:
-    """How differently two teachers rank the same students, against seed noise.
-
-    ``reference`` is the other teacher's benchmark (same students, same seeds, shared CE).
-    Single-run rankings are compared like with like: the Kendall τ between one seed under
-    teacher A and one under B (cross) against the τ between two seeds under the same teacher
-    (within). A difference beyond noise shows as cross < within (bootstrap over architectures)
-    and as a significant architecture × teacher interaction. The per-architecture teacher
-    effect KD_B − KD_A (= the difference of the KD − CE gains; CE cancels) is checked for
-    reliability across seeds: a reliable effect is what a distillation-aware proxy must
-    explain and a size statistic cannot.
-    """
+    """How differently two teachers rank the same students, against seed noise
+    (:func:`~gp_proxy.bench.agreement.ranking_difference` of the KD runs under ``reference``'s
+    teacher and this one's; same students, same seeds, shared CE). The per-architecture
+    teacher effect KD_B − KD_A equals the difference of the KD − CE gains (CE cancels)."""
     ref = _read_rows(reference)
     archs = [r["arch"] for r in rows if r["arch"] in ref]
     mine = {r["arch"]: r for r in rows}
@@ -422,48 +395,29 @@ def teacher_difference(reference: Path, rows: list[dict[str, Any]], seeds: tuple
     b = np.array([[float(mine[x][f"kd_s{s}"]) for s in seeds] for x in archs])
     ce = np.array([ref[x]["ce_mean"] for x in archs])
     params = np.array([ref[x]["params"] for x in archs])
-    k = len(seeds)
-    pairs = list(itertools.combinations(range(k), 2))
-    cross_pairs = [(i, j) for i in range(k) for j in range(k) if i != j]
-
-    def taus(idx: np.ndarray) -> tuple[float, float, float]:
-        wa = statistics.fmean(kendall_tau(a[idx, i], a[idx, j]) for i, j in pairs)
-        wb = statistics.fmean(kendall_tau(b[idx, i], b[idx, j]) for i, j in pairs)
-        cr = statistics.fmean(kendall_tau(a[idx, i], b[idx, j]) for i, j in cross_pairs)
-        return wa, wb, cr
-
-    everything = np.arange(len(archs))
-    wa, wb, cr = taus(everything)
-    rng = np.random.default_rng(0)
-    gaps = []
-    for _ in range(boot):
-        idx = rng.integers(0, len(archs), len(archs))
-        x, y, c = taus(idx)
-        gaps.append((x + y) / 2 - c)
-    effect = b - a  # per seed: the same init and data order under both teachers
+    d = ranking_difference(a, b, params, boot)
+    runs = d["single_run_kendall"]
     ka, kb = a.mean(axis=1), b.mean(axis=1)
-    rel_a, rel_b = _reliability(list(a.T)), _reliability(list(b.T))
-    rho_ab = spearman_rho(ka, kb)
+    # the keys of benchmark 2's committed noise.json (written before the general analysis)
     return {
         "reference": str(reference.name),
-        "architectures": len(archs),
-        "single_run_kendall": {"within_reference": wa, "within_this": wb,
-                               "cross_teacher": cr, "within_minus_cross": (wa + wb) / 2 - cr,
-                               "within_minus_cross_ci95": [float(np.percentile(gaps, 2.5)),
-                                                           float(np.percentile(gaps, 97.5))]},
-        "kd_mean_kendall_between_teachers": kendall_tau(ka, kb),
-        "kd_mean_spearman_between_teachers": rho_ab,
-        "spearman_disattenuated": rho_ab / float(np.sqrt(rel_a * rel_b)),
-        "reliability_of_mean": {"reference": rel_a, "this": rel_b},
-        "interaction_arch_x_teacher": _interaction_test(a, b),
+        "architectures": d["architectures"],
+        "single_run_kendall": {"within_reference": runs["within_a"],
+                               "within_this": runs["within_b"], "cross_teacher": runs["cross"],
+                               "within_minus_cross": runs["within_minus_cross"],
+                               "within_minus_cross_ci95": runs["within_minus_cross_ci95"]},
+        "kd_mean_kendall_between_teachers": d["mean_kendall"],
+        "kd_mean_spearman_between_teachers": d["mean_spearman"],
+        "spearman_disattenuated": d["spearman_disattenuated"],
+        "reliability_of_mean": {"reference": d["reliability_of_mean"]["a"],
+                                "this": d["reliability_of_mean"]["b"]},
+        "interaction_arch_x_teacher": d["interaction"],
         "kd_minus_ce": {"reference_mean": float((ka - ce).mean()),
                         "this_mean": float((kb - ce).mean()),
                         "paired_wilcoxon_p": float(stats.wilcoxon(kb - ce, ka - ce).pvalue)},
         "teacher_effect": {
             "definition": "KD under this teacher minus KD under the reference, per architecture",
-            "mean": float(effect.mean()), "std_over_archs": float(effect.mean(axis=1).std()),
-            "seed_reliability": _reliability(list(effect.T)),
-            "kendall_with_params": kendall_tau(effect.mean(axis=1), params)},
+            **d["difference_b_minus_a"]},
     }
 
 

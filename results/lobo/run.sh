@@ -2,7 +2,8 @@
 # The leave-one-benchmark-out study of results/lobo, on every benchmark that is complete.
 #
 #   bash results/lobo/run.sh            # from the repository root; resumable: a finished run
-#                                       # folder (best_proxy.json present) is not run again
+#                                       # folder (best_proxy.json present) is not run again,
+#                                       # one stopped part-way is resumed from its checkpoint
 #
 # Campaigns (3 GP seeds each): on each benchmark alone, each carried to the others
 # (`transfer=`); jointly on the two that share their students (fmnist, fmnist-wide) and on
@@ -35,9 +36,11 @@ evolve() {  # folder, then config overrides
   shift
   if [[ -f $out/best_proxy.json ]]; then
     echo "$out: done"
-    return
+  elif [[ -f $out/checkpoint.json ]]; then  # stopped part-way: continue where it was
+    gp-proxy resume "$out"
+  else
+    gp-proxy evolve "$@" --out "$out"
   fi
-  gp-proxy evolve "$@" --out "$out"
 }
 
 for seed in 0 1 2; do
@@ -64,6 +67,13 @@ done
 # per benchmark: oriented on its training split; as evolved; and as evolved on 95 % of it
 # held out, which table.py reads only for runs that never saw its student family (for them
 # every architecture of it is unseen; the 5 % are what the baselines of that table fit on)
+# does distillation reorder each benchmark's students beyond seed noise (results/agreement)
+for b in "${benches[@]}"; do
+  out=results/agreement/$b-kd-vs-ce.json
+  [[ -f $out ]] || gp-proxy bench agreement "benchmarks/$b:ce_mean" "benchmarks/$b:kd_mean" \
+    --out "$out" > /dev/null
+done
+
 for b in "${benches[@]}"; do
   for how in "train 0.3 " "fixed 0.3 -fixed" "fixed 0.95 -unseen"; do
     read -r orient fraction suffix <<< "$how"

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from gp_proxy.bench.build import BenchConfig, _interaction_test, build_benchmark, summarize
+from gp_proxy.bench.agreement import interaction_test
+from gp_proxy.bench.build import BenchConfig, build_benchmark, summarize
 from gp_proxy.bench.data import Split, load_fashion_mnist, read_idx
 from gp_proxy.bench.groundtruth import GroundTruthError, load_ground_truth
 from gp_proxy.spaces import count_flops, get_space
@@ -217,7 +218,7 @@ def test_teacher_difference_statistics_by_hand() -> None:
     """The interaction F of a hand-made 2-arch table: teacher B swaps the two archs."""
     a = np.array([[1.0, 1.2, 0.8], [2.0, 2.2, 1.8]])
     b = np.array([[2.0, 2.2, 1.8], [1.0, 1.2, 0.8]])
-    res = _interaction_test(a, b)
+    res = interaction_test(a, b)
     # cells 1,2 / 2,1: interaction SS = 3 reps * 4 * 0.5^2 = 3; error SS = 4 cells * 0.08
     assert res["df"] == [1, 8]
     assert res["F"] == pytest.approx((3.0 / 1) / (0.32 / 8))
