@@ -23,14 +23,12 @@ from scipy import stats
 
 from primitives.errors import GpProxyError
 
-from ..core.rank import kendall_tau, spearman_rho
+from ..core.rank import kendall_tau, seed_reliability, spearman_rho
 
 
 def reliability(per_seed: list[np.ndarray]) -> float:
     """Spearman-Brown reliability of the seed mean from the mean seed-pair Spearman ρ."""
-    k = len(per_seed)
-    rho = statistics.fmean(spearman_rho(a, b) for a, b in itertools.combinations(per_seed, 2))
-    return k * rho / (1 + (k - 1) * rho)
+    return seed_reliability(np.stack(per_seed, axis=1))[1]
 
 
 def interaction_test(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from ..core.files import (
 )
 from ..core.progress import progress
 from ..core.provenance import git_revision, hardware
-from ..core.rank import kendall_tau, spearman_rho
+from ..core.rank import kendall_tau, seed_reliability, spearman_rho
 from ..spaces import FeatureNet, SearchSpace, count_flops, count_params, get_space
 from .agreement import ranking_difference
 from .data import Split, get_dataset
@@ -468,8 +468,7 @@ def summarize(out: str | os.PathLike[str], command: str = "", partial: bool = Fa
     pairs = list(itertools.combinations(cfg.seeds, 2))
     tau_pairs = [kendall_tau(per_seed[a], per_seed[b]) for a, b in pairs]
     rho_pairs = [spearman_rho(per_seed[a], per_seed[b]) for a, b in pairs]
-    k = len(cfg.seeds)
-    rho1 = statistics.fmean(rho_pairs) if rho_pairs else float("nan")
+    rho1, rel = seed_reliability(np.stack([per_seed[s] for s in cfg.seeds], axis=1))
     params = np.array([r["params"] for r in rows], dtype=float)
     flops = np.array([r["flops"] for r in rows], dtype=float)
     teacher = load_artifact(out / "teacher.json", TeacherRecord).model_dump()
@@ -478,7 +477,7 @@ def summarize(out: str | os.PathLike[str], command: str = "", partial: bool = Fa
         "seeds": list(cfg.seeds),
         "seed_to_seed_kendall_kd": {"mean": statistics.fmean(tau_pairs), "pairs": tau_pairs},
         "seed_to_seed_spearman_kd": {"mean": rho1, "pairs": rho_pairs},
-        "reliability_of_mean_spearman_brown": k * rho1 / (1 + (k - 1) * rho1),
+        "reliability_of_mean_spearman_brown": rel,
         "baselines_vs_kd_mean": {
             "params": {"kendall": kendall_tau(params, kd), "spearman": spearman_rho(params, kd)},
             "flops": {"kendall": kendall_tau(flops, kd), "spearman": spearman_rho(flops, kd)},

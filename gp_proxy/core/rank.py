@@ -15,8 +15,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["average_ranks", "kendall_tau", "kendall_tau_batch", "spearman_rho",
-           "spearman_rho_batch"]
+__all__ = ["average_ranks", "kendall_tau", "kendall_tau_batch", "seed_reliability",
+           "spearman_rho", "spearman_rho_batch"]
 
 
 @numba.njit(cache=True)
@@ -162,3 +162,17 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     if _has_nan(v):
         return np.full(v.shape, np.nan)
     return np.asarray(_average_ranks(v))
+
+
+def seed_reliability(per_seed: np.ndarray) -> tuple[float, float]:
+    """(mean seed-pair Spearman ρ, Spearman-Brown reliability of the seed mean) of a target
+    measured on several seeds (``per_seed``: architectures × seeds). The one place every
+    noise ceiling and benchmark summary takes its reliability from; NaN below two seeds or
+    three architectures, pairs with a NaN ρ (a constant column) left out of the mean."""
+    m = np.asarray(per_seed, dtype=np.float64)
+    k = m.shape[1] if m.ndim == 2 else 0
+    if k < 2 or m.shape[0] < 3:
+        return float("nan"), float("nan")
+    rhos = [spearman_rho(m[:, i], m[:, j]) for i in range(k) for j in range(i + 1, k)]
+    r1 = float(np.nanmean(rhos)) if not np.isnan(rhos).all() else float("nan")
+    return r1, float(k * r1 / (1 + (k - 1) * r1))

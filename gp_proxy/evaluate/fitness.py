@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.rank import kendall_tau, spearman_rho
+from ..core.rank import kendall_tau, seed_reliability, spearman_rho
 
 __all__ = ["FITNESS_METRICS", "Assessment", "Splits", "assess", "descriptor_regression",
            "make_splits", "noise_ceiling", "partial_kendall", "size_residual",
@@ -119,9 +119,7 @@ def noise_ceiling(per_seed: np.ndarray, idx: np.ndarray | None = None) -> dict[s
     k = m.shape[1]
     if k < 2 or m.shape[0] < 3:
         return {"seeds": k, "reliability": float("nan"), "kendall_ceiling": float("nan")}
-    rhos = [spearman_rho(m[:, i], m[:, j]) for i in range(k) for j in range(i + 1, k)]
-    r1 = float(np.nanmean(rhos))
-    rel = k * r1 / (1 + (k - 1) * r1)
+    r1, rel = seed_reliability(m)
     ceiling = float(2 / np.pi * np.arcsin(np.sqrt(rel))) if rel > 0 else float("nan")
     return {"seeds": k, "seed_pair_spearman": r1, "reliability": float(rel),
             "kendall_ceiling": ceiling}

@@ -14,6 +14,7 @@ from gp_proxy.core.rank import (
     average_ranks,
     kendall_tau,
     kendall_tau_batch,
+    seed_reliability,
     spearman_rho,
     spearman_rho_batch,
 )
@@ -80,3 +81,37 @@ def test_ranks_never_place_a_nan() -> None:
 
     assert torch.isnan(inst.average_ranks(torch.tensor([3.0, float("nan"), 1.0, 2.0]))).all()
     assert inst.average_ranks(torch.tensor([3.0, 1.0, 1.0])).tolist() == [2.0, 0.5, 0.5]
+
+
+def test_seed_reliability_by_hand_and_everywhere_the_same() -> None:
+    """Spearman-Brown from scipy's ρ; and the noise ceiling, the agreement analysis and each
+    committed benchmark summary all take their reliability from this one helper."""
+    import csv
+    import json
+    from pathlib import Path
+
+    from gp_proxy.bench.agreement import reliability
+    from gp_proxy.evaluate.fitness import noise_ceiling
+
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=40)
+    m = np.stack([truth + rng.normal(0, 0.7, 40) for _ in range(4)], axis=1)
+    rhos = [stats.spearmanr(m[:, i], m[:, j]).statistic for i in range(4) for j in range(i + 1, 4)]
+    r1 = float(np.mean(rhos))
+    got_r1, got_rel = seed_reliability(m)
+    assert got_r1 == pytest.approx(r1, abs=1e-12)
+    assert got_rel == pytest.approx(4 * r1 / (1 + 3 * r1), abs=1e-12)
+    assert noise_ceiling(m)["reliability"] == got_rel == reliability(list(m.T))
+    # a constant seed column has no ρ: its pairs are left out, not counted as zero
+    m2 = np.column_stack([m[:, :2], np.ones(40)])
+    r12 = stats.spearmanr(m[:, 0], m[:, 1]).statistic
+    assert seed_reliability(m2)[0] == pytest.approx(r12, abs=1e-12)
+    assert all(np.isnan(seed_reliability(m[:, :1])))  # one seed: nothing to compare
+    assert all(np.isnan(seed_reliability(m[:2])))  # two architectures: no ranking to speak of
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    for bench in ("fmnist", "fmnist-wide", "fmnist-resnet"):
+        noise = json.loads((root / bench / "noise.json").read_text())
+        rows = list(csv.DictReader((root / bench / "ground_truth.csv").open()))
+        kd = np.array([[float(r[f"kd_s{s}"]) for s in noise["seeds"]] for r in rows])
+        assert seed_reliability(kd)[1] == pytest.approx(
+            noise["reliability_of_mean_spearman_brown"], abs=1e-12), bench
