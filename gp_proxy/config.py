@@ -92,6 +92,10 @@ class CampaignConfig(BaseModel):
     transfer: list[str] = _f([], "benchmarks the best formula is reported on, never evolved on")
     valid_for: list[str] = _f([], "spaces whose feature kinds every formula must also be "
                                   "defined on (CNN maps and ViT token sequences)")
+    defined_on_transfer: bool = _f(
+        False, "build only formulas defined on the transfer benchmarks too (their feature "
+               "kinds, teacher-student shape differences and map sizes: shapes only, never "
+               "their accuracies)")
     test_fraction: float = _f(0.3, "held-out fraction of architectures", gt=0, lt=1)
     folds: int = _f(5, "folds of the k-fold τ", ge=2)
     split_seed: int = _f(0, "seed of the train/held-out split", ge=0)
@@ -117,6 +121,14 @@ class CampaignConfig(BaseModel):
     cache_dir: str = _f(".gp-proxy-cache", "feature cache folder")
     noise_check: bool = _f(True, "score the best formula again on a noise probe batch: τ near "
                                  "1 means it ignores the data")
+
+    @field_validator("defined_on_transfer")
+    @classmethod
+    def _has_transfer(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and not info.data.get("transfer"):
+            raise ValueError("asks formulas to be defined on the transfer benchmarks, but "
+                             "transfer lists none")
+        return value
 
     @field_validator("backend", "scheme")
     @classmethod

@@ -64,7 +64,7 @@ from ..evaluate.fitness import (
     partial_kendall,
     training_metric,
 )
-from .pset import ProxySet, build_pset
+from .pset import ProxySet, build_pset, undefined_on
 from .schemes import SCHEMES
 from .variation import crossover, mutate
 
@@ -165,7 +165,18 @@ class Campaign:
             exclude=frozenset() if config.size_prior else frozenset({"log_params"}),
             smallest_map=min(smallest) if smallest else None)
         self.rng = random.Random(config.seed)
-        self._other_kinds = [_feature_kinds(name) for name in config.valid_for]
+        # where every formula must be defined besides the benchmarks it is evolved on: the
+        # valid_for spaces (feature kinds only) and, on request, the transfer benchmarks
+        # (kinds, teacher-student shape differences, map sizes)
+        self._transfer: dict[str, Variant] = {}
+        self._elsewhere_rules: list[tuple[str, dict[str, Any], dict[str, frozenset[int]] | None,
+                                          int | None]] = [
+            (name, _feature_kinds(name), None, None) for name in config.valid_for]
+        if config.defined_on_transfer:
+            for folder in config.transfer:
+                tc = self._transfer_variant(folder).cache
+                self._elsewhere_rules.append((folder, dict(tc.feature_kinds), tc.misaligned(),
+                                              tc.smallest_map()))
         self.population: list[gp.PrimitiveTree] = []
         self.records: dict[str, Record] = {}
         self._keys: dict[str, str] = {}  # DEAP's rendering of a tree -> its canonical formula
@@ -308,21 +319,21 @@ class Campaign:
             if len(t) <= c.max_size and t.height + 1 <= c.max_height and self._valid(t):
                 return t
         if not self._valid(t):
-            raise ConfigError(f"valid_for: no formula of the grammar found in 1000 draws that "
-                              f"is defined on {', '.join(c.valid_for)}")
+            raise ConfigError(f"no formula of the grammar found in 1000 draws that is also "
+                              f"defined on {self._elsewhere_names()}")
         return t
 
+    def _elsewhere_names(self) -> str:
+        return ", ".join(name for name, *_ in self._elsewhere_rules)
+
     def _valid(self, tree: gp.PrimitiveTree) -> bool:
-        """Defined on the feature kinds of every space in ``valid_for`` as well."""
-        if not self._other_kinds:
+        """Defined as well on every space of ``valid_for`` and, with ``defined_on_transfer``,
+        on every transfer benchmark."""
+        if not self._elsewhere_rules:
             return True
         node = self.ps.to_node(tree)
-        for kinds in self._other_kinds:
-            try:
-                primitives.infer_kind(node, kinds)
-            except GpProxyError:
-                return False
-        return True
+        return all(undefined_on(node, kinds, misaligned, smallest) is None
+                   for _, kinds, misaligned, smallest in self._elsewhere_rules)
 
     def initialise(self) -> None:
         seen: set[str] = set()
@@ -335,7 +346,8 @@ class Campaign:
             tree = self.ps.to_tree(node)
             if not self._valid(tree):
                 raise ConfigError(f"guess {text!r} is not defined on every space of valid_for "
-                                  f"({', '.join(self.config.valid_for)})")
+                                  f"or transfer benchmark it must be "
+                                  f"({self._elsewhere_names()})")
             if str(node) not in seen:
                 seen.add(str(node))
                 pop.append(tree)
@@ -360,7 +372,7 @@ class Campaign:
         if self.rng.random() < c.mutation_prob or self.key(child) in (
                 self.key(parents[0]), self.key(parents[1])):
             child = mutate(self.ps, child, self.rng, c.max_height, c.max_size)
-        for _ in range(20):  # a child undefined on a valid_for space is mutated again
+        for _ in range(20):  # a child undefined where it must be defined is mutated again
             if self._valid(child):
                 return child
             child = mutate(self.ps, parents[0], self.rng, c.max_height, c.max_size)
@@ -507,13 +519,7 @@ class Campaign:
         for name, v, folder in targets:
             if v is None:
                 assert folder is not None
-                bench = load_benchmark(folder, c.target)
-                cache = self._features(bench, bench.cache_config(
-                    c.teacher_init, c.init_seed, c.act_samples))
-                ev = make_evaluator(cache, c)
-                y = bench.truth.y
-                splits = make_splits(len(y), c.test_fraction, c.folds, c.split_seed)
-                v = Variant(name, bench, cache, ev, y, splits)
+                v = self._transfer_variant(folder)
             res = v.evaluator.evaluate([formula])[0]
             te = v.splits.test
             row: dict[str, Any] = {"name": name, "benchmark": str(v.bench.folder),
@@ -534,6 +540,20 @@ class Campaign:
                 row["kendall_ceiling"] = _num(ceiling["kendall_ceiling"])
             rows.append(row)
         return rows
+
+    def _transfer_variant(self, folder: str) -> Variant:
+        """A transfer benchmark's features, evaluator and split, made once: read for its
+        shapes at the start (``defined_on_transfer``) and scored on at the end."""
+        if folder not in self._transfer:
+            c = self.config
+            bench = load_benchmark(folder, c.target)
+            cache = self._features(bench, bench.cache_config(c.teacher_init, c.init_seed,
+                                                             c.act_samples))
+            y = bench.truth.y
+            self._transfer[folder] = Variant(
+                f"transfer={Path(folder).name}", bench, cache, make_evaluator(cache, c), y,
+                make_splits(len(y), c.test_fraction, c.folds, c.split_seed))
+        return self._transfer[folder]
 
     def _write_calibration(self, node: primitives.Node) -> None:
         """For a rank/z-combined best formula, ``calibration.json``: its parts' values over the

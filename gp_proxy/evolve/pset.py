@@ -27,7 +27,7 @@ import primitives.contract
 from primitives import Kind, Node
 from primitives.errors import GpProxyError
 
-__all__ = ["GRAMMARS", "ProxySet", "build_pset"]
+__all__ = ["GRAMMARS", "ProxySet", "build_pset", "undefined_on"]
 
 GRAMMARS = ("both", "interaction", "instinct")
 
@@ -255,3 +255,45 @@ def build_pset(grammar: str = "both", combiner: str = "rank",
     if h.get(root, math.inf) == math.inf:
         raise GpProxyError(f"grammar {grammar!r} cannot build any formula for these inputs")
     return ProxySet(pset, grammar, combiner, op_of, h, cache, kinds)
+
+
+def undefined_on(node: Node, input_kinds: Mapping[str, Kind],
+                 misaligned: Mapping[str, frozenset[int]] | None = None,
+                 smallest_map: int | None = None) -> str | None:
+    """Why ``node`` cannot be evaluated on features of these kinds, teacher-student shape
+    differences (``misaligned``, as :meth:`FeatureCache.misaligned` gives them) and smallest
+    map side, by the rules :func:`build_pset` builds with; None when it can. Checking a formula
+    against another benchmark's shapes needs only its feature shapes, never its accuracies,
+    so a campaign may demand it of benchmarks it must not see (``defined_on_transfer``)."""
+    kinds = {**primitives.DEFAULT_INPUT_KINDS, **input_kinds}
+    try:
+        primitives.infer_kind(node, kinds)
+    except GpProxyError as exc:
+        return str(exc).splitlines()[0]
+    masks = {k: frozenset(v) for k, v in (misaligned or {}).items()}
+
+    def below(n: Node) -> tuple[Kind, frozenset[int]]:
+        """(kind, axes that may differ) of a value below a distance, for teacher and student."""
+        op = primitives.get(n.name)
+        if op.family == "input":
+            return kinds[n.name], masks.get(n.name, frozenset())
+        got = [below(a) for a in n.args]
+        sig = op.signature_for(tuple(k for k, _ in got))
+        assert sig is not None  # infer_kind passed
+        mask = frozenset().union(*(m for _, m in got))
+        return sig.output, primitives.contract.propagate_misaligned(sig.contract, mask)
+
+    def walk(n: Node) -> str | None:
+        op = primitives.get(n.name)
+        if smallest_map is not None and op.min_map > smallest_map:
+            return f"{n.name} needs feature maps of side {op.min_map} or more, the smallest " \
+                   f"here is {smallest_map}"
+        if op.pairwise:
+            for a in n.args:
+                _, mask = below(a)
+                if mask and not (op.relation and 0 not in mask):
+                    return f"{n.name}({a}) compares teacher and student values whose axes " \
+                           f"{sorted(mask)} differ in size"
+        return next((why for a in n.args if (why := walk(a)) is not None), None)
+
+    return walk(node)

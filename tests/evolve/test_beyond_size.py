@@ -354,6 +354,83 @@ def test_valid_for_builds_only_formulas_defined_on_a_vit_space(bench, tmp_path) 
                  tmp_path / "g").initialise()
 
 
+def test_undefined_on_predicts_shape_errors_numerically(cache) -> None:  # type: ignore[no-untyped-def]
+    """Formulas built as if students were as wide as the teacher (a ResNet family), then
+    evaluated on students narrower than it: the static check names exactly those that fail,
+    and passes every formula of the cache's own grammar."""
+    import random
+
+    from gp_proxy.evaluate.evaluator import Evaluator
+    from gp_proxy.evolve.pset import build_pset, undefined_on
+
+    from ..conftest import random_formulas
+
+    kinds, mis, small = cache.feature_kinds, cache.misaligned(), cache.smallest_map()
+    assert mis["k2"]  # the premise: these students are narrower than the teacher
+    aligned = build_pset("both", input_kinds=kinds)
+    rng = random.Random(5)
+    formulas = list(dict.fromkeys(str(primitives.canonicalize(aligned.to_node(
+        aligned.random_tree(rng, 2, 5)))) for _ in range(300)))
+    results = Evaluator(cache, device="cpu").evaluate(formulas)
+    undefined = 0
+    for f, r in zip(formulas, results, strict=True):
+        why = undefined_on(primitives.parse(f, kinds), kinds, mis, small)
+        if why is None:
+            assert r.status != "shape_error", (f, r.reason)
+        else:
+            undefined += 1
+            assert r.status == "shape_error", (f, why, r.status)
+    assert 20 < undefined < len(formulas) - 20  # both kinds of formula were tried
+    assert all(undefined_on(primitives.parse(f, kinds), kinds, mis, small) is None
+               for f in random_formulas(cache, 200, rng))
+
+
+def test_defined_on_transfer_keeps_every_formula_defined_on_the_other_family(  # type: ignore[no-untyped-def]
+        bench, tmp_path) -> None:
+    """Evolved on ResNet students as wide as their teacher, carried to narrower CNN students:
+    with ``defined_on_transfer`` every formula of the run can be scored there (without it,
+    some cannot), and the run reports a score on the transfer benchmark."""
+    import json
+
+    from gp_proxy.config import ConfigError, load_config
+    from gp_proxy.evaluate.cache import load_cache
+    from gp_proxy.evolve.campaign import Campaign
+    from gp_proxy.evolve.pset import undefined_on
+
+    from ..conftest import _cfg
+    from ..tiny_benchmark import make_tiny_resnet_benchmark
+
+    resnet = make_tiny_resnet_benchmark(tmp_path / "resnet")
+    other = load_benchmark(bench)
+    oc = load_cache(tmp_path / "cache", other.cache_config(act_samples=2),
+                    list(other.truth.archs))
+    rules = (oc.feature_kinds, oc.misaligned(), oc.smallest_map())
+
+    def defined(f: str) -> bool:
+        return undefined_on(primitives.parse(f), *rules) is None
+
+    free = Campaign(load_config(None, _cfg(resnet, tmp_path / "cache", generations=1,
+                                           transfer=[str(bench)])), tmp_path / "free")
+    free.run()
+    assert not all(defined(f) for f in free.records)
+    c = Campaign(load_config(None, _cfg(resnet, tmp_path / "cache", generations=2,
+                                        transfer=[str(bench)], defined_on_transfer=True)),
+                 tmp_path / "run")
+    c.run()
+    assert all(defined(c.key(t)) for t in c.population)
+    assert all(defined(r.formula) for r in c.archive.values())
+    row = json.loads((tmp_path / "run" / "best_proxy.json").read_text())["held_out_elsewhere"][0]
+    assert row["name"] == "transfer=tiny" and row["status"] == "ok"
+    with pytest.raises(ConfigError, match="not defined on every space"):
+        Campaign(load_config(None, _cfg(resnet, tmp_path / "cache", generations=0,
+                                        transfer=[str(bench)], defined_on_transfer=True,
+                                        guesses=["rank_add(cosine(k2),"
+                                                 "sum_layers(l1_norm(weight)))"])),
+                 tmp_path / "g").initialise()
+    with pytest.raises(ConfigError, match="transfer lists none"):
+        load_config(None, ["defined_on_transfer=true"])
+
+
 def test_paired_bootstrap_difference_against_params() -> None:
     from gp_proxy.baselines.metrics import proxy_metrics
 
