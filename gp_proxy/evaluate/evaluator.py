@@ -57,7 +57,7 @@ from primitives import (
 from primitives.instinct import zero_per_layer
 from primitives.values import Value
 
-from .allocator import tune_allocator
+from .allocator import release_memory, tune_allocator
 from .cache import CachedArch, FeatureCache, load_students, torch_threads
 
 __all__ = ["EVAL_THREADS", "Backend", "EvalResult", "Evaluator"]
@@ -92,6 +92,13 @@ _SMALL_BYTES = 64 << 10
 def _nbytes(v: Value) -> int:
     t = v.values if isinstance(v, Ragged) else v
     return t.numel() * t.element_size()
+
+
+def _storage_bytes(v: Value) -> int:
+    """What keeping ``v`` holds in memory: its whole buffer, which for a view (a slice, a
+    diagonal, an expanded tensor) can be far larger than the view itself."""
+    t = v.values if isinstance(v, Ragged) else v
+    return max(t.untyped_storage().nbytes(), _nbytes(v))
 
 
 def _compact(v: Value) -> Value:
@@ -218,23 +225,29 @@ class Evaluator:
         # the setting; ``memoize`` only controls sharing of student-side subtrees
         if not self.memoize and key[1] != -1:
             return value
-        size = _nbytes(value)
+        # a memo entry is charged for the buffer it keeps alive, not for its view of it:
+        # views of large intermediates counted by their own size once held gigabytes
+        size = _storage_bytes(value)
         if size > self.memo_bytes:
             return value
+        replaced = self._memo.pop(key, None)
+        if replaced is not None:
+            self._memo_size -= _storage_bytes(replaced)
         self._memo[key] = value
         self._memo_size += size
-        if key[1] != -1 and size <= _SMALL_BYTES and self.kept_bytes > 0:
+        small = _nbytes(value)
+        if key[1] != -1 and small <= _SMALL_BYTES and self.kept_bytes > 0:
             replaced = self._kept.pop(key, None)
             if replaced is not None:
                 self._kept_size -= _nbytes(replaced)
             self._kept[key] = _compact(value)
-            self._kept_size += size
+            self._kept_size += small
             while self._kept_size > self.kept_bytes:
                 _, old = self._kept.popitem(last=False)
                 self._kept_size -= _nbytes(old)
         while self._memo_size > self.memo_bytes:
             _, old = self._memo.popitem(last=False)
-            self._memo_size -= _nbytes(old)
+            self._memo_size -= _storage_bytes(old)
         return value
 
     def _keep_part(self, text: str, value: Tensor | tuple[str, str]) -> None:
@@ -255,6 +268,7 @@ class Evaluator:
         self._memo.clear()
         self._memo_size = 0
         self.backend.clear_memo()
+        release_memory()  # the batch's intermediates are gone: give their pages back
 
     def close(self) -> None:
         """Release the backend's workers (if any); they are also released when the evaluator

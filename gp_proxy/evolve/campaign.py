@@ -660,6 +660,7 @@ class Campaign:
             self._write_static()
             t0 = time.perf_counter()
             self.initialise()
+            self._clear_memos()
             self.elapsed += time.perf_counter() - t0
             self.best_history.append(self.best().fitness)
             line = self._history_line(Counter(r.status for r in self.records.values()),
@@ -673,7 +674,7 @@ class Campaign:
             t0 = time.perf_counter()
             SCHEMES.get(self.config.scheme)(self)
             self.generation += 1
-            self.evaluator.clear_memo()
+            self._clear_memos()
             self.elapsed += time.perf_counter() - t0
             best = self.best().fitness
             self.stagnant = self.stagnant + 1 if best <= max(self.best_history) else 0
@@ -688,6 +689,12 @@ class Campaign:
         self.refit_weights()
         self.write_results()
         return reason
+
+    def _clear_memos(self) -> None:
+        """Between generations: the primary's and every extra feature set's memo emptied
+        (and their pages handed back), so memory does not grow with the generations."""
+        for v in self.variants:
+            v.evaluator.clear_memo()
 
     def refit_weights(self, formula: str | None = None) -> list[Record]:
         """The best formula's top-level combination with every part weight of its normaliser

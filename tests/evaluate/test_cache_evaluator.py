@@ -314,6 +314,33 @@ def test_allocator_tuning_applies_once_and_can_be_switched_off() -> None:
     assert out == ["False", "False"]
 
 
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc only")
+def test_release_memory_gives_a_freed_batch_back() -> None:
+    """With the thresholds raised a freed 512 MB buffer stays in the process; release_memory
+    (called whenever an evaluator clears its memo) hands it back."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch\n"
+            "from gp_proxy.evaluate.allocator import release_memory, tune_allocator\n"
+            "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+            "tuned = tune_allocator()\n"
+            "x = torch.ones(1 << 27); del x\n"  # 512 MB, served from the heap when tuned
+            "kept = rss()\n"
+            "print(tuned, release_memory(), (kept - rss()) >> 20)\n")
+    env = {**os.environ, "GP_PROXY_MALLOC_TUNING": "1"}
+    tuned, released, mb = subprocess.run([sys.executable, "-c", code], env=env,
+                                         capture_output=True, text=True,
+                                         check=True).stdout.split()
+    assert (tuned, released) == ("True", "True") and int(mb) > 400
+    env["GP_PROXY_MALLOC_TUNING"] = "0"  # untouched allocator: mmap gave it back already
+    tuned, released, mb = subprocess.run([sys.executable, "-c", code], env=env,
+                                         capture_output=True, text=True,
+                                         check=True).stdout.split()
+    assert (tuned, released) == ("False", "False") and int(mb) < 100
+
+
 def test_cache_bits_do_not_depend_on_the_thread_count(tmp_path: Path) -> None:
     """Gradients from a multi-threaded convolution backward differ in the last digits from a
     single-threaded one; the cache is always built on one thread and restores the caller's."""

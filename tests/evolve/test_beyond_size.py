@@ -257,7 +257,11 @@ def test_joint_fitness_is_the_aggregate_of_single_benchmark_fitnesses(bench, tmp
                                             init_seeds=[0, 1], transfer=[str(other)])),
                      tmp_path / "seeds")
     assert [v.name for v in seeds.variants] == ["primary", "init_seed=1"]
-    seeds.run()
+    memo_after: list[list[int]] = []
+    seeds.run(on_generation=lambda c, _: memo_after.append(
+        [len(v.evaluator._memo) for v in c.variants]))
+    # every feature set's memo is emptied each generation (the extra sets' once never were)
+    assert memo_after and all(n == [0, 0] for n in memo_after)
     import json
 
     best = json.loads((tmp_path / "seeds" / "best_proxy.json").read_text())
