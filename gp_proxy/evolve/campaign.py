@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -113,6 +113,17 @@ class Variant:
     splits: Splits
 
 
+class Elsewhere(NamedTuple):
+    """Where every formula must also be defined: a ``valid_for`` space (its feature kinds) or,
+    with ``defined_on_transfer``, a transfer benchmark (kinds, teacher-student axes that
+    differ in size, smallest map side: its shapes, never its accuracies)."""
+
+    name: str
+    kinds: dict[str, Any]
+    misaligned: dict[str, frozenset[int]] | None = None
+    smallest_map: int | None = None
+
+
 def _num(x: float) -> float | None:
     return None if not math.isfinite(x) else float(x)
 
@@ -169,14 +180,13 @@ class Campaign:
         # valid_for spaces (feature kinds only) and, on request, the transfer benchmarks
         # (kinds, teacher-student shape differences, map sizes)
         self._transfer: dict[str, Variant] = {}
-        self._elsewhere_rules: list[tuple[str, dict[str, Any], dict[str, frozenset[int]] | None,
-                                          int | None]] = [
-            (name, _feature_kinds(name), None, None) for name in config.valid_for]
+        self._elsewhere_rules = [Elsewhere(name, _feature_kinds(name))
+                                 for name in config.valid_for]
         if config.defined_on_transfer:
             for folder in config.transfer:
                 tc = self._transfer_variant(folder).cache
-                self._elsewhere_rules.append((folder, dict(tc.feature_kinds), tc.misaligned(),
-                                              tc.smallest_map()))
+                self._elsewhere_rules.append(Elsewhere(folder, dict(tc.feature_kinds),
+                                                       tc.misaligned(), tc.smallest_map()))
         self.population: list[gp.PrimitiveTree] = []
         self.records: dict[str, Record] = {}
         self._keys: dict[str, str] = {}  # DEAP's rendering of a tree -> its canonical formula
@@ -324,7 +334,7 @@ class Campaign:
         return t
 
     def _elsewhere_names(self) -> str:
-        return ", ".join(name for name, *_ in self._elsewhere_rules)
+        return ", ".join(e.name for e in self._elsewhere_rules)
 
     def _valid(self, tree: gp.PrimitiveTree) -> bool:
         """Defined as well on every space of ``valid_for`` and, with ``defined_on_transfer``,
@@ -332,8 +342,8 @@ class Campaign:
         if not self._elsewhere_rules:
             return True
         node = self.ps.to_node(tree)
-        return all(undefined_on(node, kinds, misaligned, smallest) is None
-                   for _, kinds, misaligned, smallest in self._elsewhere_rules)
+        return all(undefined_on(node, e.kinds, e.misaligned, e.smallest_map) is None
+                   for e in self._elsewhere_rules)
 
     def initialise(self) -> None:
         seen: set[str] = set()

@@ -8,7 +8,7 @@ descriptors "sum_layers(l1_norm(weight))" results/lobo/*-s* --benchmark benchmar
 students, the same training and held-out architectures) and every run folder
 results/lobo/GROUP-sSEED. What a run evolved on is read from its config.yaml (`benchmark` and
 `benchmarks`), what it was evolved with (fitness, size prior) too, so a benchmark or a
-campaign added later needs no edit here. Printed per campaign and benchmark: the held-out τ,
+campaign added later needs no edit here (its label names every non-default option). Printed per campaign and benchmark: the held-out τ,
 its paired differences with #params and with the descriptor regression, and the partial τ
 given #params, each with its 95 % bootstrap interval; a benchmark the campaign never saw is
 marked "not evolved on". Each benchmark's held-out size and noise ceiling head the table.
@@ -69,6 +69,7 @@ def _runs() -> dict[str, dict[int, tuple[Path, set[str], str]]]:
         seen = [Path(b).name for b in [cfg["benchmark"], *cfg.get("benchmarks", [])]]
         how = [f"fitness={cfg['fitness']}"] if cfg.get("fitness", "tau") != "tau" else []
         how += ["size_prior=true"] if cfg.get("size_prior") else []
+        how += ["defined_on_transfer=true"] if cfg.get("defined_on_transfer") else []
         how += ([f"fitness_aggregate={cfg['fitness_aggregate']}"]
                 if cfg.get("fitness_aggregate", "mean") != "mean" else [])
         where = f"on {seen[0]}" if len(seen) == 1 else f"jointly on {', '.join(seen)}"
