@@ -43,10 +43,20 @@ from .noise import noise_cache
 from .reported import REPORTED
 from .zerocost import MEASURES, SIZE_STATISTICS, get_measure, zero_cost
 
-__all__ = ["ProxyRow", "cache_like_run", "compare", "resolve_scores"]
+__all__ = ["ProxyRow", "Undefined", "cache_like_run", "compare", "resolve_scores"]
 
 #: the architecture-descriptor regression (fitted on the training architectures of the split)
 DESCRIPTORS = "descriptors"
+
+
+class Undefined(GpProxyError):
+    """A proxy that parses but cannot be scored on this benchmark (a formula comparing teacher
+    and student features of different shapes, a measure that does not apply): a failed row of
+    a comparison, not the end of it. ``name`` is the row's display name."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 @dataclass
@@ -171,7 +181,10 @@ def resolve_scores(item: str, bench: Benchmark, cache: FeatureCache, cache_root:
         with make_evaluator(cache, None, seed=seed, **options, **(evaluation or {})) as ev:
             res = ev.evaluate([item])[0]
         if not res.ok or res.scores is None:
-            raise GpProxyError(f"proxy {item!r}: {res.status}: {res.reason}")
+            message = f"proxy {item!r}: {res.status}: {res.reason}"
+            if res.status == "parse_error":  # a malformed formula is the user's error
+                raise GpProxyError(message)
+            raise Undefined(label or item, message)
         scores = res.scores
     atomic_write_json(file, {"proxy": item, "kind": kind, "archs": list(bench.truth.archs),
                              "scores": [None if not math.isfinite(v) else v for v in scores]})
@@ -212,6 +225,10 @@ def compare(items: list[str], bench: Benchmark, cache: FeatureCache, cache_root:
         try:
             name, kind, scores = resolve_scores(item, bench, cache, cache_root, seed,
                                                 fit_on=splits.train, evaluation=evaluation)
+        except Undefined as err:  # a run's formula too: undefined here is a result
+            rows.append(ProxyRow(err.name if Path(item).exists() else item, "failed", {},
+                                 str(err)))
+            continue
         except GpProxyError as err:
             if item in (*SIZE_STATISTICS, DESCRIPTORS) or Path(item).exists():
                 raise

@@ -8,10 +8,12 @@ descriptors "sum_layers(l1_norm(weight))" results/lobo/*-s* --benchmark benchmar
 students, the same training and held-out architectures) and every run folder
 results/lobo/GROUP-sSEED. What a run evolved on is read from its config.yaml (`benchmark` and
 `benchmarks`), what it was evolved with (fitness, size prior) too, so a benchmark or a
-campaign added later needs no edit here (its label names every non-default option). Printed per campaign and benchmark: the held-out τ,
-its paired differences with #params and with the descriptor regression, and the partial τ
-given #params, each with its 95 % bootstrap interval; a benchmark the campaign never saw is
-marked "not evolved on". Each benchmark's held-out size and noise ceiling head the table.
+campaign added later needs no edit here (its label names every non-default option). Printed
+per campaign and benchmark: the held-out τ, its paired differences with #params and with the
+descriptor regression, and the partial τ given #params, each with its 95 % bootstrap
+interval; a benchmark the campaign never saw is marked "not evolved on"; a formula that
+cannot be scored there (teacher and student features of different shapes) "undefined".
+Each benchmark's held-out size and noise ceiling head the table.
 Where results/lobo/compare-B-fixed/ exists (the same command with `--orient fixed`), a column
 gives each proxy's held-out τ with nothing learnt from B: a run keeps the sign it was evolved
 with and #params counts bigger as better (the other columns orient each proxy and #params by
@@ -56,7 +58,16 @@ def _f(x: str) -> str:
 
 
 def _ci(r: dict[str, str], key: str) -> str:
+    if r.get("kind") == "failed":  # the formula cannot be scored on this benchmark
+        return f"undefined ({r['note'].split(': ')[1] if ': ' in r['note'] else 'failed'})"
     return f"{_f(r[key])} [{_f(r[key + '_lo'])}, {_f(r[key + '_hi'])}]"
+
+
+def _tau(r: dict[str, str] | None) -> float | None:
+    """The held-out τ of a row; NaN when there is no such table, None when undefined."""
+    if r is None:
+        return float("nan")
+    return None if r.get("kind") == "failed" or r["test_tau"] == "" else float(r["test_tau"])
 
 
 def _runs() -> dict[str, dict[int, tuple[Path, set[str], str]]]:
@@ -129,7 +140,7 @@ def main() -> None:
                       f"{'n/a' if rf is None else _ci(rf, 'test_tau')} | "
                       f"{'' if ru is None else _ci(ru, 'test_tau')} |")
                 spread.setdefault((label, bench + unseen.replace("**", "")), []).append(
-                    [float("nan") if x is None else float(x["test_tau"]) for x in (r, rf, ru)])
+                    [_tau(x) for x in (r, rf, ru)])
     for bench, rows in tables.items():
         for name in BASELINES:
             r, rf = rows[name], fixed[bench].get(name)
@@ -152,12 +163,15 @@ def main() -> None:
               + " | ".join(_spread([taus[i] for taus in per_seed]) for i in range(3)) + " |")
 
 
-def _spread(taus: list[float]) -> str:
-    taus = [t for t in taus if t == t]  # a missing table gives NaN
+def _spread(values: list[float | None]) -> str:
+    present = [t for t in values if t is None or t == t]  # a missing table gives NaN
+    taus = [t for t in present if t is not None]
+    undefined = len(present) - len(taus)
+    note = f"; undefined for {undefined} of {len(present)} seeds" if undefined else ""
     if not taus:
-        return ""
+        return f"undefined for every seed ({undefined})" if undefined else ""
     sd = f"{statistics.stdev(taus):.3f}" if len(taus) > 1 else "n/a"
-    return f"{statistics.mean(taus):.3f} ({sd}; {min(taus):.3f}–{max(taus):.3f})"
+    return f"{statistics.mean(taus):.3f} ({sd}; {min(taus):.3f}–{max(taus):.3f}{note})"
 
 
 if __name__ == "__main__":

@@ -162,6 +162,40 @@ def test_a_measure_that_does_not_apply_to_the_space_is_a_failed_row(
     assert "l2_norm" in rows
 
 
+def test_a_run_undefined_on_the_benchmark_is_a_failed_row(bench: Path, tmp_path: Path) -> None:
+    """A run evolved on ResNet students as wide as their teacher whose formula compares
+    teacher and student `k2` directly: on narrower CNN students it is a failed row under the
+    run's name (so a leave-one-benchmark-out table shows it as undefined), not an aborted
+    comparison; a run folder that cannot be read still stops it."""
+    import csv
+
+    from gp_proxy.cli import main
+    from gp_proxy.config import load_config
+    from gp_proxy.evolve.campaign import Campaign
+
+    from ..conftest import _cfg
+    from ..tiny_benchmark import make_tiny_resnet_benchmark
+
+    resnet = make_tiny_resnet_benchmark(tmp_path / "resnet")
+    run = tmp_path / "run"
+    # every formula of the run compares teacher and student maps as they are
+    guesses = [f"rank_add({d}({k}),sum_layers(l1_norm(weight)))"
+               for d in ("cosine", "mse") for k in ("k1", "k2")]
+    Campaign(load_config(None, _cfg(resnet, tmp_path / "cache", generations=0, population=4,
+                                    guesses=guesses, noise_check=False)), run).run()
+    assert main(["compare", str(run), "--benchmark", str(bench), "--cache-dir",
+                 str(tmp_path / "cache"), "--bootstrap", "20", "--out", str(tmp_path / "cmp")]
+                ) == 0
+    with (tmp_path / "cmp" / "compare.csv").open() as fh:
+        rows = {r["proxy"]: r for r in csv.DictReader(fh)}
+    (row,) = [r for name, r in rows.items() if name.startswith(f"{run}: ")]
+    assert row["kind"] == "failed" and "shape_error" in row["note"] and row["test_tau"] == ""
+    assert rows["#params"]["test_tau"] != ""
+    (run / "best_proxy.json").write_text("{}")
+    assert main(["compare", str(run), "--benchmark", str(bench), "--cache-dir",
+                 str(tmp_path / "cache"), "--out", str(tmp_path / "cmp2")]) != 0
+
+
 def test_fixed_orientation_learns_nothing_from_the_benchmark(bench: Path,
                                                              tmp_path: Path) -> None:
     """``orient="fixed"``: a run keeps the sign it was evolved with (whichever way it ranks
