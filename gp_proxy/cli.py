@@ -1181,6 +1181,15 @@ def main(argv: list[str] | None = None) -> int:
     except GpProxyError as exc:
         _err.print(f"gp-proxy: error: {exc}", markup=False, highlight=False)
         return 2
+    except (MemoryError, RuntimeError) as exc:
+        # torch's CPU allocator raises RuntimeError; anything else is a bug, with a traceback
+        if isinstance(exc, RuntimeError) and "allocate memory" not in str(exc):
+            raise
+        first = next((ln.strip() for ln in str(exc).splitlines() if "allocate" in ln), "")
+        _err.print(f"gp-proxy: error: out of memory ({first or type(exc).__name__}); a "
+                   "checkpointed campaign resumes with `gp-proxy resume RUN_DIR`",
+                   markup=False, highlight=False)
+        return 2
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0
     return 0

@@ -293,3 +293,25 @@ def test_a_malformed_teacher_record_names_its_field(tmp_path: Path) -> None:
     _write(tmp_path / "teacher.json", {"name": "resnet-t", "test_acc": "high"})
     with pytest.raises(ArtifactError, match=r"teacher\.json: field test_acc"):
         load_artifact(tmp_path / "teacher.json", TeacherRecord)
+
+
+def test_running_out_of_memory_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """torch's allocator failing (a memory limit, a formula with huge intermediates) is one
+    line and exit 2; any other RuntimeError is a bug and keeps its traceback."""
+    from gp_proxy import cli
+
+    def fail(message: str):  # type: ignore[no-untyped-def]
+        def run(*_: object, **__: object) -> None:
+            raise RuntimeError(message)
+        return run
+
+    monkeypatch.setattr(cli, "app", fail("[enforce fail at alloc_cpu.cpp:127] err == 0. "
+                                         "DefaultCPUAllocator:\ncan't allocate memory: you "
+                                         "tried to allocate 16970496 bytes."))
+    assert cli.main(["config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "out of memory" in err and "16970496" in err
+    monkeypatch.setattr(cli, "app", fail("some other failure"))
+    with pytest.raises(RuntimeError, match="some other failure"):
+        cli.main(["config"])

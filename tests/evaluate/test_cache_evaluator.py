@@ -478,3 +478,24 @@ def test_a_cache_build_shows_progress_in_a_log(probe: Path, tmp_path: Path,
     assert "feature cache (fmnist-cnn" in err and "3/3" in err and err.count("\n") == 3
     load_cache(tmp_path / "b", cfg, ARCHS[:3], quiet=True)
     assert capfd.readouterr().err == ""
+
+
+def test_closing_an_evaluator_frees_its_features_now(cache) -> None:  # type: ignore[no-untyped-def]
+    """The in-process backend and its evaluator refer to each other; closing (the end of a
+    ``with`` block) drops the stacked features at once, not when the garbage collector runs,
+    and a closed evaluator refuses to evaluate rather than return scores of nothing."""
+    import gc
+    import weakref
+
+    from primitives import GpProxyError
+
+    gc.disable()
+    try:
+        with Evaluator(cache, device="cpu") as ev:
+            assert ev.evaluate(["sp_dist(k2)"])[0].ok
+            stacked = weakref.ref(ev.chunks[0].inputs["k2"])  # type: ignore[index]
+        assert stacked() is None and ev.chunks == []
+    finally:
+        gc.enable()
+    with pytest.raises(GpProxyError, match="closed"):
+        ev.evaluate(["sp_dist(k2)"])
