@@ -55,6 +55,10 @@ for seed in 0 1 2; do
       "transfer=$(others fmnist-resnet)"
     evolve "results/lobo/resnet-partial-s$seed" benchmark=benchmarks/fmnist-resnet seed=$seed \
       fitness=partial_tau_params size_prior=true "transfer=$(others fmnist-resnet)"
+    # evolved on the ResNets, but every formula must be defined on the CNN benchmarks too
+    # (their shapes only: nothing of their ground truth is read during evolution)
+    evolve "results/lobo/resnet-defined-s$seed" benchmark=benchmarks/fmnist-resnet seed=$seed \
+      "transfer=$(others fmnist-resnet)" defined_on_transfer=true
     # both student families at once (fitness: the mean over the two, or the worse of the
     # two: a formula must then rank both families); fmnist-wide unseen
     evolve "results/lobo/families-s$seed" seed=$seed "benchmarks=[benchmarks/fmnist-resnet]" \
