@@ -24,7 +24,7 @@ from deap import gp
 
 import primitives
 import primitives.contract
-from primitives import Kind, Node
+from primitives import Kind, Node, Op
 from primitives.errors import GpProxyError
 
 __all__ = ["GRAMMARS", "ProxySet", "build_pset", "undefined_on"]
@@ -151,6 +151,17 @@ def _mask_name(mask: frozenset[int]) -> str:
 _NORMALISER_OF = {"rank": "rank01", "z": "z"}
 
 
+def _fits(op: Op, smallest_map: int | None) -> bool:
+    """Whether ``op`` can run on maps whose smallest side is ``smallest_map`` (None: no maps)."""
+    return smallest_map is None or op.min_map <= smallest_map
+
+
+def _compares(op: Op, mask: frozenset[int]) -> bool:
+    """Whether distance ``op`` accepts teacher and student values whose axes ``mask`` may
+    differ in size: aligned values always, a relation distance any but the sample axis."""
+    return not mask or (op.relation and 0 not in mask)
+
+
 def build_pset(grammar: str = "both", combiner: str = "rank",
                input_kinds: Mapping[str, Kind] | None = None,
                misaligned: Mapping[str, frozenset[int]] | None = None,
@@ -191,7 +202,7 @@ def build_pset(grammar: str = "both", combiner: str = "rank",
         op_of[name] = op_name
 
     ops = [op for op in primitives.ops() if op.name not in exclude and not op.identity
-           and (smallest_map is None or op.min_map <= smallest_map)]
+           and _fits(op, smallest_map)]
     # inputs
     frontier: list[tuple[Kind, frozenset[int]]] = []
     for op in ops:
@@ -230,7 +241,7 @@ def build_pset(grammar: str = "both", combiner: str = "rank",
         for op in ops:
             if not op.pairwise:
                 continue
-            if mask and not (op.relation and 0 not in mask):
+            if not _compares(op, mask):
                 continue
             for sig in op.signatures:
                 if sig.inputs == (kind,):
@@ -285,13 +296,13 @@ def undefined_on(node: Node, input_kinds: Mapping[str, Kind],
 
     def walk(n: Node) -> str | None:
         op = primitives.get(n.name)
-        if smallest_map is not None and op.min_map > smallest_map:
+        if not _fits(op, smallest_map):
             return f"{n.name} needs feature maps of side {op.min_map} or more, the smallest " \
                    f"here is {smallest_map}"
         if op.pairwise:
             for a in n.args:
                 _, mask = below(a)
-                if mask and not (op.relation and 0 not in mask):
+                if not _compares(op, mask):
                     return f"{n.name}({a}) compares teacher and student values whose axes " \
                            f"{sorted(mask)} differ in size"
         return next((why for a in n.args if (why := walk(a)) is not None), None)
